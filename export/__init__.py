@@ -1,0 +1,1 @@
+"""lookserve.export."""
