@@ -112,6 +112,10 @@ class WarmupInput:
     dims: tuple[int, ...]
     random: bool = True
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", triton_dtype(self.dtype))
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+
 
 @dataclass(frozen=True)
 class Warmup:
@@ -198,7 +202,7 @@ class ModelConfig:
             sample = p.model_warmup.add(name=w.name, batch_size=w.batch_size, count=w.count)
             for wi in w.inputs:
                 data = sample.inputs[wi.name]
-                data.data_type = mc.DataType.Value("TYPE_" + triton_dtype(wi.dtype))
+                data.data_type = mc.DataType.Value("TYPE_" + wi.dtype)
                 data.dims.extend(wi.dims)
                 if wi.random:
                     data.random_data = True
