@@ -1,0 +1,497 @@
+"""lookserve's client core: a ``tritonclient.grpc`` wrapper, sync and asyncio.
+
+Both flavours share one code path (:class:`_Core`): request building, the retry schedule, the
+mapping of every gRPC error to :mod:`lookserve.errors` by ``grpc.StatusCode`` (never by message
+text), the diagnosis of ``UNAVAILABLE`` (down? model not ready? restricted protocol without the
+key?) and the contract check. Only the calls that touch the network differ.
+
+    with TritonClient("127.0.0.1:8001") as client:
+        client.wait_ready(deadline_s=30)
+        client.check_contract(contracts.embedder_config())
+        result = client.infer("embedder", {"crops": crops})
+        result.outputs["embedding"], result.model_version
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from lookserve import errors
+from lookserve.modelconfig import ModelConfig, triton_dtype
+
+log = logging.getLogger(__name__)
+
+#: gRPC metadata header that carries the restricted-protocol key (the launcher's key name,
+#: prefixed by Triton with ``triton-grpc-protocol-``).
+RESTRICTED_KEY_NAME = "lookserve-admin-key"
+RESTRICTED_HEADER = f"triton-grpc-protocol-{RESTRICTED_KEY_NAME}"
+
+_STATUS_TO_ERROR: dict[grpc.StatusCode, type[errors.ServerError]] = {
+    grpc.StatusCode.UNAVAILABLE: errors.ServerUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidRequest,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.ModelNotReady,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.INTERNAL: errors.InternalServerError,
+    grpc.StatusCode.UNKNOWN: errors.InternalServerError,
+    grpc.StatusCode.DATA_LOSS: errors.InternalServerError,
+    grpc.StatusCode.CANCELLED: errors.ServerUnavailable,
+    grpc.StatusCode.ABORTED: errors.ServerUnavailable,
+    grpc.StatusCode.UNIMPLEMENTED: errors.ServerError,
+    grpc.StatusCode.ALREADY_EXISTS: errors.ServerError,
+}
+
+_ADVICE: dict[type[errors.ServerError], str] = {
+    errors.ServerUnavailable: "is tritonserver running at that address? (lookserve serve)",
+    errors.DeadlineExceeded: "the server is overloaded or the deadline too short (--timeout)",
+    errors.ModelNotFound: "load it first (lookserve models list / promote) or check the name and version",
+    errors.InvalidRequest: "the request does not match the model's inputs (see its metadata)",
+    errors.PermissionDenied: "this call needs the repository key (LOOKSERVE_REPOSITORY_KEY)",
+    errors.InternalServerError: "see the server log",
+}
+
+
+def status_code(error: BaseException) -> grpc.StatusCode | None:
+    """The ``grpc.StatusCode`` behind a tritonclient or gRPC error, or None."""
+    for candidate in (error, error.__cause__, error.__context__):
+        if isinstance(candidate, grpc.RpcError) and hasattr(candidate, "code"):
+            code = candidate.code()
+            if isinstance(code, grpc.StatusCode):
+                return code
+    if isinstance(error, InferenceServerException) and error.status():
+        # tritonclient keeps the code as str(grpc.StatusCode.X); turn it back into the enum.
+        name = str(error.status()).removeprefix("StatusCode.")
+        return grpc.StatusCode.__members__.get(name)
+    return None
+
+
+def map_error(error: BaseException, what: str) -> errors.ServerError:
+    """A lookserve exception for a gRPC failure of ``what`` (to be raised ``from error``)."""
+    code = status_code(error)
+    cls = _STATUS_TO_ERROR.get(code, errors.ServerError) if code is not None else errors.ServerError
+    detail = error.message() if isinstance(error, InferenceServerException) else str(error)
+    advice = _ADVICE.get(cls)
+    message = f"{what} failed ({code.name if code else 'no status'}): {detail}"
+    return cls(f"{message}; {advice}" if advice else message)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retry with exponential backoff and full jitter, only on UNAVAILABLE."""
+
+    attempts: int = 3
+    base_s: float = 0.05
+    max_s: float = 1.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_s, self.base_s * (2**attempt)))
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    url: str = "127.0.0.1:8001"
+    repository_key: str | None = None
+    timeout_s: float = 30.0  # per-request deadline
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        key = "***" if self.repository_key else None
+        return f"ClientOptions(url={self.url!r}, repository_key={key}, timeout_s={self.timeout_s}, ssl={self.ssl})"
+
+
+@dataclass(frozen=True)
+class InferResult:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    inputs: tuple[TensorMeta, ...]
+    outputs: tuple[TensorMeta, ...]
+
+
+class _Core:
+    """What the sync and asyncio clients share; everything here is free of network I/O."""
+
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        self._rng = random.Random()
+        self._verified: set[tuple[str, str]] = set()
+
+    @property
+    def url(self) -> str:
+        return self.options.url
+
+    def _admin_headers(self) -> dict[str, str]:
+        return {RESTRICTED_HEADER: self.options.repository_key} if self.options.repository_key else {}
+
+    def _client_kwargs(self) -> dict:
+        return dict(
+            url=self.options.url,
+            ssl=self.options.ssl,
+            root_certificates=self.options.root_certificates,
+            private_key=self.options.private_key,
+            certificate_chain=self.options.certificate_chain,
+        )
+
+    @staticmethod
+    def _inputs(inputs: Mapping[str, np.ndarray], module) -> list:
+        built = []
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array)
+            try:
+                datatype = triton_dtype(array.dtype)
+            except errors.ConfigError as e:
+                raise errors.InvalidInputError(f"input {name!r}: {e}") from e
+            tensor = module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            built.append(tensor)
+        return built
+
+    @staticmethod
+    def _result(response, output_names: Sequence[str] | None) -> InferResult:
+        proto = response.get_response()
+        names = output_names or [o.name for o in proto.outputs]
+        return InferResult(
+            model_name=proto.model_name,
+            model_version=proto.model_version,
+            outputs={n: response.as_numpy(n) for n in names},
+        )
+
+    @staticmethod
+    def _metadata(meta: dict) -> ModelMetadata:
+        def tensors(items) -> tuple[TensorMeta, ...]:
+            return tuple(TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in items)
+
+        return ModelMetadata(
+            name=meta["name"],
+            versions=tuple(meta.get("versions", ())),
+            inputs=tensors(meta.get("inputs", ())),
+            outputs=tensors(meta.get("outputs", ())),
+        )
+
+    @staticmethod
+    def contract_differences(expected: ModelConfig, meta: ModelMetadata) -> list[str]:
+        """Human-readable differences between an expected config and served metadata."""
+        problems: list[str] = []
+        batch = (-1,) if expected.max_batch_size > 0 else ()
+        for kind, want, have in (
+            ("input", expected.inputs, meta.inputs),
+            ("output", expected.outputs, meta.outputs),
+        ):
+            served = {t.name: t for t in have}
+            for spec in want:
+                got = served.get(spec.name)
+                if got is None:
+                    problems.append(f"{kind} {spec.name!r} missing (served: {', '.join(served) or 'none'})")
+                    continue
+                if got.datatype != spec.dtype:
+                    problems.append(f"{kind} {spec.name!r} is {got.datatype}, expected {spec.dtype}")
+                want_shape = batch + spec.dims
+                if len(got.shape) != len(want_shape) or any(
+                    w != -1 and g != -1 and w != g for w, g in zip(want_shape, got.shape, strict=False)
+                ):
+                    problems.append(f"{kind} {spec.name!r} has shape {list(got.shape)}, expected {list(want_shape)}")
+            extra = set(served) - {t.name for t in want}
+            if kind == "input" and extra:
+                problems.append(f"served model needs inputs not expected: {sorted(extra)}")
+        return problems
+
+    def _raise_contract(self, expected: ModelConfig, meta: ModelMetadata, version: str) -> None:
+        problems = self.contract_differences(expected, meta)
+        if problems:
+            raise errors.ContractMismatch(
+                f"model {expected.name!r} (version {version or 'latest'}) served at {self.url} does not "
+                f"match what lookserve expects: " + "; ".join(problems)
+            )
+        self._verified.add((expected.name, version))
+
+    def _diagnosis(self, error: BaseException, what: str, live: bool | None, restricted: bool) -> errors.ServerError:
+        mapped = map_error(error, what)
+        if isinstance(mapped, errors.ServerUnavailable) and live:
+            # Triton answers UNAVAILABLE both when it is down and when a restricted protocol is
+            # called without its key; a live server tells the two apart.
+            if restricted:
+                return errors.PermissionDenied(
+                    f"{what} was refused: the server at {self.url} restricts this protocol and "
+                    f"{'the key sent is wrong' if self.options.repository_key else 'no key was sent'}; "
+                    "pass the repository key (LOOKSERVE_REPOSITORY_KEY)"
+                )
+            return errors.ModelNotReady(f"{what} failed: the server is up but the model is not ready ({mapped})")
+        return mapped
+
+
+class TritonClient(_Core):
+    """Synchronous client. Thread-safe for concurrent ``infer`` calls (one gRPC channel)."""
+
+    def __init__(self, url: str | ClientOptions = "127.0.0.1:8001", **kwargs) -> None:
+        super().__init__(url if isinstance(url, ClientOptions) else ClientOptions(url=url, **kwargs))
+        self._client = grpcclient.InferenceServerClient(**self._client_kwargs())
+
+    # --- plumbing ---------------------------------------------------------------------
+    def _call(self, what: str, fn, *, retry: bool = True, restricted: bool = False):
+        attempts = self.options.retry.attempts if retry else 1
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except (InferenceServerException, grpc.RpcError) as e:
+                code = status_code(e)
+                if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts and not restricted:
+                    delay = self.options.retry.delay(attempt, self._rng)
+                    log.debug("%s: UNAVAILABLE, retry %d in %.3f s", what, attempt + 1, delay)
+                    time.sleep(delay)
+                    continue
+                live = self._live_quietly() if code == grpc.StatusCode.UNAVAILABLE else None
+                raise self._diagnosis(e, what, live, restricted) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _live_quietly(self) -> bool:
+        try:
+            return bool(self._client.is_server_live(client_timeout=2.0))
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    # --- health -----------------------------------------------------------------------
+    def is_live(self) -> bool:
+        return self._live_quietly()
+
+    def wait_ready(self, deadline_s: float = 30.0) -> None:
+        """Block until the server is live and ready, or raise ServerUnavailable."""
+        end = time.monotonic() + deadline_s
+        last: BaseException | None = None
+        while time.monotonic() < end:
+            try:
+                if self._client.is_server_ready(client_timeout=min(2.0, max(0.1, end - time.monotonic()))):
+                    return
+            except (InferenceServerException, grpc.RpcError) as e:
+                last = e
+            time.sleep(0.1)
+        raise errors.ServerUnavailable(
+            f"server at {self.url} not ready within {deadline_s:.0f} s; is tritonserver running? (lookserve serve)"
+        ) from last
+
+    def wait_model_ready(self, name: str, deadline_s: float = 60.0, version: str = "") -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                if self._client.is_model_ready(name, version, client_timeout=2.0):
+                    return
+            except (InferenceServerException, grpc.RpcError):
+                pass
+            time.sleep(0.1)
+        raise errors.ModelNotReady(f"model {name!r} version {version or 'latest'} not ready within {deadline_s:.0f} s")
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        return bool(self._call(f"readiness of {name}", lambda: self._client.is_model_ready(name, version, client_timeout=self.options.timeout_s)))
+
+    # --- metadata and contracts ---------------------------------------------------------
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        meta = self._call(
+            f"metadata of {name!r}",
+            lambda: self._client.get_model_metadata(name, version, as_json=True, client_timeout=self.options.timeout_s),
+        )
+        return self._metadata(meta)
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        from tritonclient.grpc import model_config_pb2
+
+        response = self._call(
+            f"config of {name!r}",
+            lambda: self._client.get_model_config(name, version, client_timeout=self.options.timeout_s),
+        )
+        assert isinstance(response.config, model_config_pb2.ModelConfig)
+        return ModelConfig.from_proto(response.config)
+
+    def check_contract(self, expected: ModelConfig, version: str = "") -> ModelMetadata:
+        """Raise ContractMismatch naming every difference; cached per (model, version)."""
+        meta = self.model_metadata(expected.name, version)
+        self._raise_contract(expected, meta, version)
+        return meta
+
+    # --- inference -------------------------------------------------------------------------
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        timeout_s: float | None = None,
+        request_id: str = "",
+    ) -> InferResult:
+        built = self._inputs(inputs, grpcclient)
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
+        timeout = timeout_s if timeout_s is not None else self.options.timeout_s
+        response = self._call(
+            f"inference on {model!r}",
+            lambda: self._client.infer(
+                model, built, model_version=version, outputs=requested, request_id=request_id, client_timeout=timeout
+            ),
+        )
+        return self._result(response, outputs)
+
+    # --- statistics and repository ----------------------------------------------------------
+    def statistics(self, model: str = "", version: str = "") -> dict:
+        return self._call(
+            "statistics",
+            lambda: self._client.get_inference_statistics(model, version, as_json=True, client_timeout=self.options.timeout_s),
+        )
+
+    def repository_index(self) -> list[dict]:
+        index = self._call(
+            "repository index",
+            lambda: self._client.get_model_repository_index(
+                headers=self._admin_headers(), as_json=True, client_timeout=self.options.timeout_s
+            ),
+            restricted=True,
+        )
+        return list(index.get("models", []))
+
+    def load_model(self, name: str, config: ModelConfig | None = None, timeout_s: float = 300.0) -> None:
+        """Load (or reload) a model through the repository API; needs the repository key."""
+        config_json = None
+        if config is not None:
+            from google.protobuf import json_format
+
+            config_json = json_format.MessageToJson(config.to_proto(), preserving_proto_field_name=True)
+        self._call(
+            f"loading {name!r}",
+            lambda: self._client.load_model(name, headers=self._admin_headers(), config=config_json, client_timeout=timeout_s),
+            retry=False,
+            restricted=True,
+        )
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self._call(
+            f"unloading {name!r}",
+            lambda: self._client.unload_model(
+                name, headers=self._admin_headers(), unload_dependents=unload_dependents, client_timeout=self.options.timeout_s
+            ),
+            retry=False,
+            restricted=True,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncTritonClient(_Core):
+    """The asyncio twin of :class:`TritonClient` (``tritonclient.grpc.aio``)."""
+
+    def __init__(self, url: str | ClientOptions = "127.0.0.1:8001", **kwargs) -> None:
+        super().__init__(url if isinstance(url, ClientOptions) else ClientOptions(url=url, **kwargs))
+        self._client = grpcaio.InferenceServerClient(**self._client_kwargs())
+
+    async def _call(self, what: str, fn, *, retry: bool = True, restricted: bool = False):
+        attempts = self.options.retry.attempts if retry else 1
+        for attempt in range(attempts):
+            try:
+                return await fn()
+            except (InferenceServerException, grpc.RpcError) as e:
+                code = status_code(e)
+                if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts and not restricted:
+                    await asyncio.sleep(self.options.retry.delay(attempt, self._rng))
+                    continue
+                live = await self._live_quietly() if code == grpc.StatusCode.UNAVAILABLE else None
+                raise self._diagnosis(e, what, live, restricted) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _live_quietly(self) -> bool:
+        try:
+            return bool(await self._client.is_server_live(client_timeout=2.0))
+        except (InferenceServerException, grpc.RpcError):
+            return False
+
+    async def wait_ready(self, deadline_s: float = 30.0) -> None:
+        end = time.monotonic() + deadline_s
+        last: BaseException | None = None
+        while time.monotonic() < end:
+            try:
+                if await self._client.is_server_ready(client_timeout=2.0):
+                    return
+            except (InferenceServerException, grpc.RpcError) as e:
+                last = e
+            await asyncio.sleep(0.1)
+        raise errors.ServerUnavailable(f"server at {self.url} not ready within {deadline_s:.0f} s") from last
+
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        meta = await self._call(
+            f"metadata of {name!r}",
+            lambda: self._client.get_model_metadata(name, version, as_json=True, client_timeout=self.options.timeout_s),
+        )
+        return self._metadata(meta)
+
+    async def check_contract(self, expected: ModelConfig, version: str = "") -> ModelMetadata:
+        meta = await self.model_metadata(expected.name, version)
+        self._raise_contract(expected, meta, version)
+        return meta
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        timeout_s: float | None = None,
+        request_id: str = "",
+    ) -> InferResult:
+        built = self._inputs(inputs, grpcaio)
+        requested = [grpcaio.InferRequestedOutput(n) for n in outputs] if outputs else None
+        timeout = timeout_s if timeout_s is not None else self.options.timeout_s
+        response = await self._call(
+            f"inference on {model!r}",
+            lambda: self._client.infer(
+                model, built, model_version=version, outputs=requested, request_id=request_id, client_timeout=timeout
+            ),
+        )
+        return self._result(response, outputs)
+
+    async def statistics(self, model: str = "", version: str = "") -> dict:
+        return await self._call(
+            "statistics",
+            lambda: self._client.get_inference_statistics(model, version, as_json=True, client_timeout=self.options.timeout_s),
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncTritonClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
