@@ -38,7 +38,7 @@ def projection_embedder(path: Path, size: int = 224, dim: int = 128, seed: int =
         helper.make_node("AveragePool", ["xc"], ["pooled"], kernel_shape=[k, k], strides=[k, k]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["proj"]),
-        helper.make_node("ReduceL2", ["proj", "axes1"], ["norm"], keepdims=1),
+        helper.make_node("ReduceL2", ["proj"], ["norm"], axes=[1], keepdims=1),
         helper.make_node("Max", ["norm", "eps"], ["safe"]),
         helper.make_node("Div", ["proj", "safe"], [output_name]),
     ]
@@ -50,7 +50,6 @@ def projection_embedder(path: Path, size: int = 224, dim: int = 128, seed: int =
         [
             numpy_helper.from_array(w, "W"),
             numpy_helper.from_array(np.array(255.0, np.float32), "c255"),
-            numpy_helper.from_array(np.array([1], np.int64), "axes1"),
             numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
         ],
     )
