@@ -37,7 +37,7 @@ _SUBCOMMANDS: tuple[tuple[str, str, str | None, str], ...] = (
     ("lookserve.export.cli", "app", "export", "Export trained models to ONNX behind a parity gate."),
     ("lookserve.client.cli", "app", None, "look, thumbnails: the client chains"),
     ("lookserve.client.cli", "catalog_app", "catalog", "Build and inspect catalog indexes."),
-    ("lookserve.client.cli", "models_app", "models", "Publish, promote and roll back model versions."),
+    ("lookserve.client.models_cli", "app", "models", "Publish, promote and roll back model versions."),
     ("lookserve.bench.cli", "app", "bench", "Latency and throughput benchmarks."),
     ("lookserve.ui.cli", "app", None, "ui: the web page"),
     ("lookserve.demo", "app", None, "demo: the main job end to end"),

@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from tinymodels import projection_embedder, write_model
 from tritonclient.utils import InferenceServerException
 
 from lookserve import contracts, errors
-from lookserve.client.core import AsyncTritonClient, ClientOptions, RetryPolicy, TritonClient, map_error, status_code
+from lookserve.client.core import (
+    AsyncTritonClient,
+    ClientOptions,
+    RetryPolicy,
+    TritonClient,
+    map_error,
+    status_code,
+)
 from lookserve.server.launcher import free_port
+from tinymodels import projection_embedder, write_model
 
 SIZE = 32
 

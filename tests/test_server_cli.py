@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinymodels import projection_embedder, write_model
 
 from lookserve import contracts
 from lookserve.client.core import TritonClient
+from tinymodels import projection_embedder, write_model
 
 pytestmark = pytest.mark.triton
 

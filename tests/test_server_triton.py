@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinymodels import projection_embedder, run_onnx, write_model
 
 from lookserve import contracts
 from lookserve.client.core import TritonClient
 from lookserve.errors import PermissionDenied, ServerStartError
 from lookserve.modelconfig import DynamicBatching, ModelConfig, TensorSpec
 from lookserve.server.launcher import ServerOptions, TritonServer
+from tinymodels import projection_embedder, run_onnx, write_model
 
 pytestmark = pytest.mark.triton
 

@@ -1,0 +1,137 @@
+"""Publishing and hot-swapping model versions on real Triton, under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookserve import contracts, errors
+from lookserve.client.core import TritonClient
+from lookserve.client.models import ModelRepository
+from tinymodels import projection_embedder, write_model
+
+SIZE = 16
+DIM = 8
+
+
+def _repo(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository serving embedder v1, and a v2 candidate file outside it."""
+    repo = tmp_path / "repo"
+    config = replace(contracts.embedder_config(dim=DIM, crop_size=SIZE), warmup=())
+    write_model(repo, config, lambda p: projection_embedder(p, size=SIZE, dim=DIM, seed=1))
+    candidate = projection_embedder(tmp_path / "candidate" / "model.onnx", size=SIZE, dim=DIM, seed=2)
+    return repo, candidate
+
+
+def test_publish_writes_a_new_immutable_version_when_the_file_matches_the_config(tmp_path: Path) -> None:
+    repo, candidate = _repo(tmp_path)
+    models = ModelRepository(repo)
+    info = models.publish("embedder", candidate)
+    assert info.version == 2
+    assert (repo / "embedder" / "2" / "model.onnx").read_bytes() == candidate.read_bytes()
+    assert len(info.export["sha256"]) == 64
+    with pytest.raises(errors.PublishError, match="immutable"):
+        models.publish("embedder", candidate, version=2)
+    assert [e.action for e in models.history("embedder")] == ["publish"]
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "fragment"),
+    [
+        (lambda d: (d / "m.onnx").write_bytes(b"\x08\x01garbage") and d / "m.onnx", "not a valid ONNX model"),
+        (lambda d: projection_embedder(d / "m.onnx", size=SIZE, dim=DIM + 1), "shape"),
+        (lambda d: projection_embedder(d / "m.onnx", size=SIZE, dim=DIM, input_name="pixels"), "inputs are"),
+    ],
+)
+def test_publish_refuses_and_writes_nothing_when_the_file_is_bad(tmp_path: Path, make_bad, fragment: str) -> None:
+    repo, _ = _repo(tmp_path)
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    bad = make_bad(bad_dir)
+    before = sorted(p.name for p in (repo / "embedder").iterdir())
+    with pytest.raises(errors.PublishError, match=fragment):
+        ModelRepository(repo).publish("embedder", bad)
+    assert sorted(p.name for p in (repo / "embedder").iterdir()) == before
+
+
+class _Load:
+    """Client threads sending requests continuously; records versions and failures."""
+
+    def __init__(self, url: str, threads: int = 3) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.records: list[tuple[float, str]] = []
+        self.failures: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def _run(self, seed: int) -> None:
+        crops = np.random.default_rng(seed).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+        deadline = time.monotonic() + 120  # bounded, whatever happens
+        with TritonClient(self.url, timeout_s=20) as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    self.records.append((time.monotonic(), client.infer("embedder", {"crops": crops}).model_version))
+                except errors.LookserveError as e:
+                    self.failures.append(e)
+
+    def __enter__(self) -> _Load:
+        for t in self.threads:
+            t.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.mark.triton
+def test_promote_and_rollback_swap_versions_with_zero_failed_requests_when_under_load(
+    tmp_path: Path, triton_factory
+) -> None:
+    repo, candidate = _repo(tmp_path)
+    server = triton_factory(repo, models=["embedder"])
+    models = ModelRepository(repo)
+    models.publish("embedder", candidate)
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin, _Load(server.grpc_url) as load:
+        t_promote = time.monotonic()
+        assert models.promote(admin, "embedder", 2) == (2,)
+        t_promoted = time.monotonic()
+        time.sleep(0.5)
+        t_rollback = time.monotonic()
+        assert models.rollback(admin, "embedder") == (1,)
+        t_rolled_back = time.monotonic()
+        time.sleep(0.5)
+    assert load.failures == []
+    versions = [v for _, v in load.records]
+    assert set(versions) == {"1", "2"}
+    assert all(v == "1" for t, v in load.records if t < t_promote)
+    assert all(v == "2" for t, v in load.records if t_promoted < t < t_rollback)
+    assert all(v == "1" for t, v in load.records if t > t_rolled_back)
+    assert [e.action for e in models.history("embedder")] == ["publish", "promote", "rollback"]
+
+
+@pytest.mark.triton
+def test_promote_keeps_the_old_version_serving_when_triton_cannot_load_the_new_one(
+    tmp_path: Path, triton_factory
+) -> None:
+    repo, _ = _repo(tmp_path)
+    server = triton_factory(repo, models=["embedder"])
+    # Bypass publish's validation to provoke a load failure inside Triton itself.
+    (repo / "embedder" / "2").mkdir()
+    (repo / "embedder" / "2" / "model.onnx").write_bytes(b"corrupt")
+    config_before = (repo / "embedder" / "config.pbtxt").read_text()
+    models = ModelRepository(repo)
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin, _Load(server.grpc_url) as load:
+        with pytest.raises(errors.PublishError, match="previous versions keep serving"):
+            models.promote(admin, "embedder", 2)
+        time.sleep(0.3)
+    assert load.failures == []
+    assert {v for _, v in load.records} == {"1"}
+    assert (repo / "embedder" / "config.pbtxt").read_text() == config_before
