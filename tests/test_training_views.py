@@ -1,0 +1,185 @@
+"""Footwear view labelling (clustering, labels) and the two-headed view classifier."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lookserve.errors import ConfigError
+from lookserve.taxonomy import FOOTWEAR_TYPES, VIEWS
+from lookserve.training import clustering as C
+from lookserve.training import views as V
+from lookserve.training.common import AugmentConfig
+
+
+def _blobs(n_per=20, centers=5, dim=12, seed=0, spread=0.05):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim)) * 3
+    y = np.repeat(np.arange(centers), n_per)
+    return c[y] + rng.normal(scale=spread, size=(len(y), dim)), y
+
+
+# --- clustering -------------------------------------------------------------------------------
+def test_sweep_chooses_true_k_and_purity_is_one_when_clusters_are_separated():
+    x, y = _blobs()
+    xr, _ = C.reduce_features(x, seed=0, dims=8)
+    s = C.sweep(xr, range(2, 9), seed=0, progress=False)
+    assert s.ks == tuple(range(2, 9)) and len(s.silhouette) == len(s.sse) == 7
+    assert C.choose_k(s) == 5
+    assert all(a >= b for a, b in zip(s.sse, s.sse[1:], strict=False))  # SSE falls with k
+    assert C.purity(C.kmeans(xr, 5).labels_, y) == 1.0
+
+
+def test_purity_counts_majority_class_when_clusters_are_mixed():
+    clusters = np.array([0, 0, 0, 1, 1, 1, 1])
+    truth = np.array([1, 1, 2, 3, 3, 4, 4])
+    assert C.purity(clusters, truth) == pytest.approx((2 + 2) / 7)
+
+
+def test_histogram_features_are_mirror_invariant_when_image_is_flipped():
+    img = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(C.histogram_features(img), C.histogram_features(img[:, :, ::-1]))
+
+
+def test_plot_sweep_writes_png_when_given_two_backbones(tmp_path):
+    x, _ = _blobs()
+    s1 = C.sweep(x, range(2, 6), progress=False)
+    s2 = C.sweep(x + np.random.default_rng(1).normal(size=x.shape) * 3, range(2, 6), progress=False)
+    p = C.plot_sweep({"a": s1, "b": s2}, tmp_path / "p" / "sweep.png", {"a": 5})
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_contact_sheets_write_one_png_per_cluster_and_template(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, (10, 224, 224, 3), dtype=np.uint8)
+    clusters = np.array([0, 1, 2] * 3 + [2])
+    paths = C.contact_sheets(imgs, clusters, tmp_path)
+    assert [p.name for p in paths] == ["cluster_00.png", "cluster_01.png", "cluster_02.png"]
+    tpl = json.loads((tmp_path / "labels_template.json").read_text())
+    assert tpl["clusters"]["2"] == {"best_view": None, "type": None, "size": 4}
+
+
+def _truths(views, types, best, shoes):
+    return [C.ViewTruth(s, v, t, "train", b) for v, t, b, s in zip(views, types, best, shoes, strict=True)]
+
+
+def test_name_from_ground_truth_names_type_only_when_cluster_is_type_pure():
+    clusters = np.array([0, 0, 0, 1, 1, 1])
+    truths = _truths(
+        ["left"] * 3 + ["sole"] * 3, ["zip", "zip", "zip", "zip", "buckle", "lace-up"], [1, 1, 0, 0, 0, 0], list("abcabc")
+    )
+    lab = C.name_from_ground_truth(clusters, truths)
+    assert lab == {0: C.ClusterLabel(True, "zip"), 1: C.ClusterLabel(False, None)}
+
+
+def test_labels_for_images_propagate_type_over_the_shoes_views():
+    clusters = np.array([0, 1, 0, 1])
+    shoes = np.array(["a", "a", "b", "b"])
+    labels = {0: C.ClusterLabel(True, None), 1: C.ClusterLabel(False, "buckle")}
+    best, types = C.labels_for_images(clusters, shoes, labels)
+    np.testing.assert_array_equal(best, [1, 0, 1, 0])
+    np.testing.assert_array_equal(types, [FOOTWEAR_TYPES.index("buckle")] * 4)
+    best, types = C.labels_for_images(np.array([0, 0]), np.array(["c", "c"]), labels)
+    np.testing.assert_array_equal(types, [-1, -1])
+
+
+def test_labels_for_images_refuse_when_a_cluster_is_unnamed():
+    with pytest.raises(ConfigError, match=r"\[2\]"):
+        C.labels_for_images(np.array([0, 2]), np.array(["a", "a"]), {0: C.ClusterLabel(True, None)})
+
+
+@pytest.mark.parametrize(
+    "doc, match",
+    [
+        ({"clusters": {}}, "non-empty"),
+        ({"clusters": {"x": {"best_view": True, "type": None}}}, "not an integer"),
+        ({"clusters": {"0": {"best_view": "yes", "type": None}}}, "best_view"),
+        ({"clusters": {"0": {"best_view": True, "type": "sandal"}}}, "sandal"),
+    ],
+)
+def test_read_labels_names_the_problem_when_file_is_bad(tmp_path, doc, match):
+    p = tmp_path / "labels.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=match):
+        C.read_labels(p)
+
+
+def test_write_then_read_labels_round_trips(tmp_path):
+    labels = {0: C.ClusterLabel(True, "zip"), 1: C.ClusterLabel(False, None)}
+    C.write_labels(tmp_path / "l.json", labels, C.GROUND_TRUTH_NAMING, 2, "random-cnn")
+    assert C.read_labels(tmp_path / "l.json") == (labels, C.GROUND_TRUTH_NAMING)
+
+
+def test_score_predictions_counts_thumbnail_hits_per_shoe():
+    shoes = np.array(["a", "a", "b", "b"])
+    truths = _truths(["front", "sole", "front", "sole"], ["zip"] * 4, [True, False, True, False], list(shoes))
+    tp = np.zeros((4, 6))
+    tp[:, FOOTWEAR_TYPES.index("zip")] = 1
+    tp[3] = np.eye(6)[0]
+    s = V.score_predictions(tp, np.array([0.9, 0.1, 0.2, 0.8]), shoes, truths)
+    assert (s.thumbnail_accuracy, s.type_accuracy, s.shoes) == (0.5, 0.75, 2)
+
+
+def test_view_config_refuses_flips():
+    with pytest.raises(ConfigError, match="flip"):
+        V.ViewConfig(augment=AugmentConfig(hflip=0.5))
+
+
+# --- the classifier ---------------------------------------------------------------------------
+def _tiny_views(n_shoes=12, size=32, seed=0):
+    """View v of a shoe = a bar at a view-specific place; type = the bar's colour."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, (len(FOOTWEAR_TYPES), 3))
+    imgs, best, types = [], [], []
+    for s in range(n_shoes):
+        t = s % len(FOOTWEAR_TYPES)
+        for v in range(len(VIEWS)):
+            im = np.full((size, size, 3), 235, np.uint8)
+            o = 2 + v * 6
+            im[o : o + 5, 4:28] = palette[t]
+            imgs.append(np.clip(im + rng.integers(-8, 9, im.shape), 0, 255).astype(np.uint8))
+            best.append(float(v == 0))
+            types.append(t)
+    return np.stack(imgs), np.array(best, np.float32), np.array(types, np.int32)
+
+
+def _tiny_cfg(**kw):
+    base = dict(width=4, internal_size=32, batch_size=16, steps=20, lr1=5e-3, lr2=2e-3, augment=AugmentConfig.none())
+    base.update(kw)
+    return V.ViewConfig(**base)
+
+
+@pytest.mark.tf
+def test_build_model_outputs_named_heads_when_given_uint8_batch():
+    model = V.build_model(_tiny_cfg())
+    out = model(np.zeros((3, 224, 224, 3), np.uint8))
+    assert set(out) == {"type_probs", "best_view"}
+    assert tuple(out["type_probs"].shape) == (3, 6) and tuple(out["best_view"].shape) == (3, 1)
+    np.testing.assert_allclose(np.asarray(out["type_probs"]).sum(1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.tf
+def test_train_loss_falls_and_unknown_types_are_ignored():
+    imgs, best, types = _tiny_views()
+    types[::3] = -1
+    res = V.train(imgs, best, types, _tiny_cfg(), seed=0, progress=False)
+    loss = np.array(res.history["loss"])
+    assert res.steps == 20 and np.all(np.isfinite(loss))
+    assert loss[-5:].mean() < loss[:5].mean()
+
+
+@pytest.mark.tf
+def test_train_is_deterministic_and_reloads_when_seed_is_fixed(tmp_path):
+    from lookserve.training.common import save_weights
+
+    imgs, best, types = _tiny_views()
+    cfg = _tiny_cfg(steps=5, augment=AugmentConfig(hflip=0.0, vflip=0.0))
+    r1 = V.train(imgs, best, types, cfg, seed=4, progress=False)
+    r2 = V.train(imgs, best, types, cfg, seed=4, progress=False)
+    assert r1.history["loss"] == r2.history["loss"]
+    save_weights(r1.model, cfg.to_dict(), tmp_path, V.KIND)
+    x = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    a, b = V.predict(V.load_model(tmp_path), x), V.predict(r1.model, x)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,408 @@
+"""Unsupervised labelling of footwear views (seed 000): features → KMeans sweep → a labels file.
+
+The steps, each a function (and a ``lookserve train views`` stage):
+
+1. :func:`extract_features` — a feature vector per view image from a backbone:
+   ``random-cnn`` (the small CNN with random weights, a 2×2 grid of its last feature map — no
+   pretrained weights exist here), ``embedder`` (the trained street2shop embedder's backbone,
+   same grid) or ``histogram`` (per-channel colour histograms; layout-blind, a baseline).
+2. :func:`sweep` — KMeans (scikit-learn) for every k in a range on standardised, PCA-reduced
+   features; silhouette score and SSE (inertia) per k; :func:`plot_sweep` draws both curves
+   (several backbones on one figure to compare them, as the original compared VGG16/ResNet50).
+3. :func:`choose_k` — the k of the best silhouette score (or the one a person gives).
+4. :func:`contact_sheets` — one PNG per cluster for a person to look at, plus a labels template.
+5. A labels file (:func:`read_labels`): ``{"clusters": {"<c>": {"best_view": bool, "type": str|null}}}``,
+   written by a person — or, for evaluation only, by :func:`name_from_ground_truth`, which says so
+   in the file (``"named_by": "ground-truth (evaluation only)"``).
+6. :func:`labels_for_images` — per image: best-view (from its cluster) and type (its cluster's, or
+   propagated over the shoe's other views, whose folder is known).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookserve.errors import ConfigError, DataError, InvalidInputError
+from lookserve.taxonomy import FOOTWEAR_TYPES, VIEWS
+from lookserve.training.common import (
+    SERVED_SIZE,
+    atomic_write_json,
+    pool_uint8,
+    read_rgb,
+    resize_square,
+)
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("random-cnn", "embedder", "histogram")
+GROUND_TRUTH_NAMING = "ground-truth (evaluation only)"
+
+
+# --------------------------------------------------------------------------------------------
+# data: DIR/footwear/views/<shoe>/<name>.jpg and DIR/footwear/ground_truth.json
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ViewImages:
+    """The view images (uint8 [N, 224, 224, 3]) with their shoe ids and relative paths."""
+
+    images: np.ndarray
+    shoes: np.ndarray  # [N] str
+    paths: list[str]  # relative to DIR/footwear
+
+
+@dataclass(frozen=True)
+class ViewTruth:
+    """Generated ground truth of one image (never used for training)."""
+
+    shoe: str
+    view: str
+    type: str
+    split: str
+    best: bool
+
+
+def list_view_files(root: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(shoe id, path) of every view image, sorted (file names reveal nothing)."""
+    views = Path(root) / "footwear" / "views"
+    if not views.is_dir():
+        raise DataError(f"{root} has no footwear views: {views} is missing")
+    out = [(p.parent.name, p) for p in sorted(views.glob("*/*.jpg"))]
+    if not out:
+        raise DataError(f"no view images under {views}")
+    return out
+
+
+def read_ground_truth(root: str | os.PathLike) -> dict[str, ViewTruth]:
+    """``footwear/ground_truth.json`` keyed by the image path relative to ``footwear/``."""
+    path = Path(root) / "footwear" / "ground_truth.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DataError(f"missing {path}") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from e
+    records: list[tuple[str, dict[str, Any]]]
+    if isinstance(doc, dict) and "images" in doc:
+        doc = doc["images"]
+    if isinstance(doc, dict):
+        records = list(doc.items())
+    elif isinstance(doc, list):
+        records = [(r.get("path") or r.get("image") or r.get("file"), r) for r in doc]
+    else:
+        raise DataError(f"{path}: expected a JSON object or list, got {type(doc).__name__}")
+    out: dict[str, ViewTruth] = {}
+    for key, r in records:
+        if not key:
+            raise DataError(f"{path}: a record has no image path: {str(r)[:120]}")
+        rel = _rel_key(key)
+        try:
+            best = r.get("best_view", r.get("is_best", r.get("best")))
+            out[rel] = ViewTruth(str(r["shoe_id"] if "shoe_id" in r else r["shoe"]), r["view"], r["type"], r["split"], bool(best))
+        except KeyError as e:
+            raise DataError(f"{path}: record for {key} lacks field {e}") from e
+    return out
+
+
+def _rel_key(path: str) -> str:
+    """Normalise an image path to ``views/<shoe>/<name>.jpg``."""
+    parts = Path(path).parts
+    if "views" in parts:
+        parts = parts[parts.index("views") :]
+    else:
+        parts = ("views", *parts[-2:])
+    return "/".join(parts)
+
+
+def load_view_images(root: str | os.PathLike, shoes: set[str] | None = None) -> ViewImages:
+    from tqdm import tqdm
+
+    files = [(s, p) for s, p in list_view_files(root) if shoes is None or s in shoes]
+    if not files:
+        raise DataError(f"no view images of the requested shoes under {root}")
+    imgs = [resize_square(read_rgb(p), SERVED_SIZE) for _, p in tqdm(files, desc="loading views", unit="img", leave=False)]
+    return ViewImages(np.stack(imgs), np.array([s for s, _ in files]), [_rel_key(str(p)) for _, p in files])
+
+
+def shoes_in_split(root: str | os.PathLike, split: str | tuple[str, ...]) -> set[str]:
+    """Shoe ids of a split — read from the ground truth, which tells only the split here."""
+    splits = (split,) if isinstance(split, str) else split
+    return {t.shoe for t in read_ground_truth(root).values() if t.split in splits}
+
+
+# --------------------------------------------------------------------------------------------
+# features
+# --------------------------------------------------------------------------------------------
+def histogram_features(images: np.ndarray, bins: int = 16) -> np.ndarray:
+    """Per-channel colour histograms (L1-normalised), [N, 3·bins]."""
+    n = len(images)
+    out = np.zeros((n, 3 * bins), np.float32)
+    for i, im in enumerate(images):
+        for c in range(3):
+            h = np.bincount(im[..., c].ravel() // (256 // bins), minlength=bins)[:bins]
+            out[i, c * bins : (c + 1) * bins] = h
+    return out / out.sum(axis=1, keepdims=True).clip(1)
+
+
+def cnn_features(images: np.ndarray, backbone_model, internal_size: int, batch_size: int = 64) -> np.ndarray:
+    """Backbone features of uint8 [N, 224, 224, 3] images (pooled to ``internal_size``)."""
+    factor = SERVED_SIZE // internal_size
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = pool_uint8(images[i : i + batch_size], factor).astype(np.float32)
+        out.append(np.asarray(backbone_model(x, training=False)))
+    return np.concatenate(out)
+
+
+def extract_features(images: np.ndarray, kind: str, seed: int = 0, embedder_weights: str | os.PathLike | None = None) -> np.ndarray:
+    """Feature vectors of the view images from backbone ``kind`` (see module doc)."""
+    if kind not in FEATURES:
+        raise ConfigError(f"unknown feature backbone {kind!r}; expected one of {', '.join(FEATURES)}")
+    if kind == "histogram":
+        return histogram_features(images)
+    from lookserve.training.common import build_backbone, keras_module, set_seed
+
+    keras = keras_module()
+    if kind == "random-cnn":
+        set_seed(seed)
+        bb = build_backbone("small", 112, width=32, spatial_pool=2, prefix="rnd")
+        return cnn_features(images, bb, 112)
+    if embedder_weights is None:
+        raise ConfigError("feature backbone 'embedder' needs the embedder weights directory")
+    from lookserve.training import embedder as E
+
+    model = E.load_model(embedder_weights)
+    cfg = E.load_config(embedder_weights)
+    bb = E.core_of(model).get_layer(f"emb_{cfg.backbone}")
+    last = bb.layers[-2].output  # the last feature map, before global pooling
+    size = last.shape[1]
+    grid = keras.layers.AveragePooling2D(max(1, size // 2))(last)
+    feat = keras.Model(bb.input, keras.layers.Flatten()(grid))
+    return cnn_features(images, feat, cfg.internal_size)
+
+
+# --------------------------------------------------------------------------------------------
+# KMeans sweep
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sweep:
+    ks: tuple[int, ...]
+    silhouette: tuple[float, ...]
+    sse: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ks": list(self.ks), "silhouette": list(self.silhouette), "sse": list(self.sse)}
+
+
+def reduce_features(features: np.ndarray, seed: int = 0, dims: int = 32):
+    """Standardise and PCA-reduce; returns (reduced features, fitted sklearn pipeline)."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if features.ndim != 2 or len(features) < 3:
+        raise InvalidInputError(f"need a 2-D feature matrix with at least 3 rows, got {features.shape}")
+    dims = min(dims, features.shape[1], len(features) - 1)
+    pipe = make_pipeline(StandardScaler(), PCA(n_components=dims, random_state=seed))
+    return pipe.fit_transform(features).astype(np.float32), pipe
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0):
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, random_state=seed, n_init=4).fit(x)
+
+
+def sweep(x: np.ndarray, ks: range | list[int], seed: int = 0, progress: bool = True) -> Sweep:
+    """KMeans for every k: silhouette score (Euclidean) and SSE (inertia)."""
+    from sklearn.metrics import silhouette_score
+    from tqdm import tqdm
+
+    ks = [k for k in ks if 2 <= k < len(x)]
+    if not ks:
+        raise InvalidInputError(f"no k in range for {len(x)} samples (need 2 <= k < n)")
+    sil, sse = [], []
+    for k in tqdm(ks, desc="kmeans sweep", unit="k", disable=not progress, leave=False):
+        km = kmeans(x, k, seed)
+        sil.append(float(silhouette_score(x, km.labels_, metric="euclidean")))
+        sse.append(float(km.inertia_))
+    return Sweep(tuple(ks), tuple(sil), tuple(sse))
+
+
+def choose_k(s: Sweep) -> int:
+    """The k with the highest silhouette score (ties: the smaller k)."""
+    return s.ks[int(np.argmax(s.silhouette))]
+
+
+def plot_sweep(sweeps: dict[str, Sweep], path: str | os.PathLike, chosen: dict[str, int] | None = None) -> Path:
+    """Silhouette and SSE (elbow) curves per backbone, side by side, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, s in sweeps.items():
+        ax1.plot(s.ks, s.silhouette, marker="o", label=name)
+        sse = np.asarray(s.sse)
+        ax2.plot(s.ks, sse / sse[0], marker="o", label=name)
+        if chosen and name in chosen:
+            ax1.axvline(chosen[name], ls=":", color=ax1.lines[-1].get_color())
+    ax1.set(xlabel="k", ylabel="silhouette score", title="silhouette per k")
+    ax2.set(xlabel="k", ylabel="SSE / SSE(k_min)", title="SSE (elbow) per k")
+    ax1.legend(), ax2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def purity(clusters: np.ndarray, truth: np.ndarray) -> float:
+    """Cluster purity: Σ_clusters max_class |cluster ∩ class| / N."""
+    if len(clusters) != len(truth) or len(clusters) == 0:
+        raise InvalidInputError(f"purity needs equal, non-empty label arrays ({len(clusters)} vs {len(truth)})")
+    total = 0
+    for c in np.unique(clusters):
+        total += Counter(truth[clusters == c].tolist()).most_common(1)[0][1]
+    return total / len(clusters)
+
+
+# --------------------------------------------------------------------------------------------
+# contact sheets and labels
+# --------------------------------------------------------------------------------------------
+def contact_sheets(
+    images: np.ndarray, clusters: np.ndarray, out_dir: str | os.PathLike, per_sheet: int = 30, thumb: int = 96, seed: int = 0
+) -> list[Path]:
+    """One PNG per cluster (a sample of its images) and ``labels_template.json`` to fill in."""
+    from PIL import Image, ImageDraw
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cols = 6
+    paths = []
+    template = {}
+    for c in sorted(np.unique(clusters).tolist()):
+        idx = np.flatnonzero(clusters == c)
+        pick = rng.choice(idx, size=min(per_sheet, len(idx)), replace=False)
+        rows = (len(pick) + cols - 1) // cols
+        sheet = Image.new("RGB", (cols * thumb, rows * thumb + 20), "white")
+        ImageDraw.Draw(sheet).text((4, 4), f"cluster {c}: {len(idx)} images", fill="black")
+        for j, i in enumerate(pick):
+            im = Image.fromarray(images[i]).resize((thumb, thumb))
+            sheet.paste(im, ((j % cols) * thumb, 20 + (j // cols) * thumb))
+        p = out / f"cluster_{c:02d}.png"
+        tmp = p.with_name(f".{p.name}.tmp.png")
+        sheet.save(tmp)
+        os.replace(tmp, p)
+        paths.append(p)
+        template[str(c)] = {"best_view": None, "type": None, "size": int(len(idx))}
+    atomic_write_json(
+        out / "labels_template.json",
+        {
+            "named_by": "person",
+            "instructions": "For each cluster set best_view to true/false and type to one of "
+            + ", ".join(FOOTWEAR_TYPES)
+            + " or null when the cluster mixes types; save as labels.json.",
+            "clusters": template,
+        },
+    )
+    return paths
+
+
+@dataclass(frozen=True)
+class ClusterLabel:
+    best_view: bool
+    type: str | None
+
+
+def read_labels(path: str | os.PathLike) -> tuple[dict[int, ClusterLabel], str]:
+    """A labels file → ({cluster: ClusterLabel}, named_by); every problem named."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"labels file {path} does not exist") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"labels file {path} is not valid JSON: {e}") from e
+    clusters = doc.get("clusters") if isinstance(doc, dict) else None
+    if not isinstance(clusters, dict) or not clusters:
+        raise ConfigError(f"labels file {path} needs a non-empty 'clusters' object")
+    out: dict[int, ClusterLabel] = {}
+    for key, v in clusters.items():
+        try:
+            c = int(key)
+        except ValueError as e:
+            raise ConfigError(f"labels file {path}: cluster key {key!r} is not an integer") from e
+        if not isinstance(v, dict) or not isinstance(v.get("best_view"), bool):
+            raise ConfigError(f"labels file {path}: cluster {key} needs best_view true or false")
+        t = v.get("type")
+        if t is not None and t not in FOOTWEAR_TYPES:
+            raise ConfigError(f"labels file {path}: cluster {key} has type {t!r}; expected one of {', '.join(FOOTWEAR_TYPES)} or null")
+        out[c] = ClusterLabel(v["best_view"], t)
+    return out, str(doc.get("named_by", "person"))
+
+
+def name_from_ground_truth(
+    clusters: np.ndarray, truths: list[ViewTruth], type_purity: float = 0.8
+) -> dict[int, ClusterLabel]:
+    """FOR EVALUATION ONLY: name each cluster from the generated ground truth, as a person looking
+    at its contact sheet would: best view when most members are best views; its type when at least
+    ``type_purity`` of its members share one type, else null."""
+    out = {}
+    for c in sorted(np.unique(clusters).tolist()):
+        members = [truths[i] for i in np.flatnonzero(clusters == c)]
+        best = sum(t.best for t in members) * 2 > len(members)
+        t, n = Counter(t.type for t in members).most_common(1)[0]
+        out[int(c)] = ClusterLabel(best, t if n >= type_purity * len(members) else None)
+    return out
+
+
+def write_labels(path: str | os.PathLike, labels: dict[int, ClusterLabel], named_by: str, k: int, features: str) -> Path:
+    path = Path(path)
+    atomic_write_json(
+        path,
+        {
+            "named_by": named_by,
+            "k": k,
+            "features": features,
+            "clusters": {str(c): {"best_view": lab.best_view, "type": lab.type} for c, lab in sorted(labels.items())},
+        },
+    )
+    return path
+
+
+def labels_for_images(clusters: np.ndarray, shoes: np.ndarray, labels: dict[int, ClusterLabel]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: best-view target (0/1) and type index (−1 when unknown).
+
+    The type comes from the image's cluster, or — since all views of one shoe share its type and
+    the folder names the shoe — from the majority type of the shoe's typed views.
+    """
+    missing = sorted(set(np.unique(clusters).tolist()) - set(labels))
+    if missing:
+        raise ConfigError(f"the labels file does not name clusters {missing}")
+    best = np.array([1.0 if labels[int(c)].best_view else 0.0 for c in clusters], np.float32)
+    votes: dict[str, Counter] = defaultdict(Counter)
+    for c, s in zip(clusters.tolist(), shoes.tolist(), strict=True):
+        t = labels[int(c)].type
+        if t is not None:
+            votes[s][t] += 1
+    types = np.array(
+        [FOOTWEAR_TYPES.index(votes[s].most_common(1)[0][0]) if votes[s] else -1 for s in shoes.tolist()], np.int32
+    )
+    return best, types
+
+
+def view_index(truths: list[ViewTruth]) -> np.ndarray:
+    return np.array([VIEWS.index(t.view) if t.view in VIEWS else -1 for t in truths])

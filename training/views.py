@@ -1,0 +1,396 @@
+"""The footwear view classifier (seed 000), trained from unsupervised cluster labels.
+
+Served model: ``images`` UINT8 [B, 224, 224, 3] → ``{"type_probs": [B, 6] (softmax over
+FOOTWEAR_TYPES), "best_view": [B, 1] (sigmoid)}``. A small CNN at 112 px by default
+(``--size large``: ResNet50 at 224 px, random init, for GPU).
+
+:func:`run` is the whole job: features of the train-split view images → KMeans sweep with
+silhouette/SSE plot (and the comparison backbones' curves) → chosen k → contact sheets → a
+labels file (a person's, or — evaluation only — one named from the generated ground truth) →
+per-image targets → the classifier → held-out figures (:func:`evaluate`).
+
+No flips are used in augmentation: a mirrored left view IS a right view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookserve.errors import ConfigError, DataError
+from lookserve.taxonomy import FOOTWEAR_TYPES
+from lookserve.training import clustering as C
+from lookserve.training.common import (
+    SERVED_SIZE,
+    AugmentConfig,
+    atomic_write_json,
+    augment_batch,
+    build_backbone,
+    dataclass_from_dict,
+    dataclass_to_dict,
+    keras_module,
+    pool_uint8,
+    pooling_factor,
+    read_config,
+    save_weights,
+    served_front,
+    set_seed,
+)
+
+log = logging.getLogger(__name__)
+
+KIND = "view_classifier"
+SIZES = ("small", "large")
+
+
+def _no_flip_augment() -> AugmentConfig:
+    return AugmentConfig(dropout=0.01, blur_sigma=1.0, hflip=0.0, vflip=0.0, equalize=0.3)
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    backbone: str = "small"
+    width: int = 24
+    internal_size: int = 112
+    batch_size: int = 32
+    steps: int = 400
+    lr1: float = 2e-3
+    lr2: float = 5e-4
+    stage1_fraction: float = 0.6
+    augment: AugmentConfig = field(default_factory=_no_flip_augment)
+
+    def __post_init__(self) -> None:
+        pooling_factor(self.internal_size)
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.augment.hflip or self.augment.vflip:
+            raise ConfigError("the view classifier must not flip images: a mirrored left view is a right view")
+
+    @classmethod
+    def preset(cls, size: str, **overrides: Any) -> ViewConfig:
+        if size == "small":
+            base = cls()
+        elif size == "large":
+            base = cls(backbone="resnet50", internal_size=224, lr1=1e-4, lr2=5e-5, steps=3000)
+        else:
+            raise ConfigError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViewConfig:
+        return dataclass_from_dict(cls, data)
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+def build_core(config: ViewConfig):
+    keras = keras_module()
+    from keras import layers
+
+    bb = build_backbone(config.backbone, config.internal_size, width=config.width, spatial_pool=2, prefix="view")
+    inp = keras.Input((config.internal_size, config.internal_size, 3), dtype="float32", name="pooled")
+    x = bb(inp)
+    x = layers.Dense(64, activation="relu", name="view_hidden")(x)
+    t = layers.Dense(len(FOOTWEAR_TYPES), activation="softmax", name="type_probs")(x)
+    b = layers.Dense(1, activation="sigmoid", name="best_view")(x)
+    return keras.Model(inp, {"type_probs": t, "best_view": b}, name="view_core")
+
+
+def build_model(config: ViewConfig | None = None):
+    """``images`` UINT8 [B, 224, 224, 3] → ``{"type_probs": [B, 6], "best_view": [B, 1]}``."""
+    keras = keras_module()
+    config = config or ViewConfig()
+    inp, x = served_front(config.internal_size, "images")
+    out = build_core(config)(x)
+    return keras.Model(inp, {"type_probs": out["type_probs"], "best_view": out["best_view"]}, name="view_classifier")
+
+
+def core_of(model):
+    return model.get_layer("view_core")
+
+
+def load_config(weights_dir: str | os.PathLike) -> ViewConfig:
+    return ViewConfig.from_dict(read_config(weights_dir, KIND))
+
+
+def load_model(weights_dir: str | os.PathLike):
+    model = build_model(load_config(weights_dir))
+    model.load_weights(str(Path(weights_dir) / "model.weights.h5"))
+    return model
+
+
+def _masked_ce_class():
+    keras = keras_module()
+
+    class MaskedSparseCE(keras.losses.Loss):
+        """Sparse categorical cross-entropy; targets < 0 (type unknown) contribute nothing."""
+
+        def call(self, y_true, y_pred):
+            from keras import ops
+
+            y = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+            mask = ops.cast(ops.greater_equal(y, 0), y_pred.dtype)
+            ce = keras.losses.sparse_categorical_crossentropy(ops.maximum(y, 0), y_pred)
+            return ce * mask
+
+    return MaskedSparseCE
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainResult:
+    model: Any
+    config: ViewConfig
+    history: dict[str, list[float]]
+    seconds: float
+    steps: int
+
+
+def train(
+    images: np.ndarray,
+    best: np.ndarray,
+    types: np.ndarray,
+    config: ViewConfig,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on uint8 [N, 224, 224, 3] images (or already pooled to ``internal_size``) with
+    best-view targets (0/1) and type indices (−1 = unknown)."""
+    keras = keras_module()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if not (len(images) == len(best) == len(types)) or len(images) == 0:
+        raise DataError(f"need equal, non-empty images/targets, got {len(images)}, {len(best)}, {len(types)}")
+    set_seed(seed)
+    if images.shape[1] == SERVED_SIZE and config.internal_size != SERVED_SIZE:
+        images = pool_uint8(images, pooling_factor(config.internal_size))
+    model = build_model(config)
+    core = core_of(model)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [max(1, int(config.steps * config.stage1_fraction))], [config.lr1, config.lr2]
+    )
+    core.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss={"type_probs": _masked_ce_class()(), "best_view": keras.losses.BinaryCrossentropy()},
+    )
+    rng = np.random.default_rng(seed)
+    history: dict[str, list[float]] = {"loss": []}
+    t0 = time.monotonic()
+    steps = 0
+    with Progress(
+        TextColumn("[bold]view classifier[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=True,
+    ) as bar:
+        task = bar.add_task("", total=config.steps)
+        for _ in range(config.steps):
+            idx = rng.choice(len(images), size=min(config.batch_size, len(images)), replace=False)
+            x = augment_batch(images[idx], config.augment, rng).astype(np.float32)
+            logs = core.train_on_batch(
+                x, {"type_probs": types[idx].astype(np.float32), "best_view": best[idx].reshape(-1, 1)}, return_dict=True
+            )
+            history["loss"].append(float(logs["loss"]))
+            steps += 1
+            if steps % 10 == 0:
+                bar.update(task, description=f"loss {np.mean(history['loss'][-50:]):.4f}")
+                log.info("step %d/%d loss %.4f", steps, config.steps, float(np.mean(history["loss"][-50:])))
+            bar.advance(task)
+            if max_seconds is not None and time.monotonic() - t0 > max_seconds:
+                log.warning("time budget %.0f s reached after %d of %d steps", max_seconds, steps, config.steps)
+                break
+    return TrainResult(model, config, history, time.monotonic() - t0, steps)
+
+
+def predict(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(type_probs [N, 6], best_view [N]) for uint8 [N, 224, 224, 3]."""
+    tp, bv = [], []
+    for i in range(0, len(images), batch_size):
+        out = model(images[i : i + batch_size], training=False)
+        tp.append(np.asarray(out["type_probs"]))
+        bv.append(np.asarray(out["best_view"]).reshape(-1))
+    return np.concatenate(tp), np.concatenate(bv)
+
+
+@dataclass(frozen=True)
+class ViewScores:
+    images: int
+    shoes: int
+    type_accuracy: float  # per image
+    type_accuracy_shoe: float  # mean of the shoe's views' probabilities
+    best_view_accuracy: float  # per image, threshold 0.5
+    thumbnail_accuracy: float  # per shoe: argmax best_view is a true best view
+
+
+def score_predictions(type_probs: np.ndarray, best_prob: np.ndarray, shoes: np.ndarray, truths: list[C.ViewTruth]) -> ViewScores:
+    true_type = np.array([FOOTWEAR_TYPES.index(t.type) for t in truths])
+    true_best = np.array([t.best for t in truths])
+    type_acc = float(np.mean(type_probs.argmax(1) == true_type))
+    best_acc = float(np.mean((best_prob >= 0.5) == true_best))
+    shoe_ids = sorted(set(shoes.tolist()))
+    thumb_hits, shoe_type_hits = 0, 0
+    for s in shoe_ids:
+        m = np.flatnonzero(shoes == s)
+        thumb_hits += bool(true_best[m[np.argmax(best_prob[m])]])
+        shoe_type_hits += int(type_probs[m].mean(0).argmax() == true_type[m[0]])
+    n = len(shoe_ids)
+    return ViewScores(len(shoes), n, type_acc, shoe_type_hits / n, best_acc, thumb_hits / n)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole job
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabellingResult:
+    features: str
+    k: int
+    sweeps: dict[str, C.Sweep]
+    labels: dict[int, C.ClusterLabel] | None
+    named_by: str | None
+    train_purity: float | None  # against the true view (ground truth read for the report only)
+    heldout_purity: float | None
+    plot: Path
+    sheets_dir: Path
+
+
+def label_views(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    features: str = "random-cnn",
+    compare: tuple[str, ...] = (),
+    k_range: tuple[int, int] = (2, 20),
+    k: int | None = None,
+    labels_file: str | os.PathLike | None = None,
+    name_from_ground_truth: bool = False,
+    embedder_weights: str | os.PathLike | None = None,
+    train_views: C.ViewImages | None = None,
+    test_views: C.ViewImages | None = None,
+) -> tuple[LabellingResult, np.ndarray]:
+    """Clustering stages (1–5 of the module doc) on the train split; returns the result and the
+    cluster of every train image. Purity against the true view is computed for the report."""
+    import joblib
+
+    out = Path(out_dir)
+    truth = C.read_ground_truth(root)
+    tr = train_views or C.load_view_images(root, C.shoes_in_split(root, "train"))
+    feats = C.extract_features(tr.images, features, seed, embedder_weights)
+    x, pipe = C.reduce_features(feats, seed)
+    sweeps = {features: C.sweep(x, range(k_range[0], k_range[1] + 1), seed)}
+    for other in compare:
+        if other == features:
+            continue
+        fo = C.extract_features(tr.images, other, seed, embedder_weights)
+        sweeps[other] = C.sweep(C.reduce_features(fo, seed)[0], range(k_range[0], k_range[1] + 1), seed)
+    chosen = k or C.choose_k(sweeps[features])
+    plot = C.plot_sweep(sweeps, out / "clustering" / "silhouette_sse.png", {features: chosen})
+    km = C.kmeans(x, chosen, seed)
+    clusters = km.labels_
+    sheets = out / "clustering" / "sheets"
+    C.contact_sheets(tr.images, clusters, sheets, seed=seed)
+    joblib.dump({"pipe": pipe, "kmeans": km, "features": features, "seed": seed}, out / "clustering" / "kmeans.joblib")
+    atomic_write_json(out / "clustering" / "sweeps.json", {"chosen_k": chosen, "features": features, "sweeps": {n: s.to_dict() for n, s in sweeps.items()}})
+    tr_truth = [truth[p] for p in tr.paths]
+    train_purity = C.purity(clusters, C.view_index(tr_truth))
+    heldout_purity = None
+    te = test_views
+    if te is not None:
+        fte = C.extract_features(te.images, features, seed, embedder_weights)
+        heldout_purity = C.purity(km.predict(pipe.transform(fte).astype(np.float32)), C.view_index([truth[p] for p in te.paths]))
+    labels, named_by = None, None
+    if labels_file is not None:
+        labels, named_by = C.read_labels(labels_file)
+    elif name_from_ground_truth:
+        labels, named_by = C.name_from_ground_truth(clusters, tr_truth), C.GROUND_TRUTH_NAMING
+        log.warning("clusters named from the generated ground truth — for evaluation only")
+        C.write_labels(out / "clustering" / "labels.json", labels, named_by, chosen, features)
+    res = LabellingResult(features, chosen, sweeps, labels, named_by, train_purity, heldout_purity, plot, sheets)
+    return res, clusters
+
+
+def run(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: ViewConfig,
+    seed: int = 0,
+    features: str = "random-cnn",
+    compare: tuple[str, ...] = (),
+    k_range: tuple[int, int] = (2, 20),
+    k: int | None = None,
+    labels_file: str | os.PathLike | None = None,
+    name_from_ground_truth: bool = False,
+    embedder_weights: str | os.PathLike | None = None,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The whole job. Without a labels file (and without the ground-truth option) it stops after
+    the contact sheets: a person names the clusters, then runs it again with ``labels_file``."""
+    out = Path(out_dir)
+    t0 = time.monotonic()
+    tr = C.load_view_images(root, C.shoes_in_split(root, "train"))
+    te = C.load_view_images(root, C.shoes_in_split(root, "test"))
+    lab, clusters = label_views(
+        root, out, seed, features, compare, k_range, k, labels_file, name_from_ground_truth, embedder_weights, tr, te
+    )
+    report: dict[str, Any] = {
+        "features": lab.features,
+        "k": lab.k,
+        "silhouette_at_k": {n: dict(zip(s.ks, s.silhouette, strict=True)).get(lab.k) for n, s in lab.sweeps.items()},
+        "best_silhouette": {n: max(s.silhouette) for n, s in lab.sweeps.items()},
+        "train_view_purity": lab.train_purity,
+        "heldout_view_purity": lab.heldout_purity,
+        "plot": str(lab.plot),
+        "sheets": str(lab.sheets_dir),
+        "named_by": lab.named_by,
+    }
+    if lab.labels is None:
+        report["next"] = f"name the clusters in {lab.sheets_dir}/labels_template.json, save it as labels.json and rerun with --labels"
+        return report
+    if len(set(lab.labels)) != lab.k:
+        raise ConfigError(f"the labels file names {len(lab.labels)} clusters but k = {lab.k}; pass --k {len(lab.labels)}")
+    best, types = C.labels_for_images(clusters, tr.shoes, lab.labels)
+    report["train_images"] = int(len(best))
+    report["train_images_with_type"] = int((types >= 0).sum())
+    result = train(tr.images, best, types, config, seed, max_seconds)
+    save_weights(result.model, config.to_dict(), out, KIND)
+    atomic_write_json(out / "train_log.json", {"seconds": round(result.seconds, 1), "steps": result.steps, "loss": [round(v, 5) for v in result.history["loss"]]})
+    truth = C.read_ground_truth(root)
+    tp, bp = predict(result.model, te.images)
+    report["heldout"] = dataclass_to_dict(score_predictions(tp, bp, te.shoes, [truth[p] for p in te.paths]))
+    report["train_seconds"] = round(result.seconds, 1)
+    report["total_seconds"] = round(time.monotonic() - t0, 1)
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def evaluate(root: str | os.PathLike, weights_dir: str | os.PathLike) -> dict[str, Any]:
+    """Held-out (test-split) figures of a trained classifier, plus view purity of its clustering
+    when ``clustering/kmeans.joblib`` is beside the weights."""
+    import joblib
+
+    truth = C.read_ground_truth(root)
+    te = C.load_view_images(root, C.shoes_in_split(root, "test"))
+    model = load_model(weights_dir)
+    tp, bp = predict(model, te.images)
+    te_truth = [truth[p] for p in te.paths]
+    out: dict[str, Any] = {"heldout": dataclass_to_dict(score_predictions(tp, bp, te.shoes, te_truth))}
+    kj = Path(weights_dir) / "clustering" / "kmeans.joblib"
+    if kj.is_file():
+        st = joblib.load(kj)
+        emb_w = Path(weights_dir).parent / "embedder" if st["features"] == "embedder" else None
+        f = C.extract_features(te.images, st["features"], st["seed"], emb_w)
+        cl = st["kmeans"].predict(st["pipe"].transform(f).astype(np.float32))
+        out["heldout_view_purity"] = C.purity(cl, C.view_index(te_truth))
+        out["k"] = int(st["kmeans"].n_clusters)
+        out["features"] = st["features"]
+    return out
