@@ -1,0 +1,265 @@
+"""``lookserve train ...`` and ``lookserve eval ...`` (nothing heavy imported at module level)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Train the detector, the embedder and the view classifier.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate trained models on held-out data.")
+
+DATA = typer.Option(..., "--data", help="Data set root (street2shop layout, e.g. from `lookserve data synth`).")
+OUT = typer.Option(..., "--out", help="Directory to write weights (model.weights.h5 + config.json) and reports.")
+SEED = typer.Option(0, "--seed", help="Seed of everything random.")
+SIZE = typer.Option("small", "--size", help="small (CPU, minutes) or large (ResNet50 backbone, GPU).")
+MAX_MIN = typer.Option(None, "--max-minutes", help="Stop training after this many minutes (weights so far are kept).")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _machine() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, {platform.system()} {platform.release()}".replace("  ", " ")
+
+
+def _retrieval_table(title: str, scores) -> Any:
+    from rich.table import Table
+
+    from lookserve.training.embedder import scores_table
+
+    t = Table(title=title)
+    for col in ("category", "queries", "gallery", "top-1", "recall@6", "recall@20"):
+        t.add_column(col, justify="right" if col != "category" else "left")
+    for row in scores_table(scores):
+        t.add_row(*row)
+    return t
+
+
+def _fail(e: Exception) -> None:
+    _console().print(f"[red]error:[/] {e}")
+    raise typer.Exit(2) from e
+
+
+# --------------------------------------------------------------------------------------------
+# embedder
+# --------------------------------------------------------------------------------------------
+@app.command("embedder")
+def train_embedder(
+    data: Path = DATA,
+    out: Path = OUT,
+    seed: int = SEED,
+    size: str = SIZE,
+    mining: str = typer.Option("batch-hard", help="random | semi-hard | batch-hard"),
+    dim: int = typer.Option(128, help="Embedding dimension."),
+    margin: float = typer.Option(None, help="Triplet margin on squared distances (default: the preset's)."),
+    steps_per_epoch: int = typer.Option(None, help="Steps per epoch (default: the preset's)."),
+    stage1_epochs: int = typer.Option(None, help="Epochs at lr1."),
+    stage2_epochs: int = typer.Option(None, help="Epochs at lr2."),
+    max_minutes: float = MAX_MIN,
+) -> None:
+    """Train the triplet embedder on the train split, then print held-out retrieval figures."""
+    from lookserve.errors import LookserveError
+    from lookserve.training import embedder as E
+
+    try:
+        over = {k: v for k, v in dict(mining=mining, dim=dim, margin=margin, steps_per_epoch=steps_per_epoch,
+                                      stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs).items() if v is not None}
+        cfg = E.EmbedderConfig.preset(size, **over)
+        t0 = time.monotonic()
+        train_data = E.load_triplet_data(data, ("train",), cfg.internal_size)
+        res = E.train(train_data, cfg, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None)
+        scores = E.evaluate(res.model, E.load_eval_data(data))
+        E.save(res, out, {"seed": seed, "data": str(data), "machine": _machine(),
+                          "eval": {k: vars(v) for k, v in scores.items()}, "total_seconds": round(time.monotonic() - t0, 1)})
+    except LookserveError as e:
+        _fail(e)
+    c = _console()
+    c.print(f"trained {res.steps} steps in {res.seconds:.0f} s ({cfg.mining}); weights in {out}")
+    c.print(_retrieval_table("held-out (test split) street→shop retrieval", scores))
+
+
+@app.command("embedder-mining")
+def compare_mining(
+    data: Path = DATA,
+    out: Path = OUT,
+    seed: int = SEED,
+    size: str = SIZE,
+    steps_per_epoch: int = typer.Option(None, help="Steps per epoch (default: the preset's)."),
+    stage1_epochs: int = typer.Option(None, help="Epochs at lr1."),
+    stage2_epochs: int = typer.Option(None, help="Epochs at lr2."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget PER variant."),
+) -> None:
+    """Train one embedder per mining variant with the same budget; print one comparison table."""
+    from rich.table import Table
+
+    from lookserve.errors import LookserveError
+    from lookserve.training import embedder as E
+    from lookserve.training.common import atomic_write_json, atomic_write_text
+
+    rows = []
+    try:
+        over = {k: v for k, v in dict(steps_per_epoch=steps_per_epoch, stage1_epochs=stage1_epochs,
+                                      stage2_epochs=stage2_epochs).items() if v is not None}
+        base = E.EmbedderConfig.preset(size, **over)
+        train_data = E.load_triplet_data(data, ("train",), base.internal_size)
+        eval_data = E.load_eval_data(data)
+        for mining in E.MINING:
+            cfg = E.EmbedderConfig.preset(size, mining=mining, **over)
+            res = E.train(train_data, cfg, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None)
+            s = E.evaluate(res.model, eval_data)["overall"]
+            rows.append({"mining": mining, "steps": res.steps, "seconds": round(res.seconds, 1),
+                         "final_loss": round(float(sum(res.history["loss"][-50:]) / len(res.history["loss"][-50:])), 4),
+                         "top1": round(s.top1, 4), "recall6": round(s.recall6, 4), "recall20": round(s.recall20, 4),
+                         "queries": s.n})
+            E.save(res, Path(out) / mining, {"seed": seed, "data": str(data)})
+    except LookserveError as e:
+        _fail(e)
+    t = Table(title="mining variants, same data/seed/steps; held-out (test split) overall")
+    for col in ("mining", "steps", "seconds", "final_loss", "top1", "recall6", "recall20", "queries"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*(str(r[c]) for c in ("mining", "steps", "seconds", "final_loss", "top1", "recall6", "recall20", "queries")))
+    _console().print(t)
+    atomic_write_json(Path(out) / "mining_table.json", rows)
+    md = ["| mining | steps | seconds | final loss | top-1 | recall@6 | recall@20 | queries |", "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['mining']} | {r['steps']} | {r['seconds']} | {r['final_loss']} | {r['top1']:.3f} | {r['recall6']:.3f} | {r['recall20']:.3f} | {r['queries']} |" for r in rows]
+    atomic_write_text(Path(out) / "mining_table.md", "\n".join(md) + "\n")
+
+
+@eval_app.command("embedder")
+def eval_embedder(
+    data: Path = DATA,
+    weights: Path = typer.Option(..., "--weights", help="Weights directory (model.weights.h5 + config.json)."),
+    gallery: str = typer.Option("test", help="test: the held-out products' shop photos; all: every split's as distractors."),
+) -> None:
+    """Print held-out retrieval figures: top-1 (the original's accuracy), recall@6, recall@20."""
+    from lookserve.errors import LookserveError
+    from lookserve.training import embedder as E
+
+    try:
+        model = E.load_model(weights)
+        scores = E.evaluate(model, E.load_eval_data(data, gallery))
+    except LookserveError as e:
+        _fail(e)
+    _console().print(_retrieval_table(f"held-out (test split) street→shop retrieval, gallery={gallery}", scores))
+
+
+# --------------------------------------------------------------------------------------------
+# view classifier
+# --------------------------------------------------------------------------------------------
+def _print_views(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    c = _console()
+    if report.get("named_by") and "ground-truth" in report["named_by"]:
+        c.print("[yellow]clusters were named from the GENERATED GROUND TRUTH — for evaluation only, not a person's labels[/]")
+    t = Table(title="footwear views")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    flat: dict[str, Any] = {}
+    for k, v in report.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                flat[f"{k}.{k2}"] = v2
+        else:
+            flat[k] = v
+    for k, v in flat.items():
+        t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    c.print(t)
+
+
+@app.command("views")
+def train_views(
+    data: Path = DATA,
+    out: Path = OUT,
+    seed: int = SEED,
+    size: str = SIZE,
+    features: str = typer.Option("random-cnn", help="Clustering features: random-cnn | embedder | histogram."),
+    compare: str = typer.Option("", help="Comma-separated other feature backbones whose silhouette curves go on the same plot."),
+    k_min: int = typer.Option(2, help="Smallest k of the sweep."),
+    k_max: int = typer.Option(20, help="Largest k of the sweep."),
+    k: int = typer.Option(None, help="Use this k instead of the best silhouette."),
+    labels: Path = typer.Option(None, help="A person's labels file (cluster → best_view, type)."),
+    name_from_ground_truth: bool = typer.Option(False, "--name-from-ground-truth", help="EVALUATION ONLY: name clusters from the generated ground truth."),
+    embedder_weights: Path = typer.Option(Path("training/weights/embedder"), help="Embedder weights for --features embedder."),
+    steps: int = typer.Option(None, help="Classifier training steps (default: the preset's)."),
+    max_minutes: float = MAX_MIN,
+) -> None:
+    """Cluster the view images, write contact sheets and (given labels) train the classifier."""
+    from lookserve.errors import LookserveError
+    from lookserve.training import views as V
+
+    try:
+        cfg = V.ViewConfig.preset(size, **({"steps": steps} if steps else {}))
+        report = V.run(
+            data, out, cfg, seed, features, tuple(x for x in compare.split(",") if x), (k_min, k_max), k, labels,
+            name_from_ground_truth, embedder_weights, max_minutes * 60 if max_minutes else None,
+        )
+    except LookserveError as e:
+        _fail(e)
+    report["machine"] = _machine()
+    _print_views(report)
+    if "next" in report:
+        _console().print(f"[bold]next:[/] {report['next']}")
+
+
+@eval_app.command("views")
+def eval_views(
+    data: Path = DATA,
+    weights: Path = typer.Option(..., "--weights", help="Weights directory of the view classifier."),
+) -> None:
+    """Print held-out figures: type accuracy, best-view accuracy, thumbnail choice, view purity."""
+    from lookserve.errors import LookserveError
+    from lookserve.training import views as V
+
+    try:
+        report = V.evaluate(data, weights)
+    except LookserveError as e:
+        _fail(e)
+    _print_views(report)
+
+
+# --------------------------------------------------------------------------------------------
+# detector: thin wrappers over lookserve.training.detector (owned by its developer)
+# --------------------------------------------------------------------------------------------
+@app.command("detector")
+def train_detector(
+    data: Path = DATA, out: Path = OUT, seed: int = SEED, size: str = SIZE, max_minutes: float = MAX_MIN
+) -> None:
+    """Train the Mask R-CNN detector (see lookserve.training.detector.train_detector)."""
+    from lookserve.errors import LookserveError
+    from lookserve.training.detector import train_detector as _train
+
+    try:
+        result = _train(data, out, seed=seed, size=size, max_minutes=max_minutes)
+    except LookserveError as e:
+        _fail(e)
+    if result is not None:
+        _console().print_json(json.dumps(result, default=str))
+
+
+@eval_app.command("detector")
+def eval_detector(
+    data: Path = DATA,
+    weights: Path = typer.Option(..., "--weights", help="Weights directory of the detector."),
+) -> None:
+    """Evaluate the detector on held-out street photos (see lookserve.training.detector.evaluate_detector)."""
+    from lookserve.errors import LookserveError
+    from lookserve.training.detector import evaluate_detector as _eval
+
+    try:
+        result = _eval(data, weights)
+    except LookserveError as e:
+        _fail(e)
+    if result is not None:
+        _console().print_json(json.dumps(result, default=str))
