@@ -183,3 +183,10 @@ def test_train_is_deterministic_and_reloads_when_seed_is_fixed(tmp_path):
     a, b = V.predict(V.load_model(tmp_path), x), V.predict(r1.model, x)
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+
+
+def test_elbow_k_finds_the_knee_when_sse_drops_then_flattens():
+    s = C.Sweep(ks=(2, 3, 4, 5, 6, 7, 8), silhouette=(0.1,) * 7, sse=(100.0, 60.0, 30.0, 10.0, 9.0, 8.0, 7.0))
+    assert C.choose_k(s, "elbow") == 5
+    with pytest.raises(ConfigError, match="rule"):
+        C.choose_k(s, "gap")

@@ -188,7 +188,8 @@ def train_views(
     compare: str = typer.Option("", help="Comma-separated other feature backbones whose silhouette curves go on the same plot."),
     k_min: int = typer.Option(2, help="Smallest k of the sweep."),
     k_max: int = typer.Option(20, help="Largest k of the sweep."),
-    k: int = typer.Option(None, help="Use this k instead of the best silhouette."),
+    k: int = typer.Option(None, help="Use this k instead of the rule's."),
+    k_rule: str = typer.Option("silhouette", help="How k is chosen: silhouette (best score) | elbow (SSE knee)."),
     labels: Path = typer.Option(None, help="A person's labels file (cluster → best_view, type)."),
     name_from_ground_truth: bool = typer.Option(False, "--name-from-ground-truth", help="EVALUATION ONLY: name clusters from the generated ground truth."),
     embedder_weights: Path = typer.Option(Path("training/weights/embedder"), help="Embedder weights for --features embedder."),
@@ -203,7 +204,7 @@ def train_views(
         cfg = V.ViewConfig.preset(size, **({"steps": steps} if steps else {}))
         report = V.run(
             data, out, cfg, seed, features, tuple(x for x in compare.split(",") if x), (k_min, k_max), k, labels,
-            name_from_ground_truth, embedder_weights, max_minutes * 60 if max_minutes else None,
+            name_from_ground_truth, embedder_weights, max_minutes * 60 if max_minutes else None, k_rule,
         )
     except LookserveError as e:
         _fail(e)

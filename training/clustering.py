@@ -236,9 +236,30 @@ def sweep(x: np.ndarray, ks: range | list[int], seed: int = 0, progress: bool = 
     return Sweep(tuple(ks), tuple(sil), tuple(sse))
 
 
-def choose_k(s: Sweep) -> int:
-    """The k with the highest silhouette score (ties: the smaller k)."""
-    return s.ks[int(np.argmax(s.silhouette))]
+K_RULES = ("silhouette", "elbow")
+
+
+def elbow_k(s: Sweep) -> int:
+    """The elbow of the SSE curve: the k farthest below the chord from the first to the last
+    point, both axes scaled to [0, 1] (the "kneedle" rule)."""
+    if len(s.ks) < 3:
+        return s.ks[0]
+    k = np.asarray(s.ks, np.float64)
+    e = np.asarray(s.sse, np.float64)
+    kx = (k - k[0]) / (k[-1] - k[0])
+    ey = (e - e.min()) / max(e.max() - e.min(), 1e-12)
+    chord = ey[0] + (ey[-1] - ey[0]) * kx
+    return s.ks[int(np.argmax(chord - ey))]
+
+
+def choose_k(s: Sweep, rule: str = "silhouette") -> int:
+    """``silhouette``: the k with the highest silhouette score (ties: the smaller k);
+    ``elbow``: the elbow of the SSE curve (:func:`elbow_k`)."""
+    if rule == "silhouette":
+        return s.ks[int(np.argmax(s.silhouette))]
+    if rule == "elbow":
+        return elbow_k(s)
+    raise ConfigError(f"unknown k rule {rule!r}; expected one of {', '.join(K_RULES)}")
 
 
 def plot_sweep(sweeps: dict[str, Sweep], path: str | os.PathLike, chosen: dict[str, int] | None = None) -> Path:

@@ -201,8 +201,9 @@ def build_backbone(name: str, internal_size: int, width: int = 32, spatial_pool:
         x = resnet(x)
     if spatial_pool > 0:
         size = x.shape[1]
-        if size % spatial_pool:
-            raise ConfigError(f"feature map side {size} not divisible by spatial_pool {spatial_pool}")
+        if size < spatial_pool:
+            raise ConfigError(f"feature map side {size} is smaller than spatial_pool {spatial_pool}")
+        # a p×p grid of averages (the last row/column is dropped when the side is not divisible)
         x = layers.AveragePooling2D(size // spatial_pool, name=f"{prefix}_grid")(x)
         x = layers.Flatten(name=f"{prefix}_flat")(x)
     else:

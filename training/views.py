@@ -277,6 +277,7 @@ def label_views(
     embedder_weights: str | os.PathLike | None = None,
     train_views: C.ViewImages | None = None,
     test_views: C.ViewImages | None = None,
+    k_rule: str = "silhouette",
 ) -> tuple[LabellingResult, np.ndarray]:
     """Clustering stages (1–5 of the module doc) on the train split; returns the result and the
     cluster of every train image. Purity against the true view is computed for the report."""
@@ -293,7 +294,7 @@ def label_views(
             continue
         fo = C.extract_features(tr.images, other, seed, embedder_weights)
         sweeps[other] = C.sweep(C.reduce_features(fo, seed)[0], range(k_range[0], k_range[1] + 1), seed)
-    chosen = k or C.choose_k(sweeps[features])
+    chosen = k or C.choose_k(sweeps[features], k_rule)
     plot = C.plot_sweep(sweeps, out / "clustering" / "silhouette_sse.png", {features: chosen})
     km = C.kmeans(x, chosen, seed)
     clusters = km.labels_
@@ -332,6 +333,7 @@ def run(
     name_from_ground_truth: bool = False,
     embedder_weights: str | os.PathLike | None = None,
     max_seconds: float | None = None,
+    k_rule: str = "silhouette",
 ) -> dict[str, Any]:
     """The whole job. Without a labels file (and without the ground-truth option) it stops after
     the contact sheets: a person names the clusters, then runs it again with ``labels_file``."""
@@ -340,11 +342,12 @@ def run(
     tr = C.load_view_images(root, C.shoes_in_split(root, "train"))
     te = C.load_view_images(root, C.shoes_in_split(root, "test"))
     lab, clusters = label_views(
-        root, out, seed, features, compare, k_range, k, labels_file, name_from_ground_truth, embedder_weights, tr, te
+        root, out, seed, features, compare, k_range, k, labels_file, name_from_ground_truth, embedder_weights, tr, te, k_rule
     )
     report: dict[str, Any] = {
         "features": lab.features,
         "k": lab.k,
+        "k_rule": "given" if k else k_rule,
         "silhouette_at_k": {n: dict(zip(s.ks, s.silhouette, strict=True)).get(lab.k) for n, s in lab.sweeps.items()},
         "best_silhouette": {n: max(s.silhouette) for n, s in lab.sweeps.items()},
         "train_view_purity": lab.train_purity,
