@@ -182,3 +182,53 @@ def test_load_model_restores_the_same_outputs_when_saved(tmp_path):
 def test_load_model_names_the_problem_when_directory_is_not_weights(tmp_path):
     with pytest.raises(ConfigError, match="config.json"):
         E.load_model(tmp_path)
+
+
+# --- reading the street2shop layout ------------------------------------------------------------
+def _write_layout(root, n_train=3, n_test=2):
+    """A minimal data set in the data contract's layout: one category, solid-colour photos."""
+    import json
+
+    import cv2
+
+    (root / "photos").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "meta" / "json").mkdir(parents=True)
+    photos, products, retr, pairs = [], [], [], {"train": [], "test": []}
+    pid = 1
+    for i in range(n_train + n_test):
+        split = "train" if i < n_train else "test"
+        prod = 500 + i
+        shop = np.full((64, 64, 3), 10 * i, np.uint8)
+        cv2.imwrite(str(root / f"images/{pid}.png.jpg"), shop)
+        photos.append(f"{pid},images/{pid}.png.jpg")
+        retr.append({"product": prod, "photo": pid})
+        street = np.zeros((96, 96, 3), np.uint8)
+        street[10:50, 20:60] = 200  # the garment's box is bright, the rest black
+        cv2.imwrite(str(root / f"images/{pid + 1}.png.jpg"), street)
+        photos.append(f"{pid + 1},images/{pid + 1}.png.jpg")
+        pairs[split].append({"photo": pid + 1, "product": prod, "bbox": {"left": 20, "top": 10, "width": 40, "height": 40}})
+        products.append({"id": prod, "category": "hats", "split": split})
+        pid += 2
+    (root / "photos" / "photos.txt").write_text("\n".join(photos) + "\n")
+    for split, p in pairs.items():
+        (root / "meta" / "json" / f"{split}_pairs_hats.json").write_text(json.dumps(p))
+    (root / "meta" / "json" / "retrieval_hats.json").write_text(json.dumps(retr))
+    (root / "products.json").write_text(json.dumps(products))
+
+
+def test_load_triplet_data_crops_by_bbox_and_keeps_splits_apart(tmp_path):
+    _write_layout(tmp_path)
+    tr = E.load_triplet_data(tmp_path, ("train",), 112)
+    te = E.load_triplet_data(tmp_path, ("test",), 224)
+    assert tr.street.shape == (3, 112, 112, 3) and te.street.shape == (2, 224, 224, 3)
+    assert set(tr.street_product) == {500, 501, 502} and set(te.shop_product) == {503, 504}
+    assert tr.street.min() > 150  # only the bright box survives the crop
+    assert set(tr.street_category) == {5}
+
+
+def test_load_triplet_data_names_the_problem_when_photos_txt_is_missing(tmp_path):
+    from lookserve.errors import DataError
+
+    with pytest.raises(DataError, match="photos.txt"):
+        E.load_triplet_data(tmp_path, ("train",), 112)
