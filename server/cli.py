@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -61,6 +62,7 @@ def serve(
     ssl_cert: Path | None = typer.Option(None, help="PEM certificate: serve gRPC over TLS."),
     ssl_key: Path | None = typer.Option(None, help="PEM private key for --ssl-cert."),
     ssl_root_cert: Path | None = typer.Option(None, help="PEM root certificate (for mutual TLS)."),
+    watchdog: bool = typer.Option(True, help="Reload a model whose python-backend stub process died."),
 ) -> None:
     """Start NVIDIA Triton (the tritonserver binary of the nvidia-pytriton wheel) with lookserve's
     python-based onnxruntime backend, and run until Ctrl-C / SIGTERM, then drain in-flight requests."""
@@ -95,11 +97,21 @@ def serve(
     typer.echo(f"tritonserver ready: grpc {server.grpc_url} (pid {server.pid}); log {server.log_file}")
     if options.restrict_protocols:
         typer.echo(f"repository key written to {key_file} (mode 0600)")
-    try:
-        while not stop.wait(1.0):
-            if not server.is_alive():
-                typer.echo(f"tritonserver exited; log {server.log_file}", err=True)
-                raise typer.Exit(1)
-    finally:
-        typer.echo("stopping: letting in-flight requests finish…")
-        server.stop()
+    with contextlib.ExitStack() as stack:
+        if watchdog and options.restrict_protocols:
+            from lookserve.client.core import ClientOptions, TritonClient
+            from lookserve.server.watchdog import StubWatchdog
+
+            admin = stack.enter_context(TritonClient(ClientOptions(
+                url=server.grpc_url, repository_key=server.repository_key, ssl=bool(ssl_cert),
+                root_certificates=str(ssl_root_cert or ssl_cert) if ssl_cert else None,
+            )))
+            stack.enter_context(StubWatchdog(server.pid, admin))
+        try:
+            while not stop.wait(1.0):
+                if not server.is_alive():
+                    typer.echo(f"tritonserver exited; log {server.log_file}", err=True)
+                    raise typer.Exit(1)
+        finally:
+            typer.echo("stopping: letting in-flight requests finish…")
+            server.stop()
