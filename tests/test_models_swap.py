@@ -135,3 +135,26 @@ def test_promote_keeps_the_old_version_serving_when_triton_cannot_load_the_new_o
     assert load.failures == []
     assert {v for _, v in load.records} == {"1"}
     assert (repo / "embedder" / "config.pbtxt").read_text() == config_before
+
+
+def test_publish_leaves_the_repository_as_it_was_when_the_disk_fills_mid_write(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import shutil as shutil_module
+
+    repo, candidate = _repo(tmp_path)
+    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+
+    def full_disk(src, dst, *args, **kwargs):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])  # a partial write, then ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil_module, "copyfile", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ModelRepository(repo).publish("embedder", candidate)
+    after = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    # the config may be pinned to the serving version, which serves the same; nothing else changed
+    assert {k: v for k, v in after.items() if k.name != "config.pbtxt"} == {
+        k: v for k, v in before.items() if k.name != "config.pbtxt"
+    }
+    assert not any(p.name.startswith(".publish") for p in (repo / "embedder").iterdir())
+    assert ModelRepository(repo).serving_versions("embedder") == (1,)
