@@ -235,14 +235,19 @@ def eval_views(
 # --------------------------------------------------------------------------------------------
 @app.command("detector")
 def train_detector(
-    data: Path = DATA, out: Path = OUT, seed: int = SEED, size: str = SIZE, max_minutes: float = MAX_MIN
+    data: Path = DATA,
+    out: Path = OUT,
+    seed: int = SEED,
+    size: str = SIZE,
+    steps: int = typer.Option(None, help="Training steps (default: the preset's)."),
+    max_minutes: float = MAX_MIN,
 ) -> None:
     """Train the Mask R-CNN detector (see lookserve.training.detector.train_detector)."""
     from lookserve.errors import LookserveError
     from lookserve.training.detector import train_detector as _train
 
     try:
-        result = _train(data, out, seed=seed, size=size, max_minutes=max_minutes)
+        result = _train(data, out, seed=seed, size=size, steps=steps, max_minutes=max_minutes)
     except LookserveError as e:
         _fail(e)
     if result is not None:
@@ -253,13 +258,14 @@ def train_detector(
 def eval_detector(
     data: Path = DATA,
     weights: Path = typer.Option(..., "--weights", help="Weights directory of the detector."),
+    split: str = typer.Option("test", help="Which split's street photos to evaluate on."),
 ) -> None:
     """Evaluate the detector on held-out street photos (see lookserve.training.detector.evaluate_detector)."""
     from lookserve.errors import LookserveError
     from lookserve.training.detector import evaluate_detector as _eval
 
     try:
-        result = _eval(data, weights)
+        result = _eval(data, weights, split)
     except LookserveError as e:
         _fail(e)
     if result is not None:
