@@ -1,0 +1,265 @@
+"""One export function per source: lookserve's three trained models, and any Keras, SavedModel
+or TFLite model.
+
+Each returns an :class:`~lookserve.export.core.ExportResult`; :mod:`lookserve.export.cli` is a
+thin shell over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookserve import contracts
+from lookserve.errors import ExportError, InvalidInputError
+from lookserve.export.core import (
+    DEFAULT_OPSET,
+    ExportResult,
+    _numpy_outputs,
+    _session,
+    _tf,
+    export_function,
+    export_keras_model,
+    keras_input_specs,
+    sha256_path,
+    sha256_weights,
+)
+from lookserve.modelconfig import TensorSpec
+from lookserve.taxonomy import CATEGORIES, FOOTWEAR_TYPES
+
+log = logging.getLogger(__name__)
+
+
+def _output_dim(model, output: str) -> int:
+    shape = model.output[output].shape if isinstance(model.output, Mapping) else model.output.shape
+    return int(shape[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# lookserve's models
+# --------------------------------------------------------------------------------------------
+def export_embedder(
+    model,
+    repository: str | os.PathLike = "model_repository",
+    version: int = 1,
+    *,
+    weights: str | os.PathLike | None = None,
+    eval_data=None,
+    **kwargs,
+) -> ExportResult:
+    """Export the triplet embedder (``crops`` UINT8 → ``embedding`` FP32, L2-normalised).
+
+    ``eval_data`` (a :class:`lookserve.training.embedder.TripletData` of held-out street crops and
+    shop photos) adds the retrieval top-1 of the source and of the ONNX model, and their change,
+    to export.json — the accuracy figure a reduced-precision variant is judged by.
+    """
+    dim = _output_dim(model, "embedding")
+    size = int(model.inputs[0].shape[1])
+    template = contracts.embedder_config(dim=dim, crop_size=size)
+    accuracy = None
+    if eval_data is not None:
+        accuracy = lambda model_bytes: _retrieval_change(model, model_bytes, eval_data)  # noqa: E731
+    return export_keras_model(
+        model, contracts.EMBEDDER, template.inputs, repository, version, kind="embedder", template=template,
+        source_path=weights, extra={"embedding_dim": dim, "class_names": list(CATEGORIES)}, accuracy=accuracy, **kwargs,
+    )
+
+
+def _retrieval_change(model, model_bytes: bytes, data) -> dict[str, Any]:
+    """Top-1 (the original's accuracy) of the Keras model and of the ONNX model on held-out data."""
+    from lookserve.training.embedder import embed, evaluate_embeddings
+
+    session = _session(model_bytes)
+
+    def onnx_embed(images: np.ndarray) -> np.ndarray:
+        return np.concatenate([session.run(["embedding"], {"crops": images[i:i + 64]})[0]
+                               for i in range(0, len(images), 64)])
+
+    scores = {}
+    for label, fn in (("source", lambda x: embed(model, x)), ("onnx", onnx_embed)):
+        q, g = fn(data.street), fn(data.shop)
+        s = evaluate_embeddings(q, data.street_product, data.street_category, g, data.shop_product, data.shop_category)
+        scores[label] = s["overall"]
+    return {"retrieval": {
+        "queries": scores["source"].n, "gallery": scores["source"].gallery,
+        "top1_source": scores["source"].top1, "top1_onnx": scores["onnx"].top1,
+        "top1_change": scores["onnx"].top1 - scores["source"].top1,
+        "recall6_source": scores["source"].recall6, "recall6_onnx": scores["onnx"].recall6,
+    }}
+
+
+def export_view_classifier(
+    model, repository: str | os.PathLike = "model_repository", version: int = 1, *,
+    weights: str | os.PathLike | None = None, **kwargs,
+) -> ExportResult:
+    """Export the view classifier (``images`` UINT8 → ``type_probs`` [6], ``best_view`` [1])."""
+    size = int(model.inputs[0].shape[1])
+    template = contracts.view_classifier_config(image_size=size)
+    return export_keras_model(
+        model, contracts.VIEW_CLASSIFIER, template.inputs, repository, version, kind="view_classifier",
+        template=template, source_path=weights, class_names=FOOTWEAR_TYPES, **kwargs,
+    )
+
+
+def export_detector(
+    detector, repository: str | os.PathLike = "model_repository", version: int = 1, *,
+    weights: str | os.PathLike | None = None, extra: Mapping[str, Any] | None = None, **kwargs,
+) -> ExportResult:
+    """Export the Mask R-CNN (:class:`lookserve.training.detector.Detector`): its ``serving_fn`` in, the
+    five contract outputs out; the gate matches detections (boxes, scores, masks)."""
+    cfg = detector.config
+    template = contracts.detector_config(input_size=cfg.input_size, max_detections=cfg.max_detections,
+                                         mask_size=cfg.mask_size)
+    fn = detector.serving_fn
+
+    def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _numpy_outputs(detector(feeds["images"]))
+
+    source: dict[str, Any] = {"framework": "keras", "model": "mask_rcnn"}
+    if weights is not None:
+        source.update(path=str(weights), sha256=sha256_path(weights))
+    else:
+        source["weights_sha256"] = sha256_weights(detector.keras_model.get_weights())
+    info = {"class_names": list(CATEGORIES), "input_size": cfg.input_size, "max_detections": cfg.max_detections,
+            "score_threshold": cfg.score_threshold, **dict(extra or {})}
+    return export_function(fn, contracts.DETECTOR, repository, version, reference=reference, kind="detector",
+                           template=template, source=source, extra=info, **kwargs)
+
+
+def _load_trained(kind: str, weights: str | os.PathLike):
+    weights = Path(weights)
+    if not weights.is_dir():
+        raise InvalidInputError(f"--weights {weights}: not a directory of trained weights (config.json + model.weights.h5)")
+    if kind == "detector":
+        from lookserve.training.detector import load_model
+    elif kind == "embedder":
+        from lookserve.training.embedder import load_model
+    elif kind == "view_classifier":
+        from lookserve.training.views import load_model
+    else:
+        raise ExportError(f"unknown model kind {kind!r}")
+    return load_model(weights)
+
+
+def export_trained(kind: str, weights: str | os.PathLike, repository: str | os.PathLike = "model_repository",
+                   version: int = 1, **kwargs) -> ExportResult:
+    """Load lookserve's trained ``kind`` from ``weights`` and export it."""
+    model = _load_trained(kind, weights)
+    fn = {"detector": export_detector, "embedder": export_embedder, "view_classifier": export_view_classifier}[kind]
+    return fn(model, repository, version, weights=weights, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# generic sources
+# --------------------------------------------------------------------------------------------
+def export_keras_file(path: str | os.PathLike, name: str, repository: str | os.PathLike = "model_repository",
+                      version: int = 1, **kwargs) -> ExportResult:
+    """A ``.keras`` file (Keras 3's format; no custom objects) exported under ``name``."""
+    _tf()
+    import keras
+
+    path = Path(path)
+    if not path.is_file() or path.suffix not in (".keras", ".h5"):
+        raise InvalidInputError(f"{path}: expected an existing .keras (or legacy .h5) model file")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError) as e:
+        raise ExportError(f"cannot load the Keras model {path}: {e}") from e
+    return export_keras_model(model, name, keras_input_specs(model), repository, version, source_path=path, **kwargs)
+
+
+def _signature_function(concrete, input_specs: Sequence[TensorSpec] | None):
+    """A tf.function with an explicit, dynamic-batch signature over a SavedModel signature."""
+    tf = _tf()
+    structured = concrete.structured_input_signature[1]
+    if input_specs is None:
+        input_specs = []
+        for key, spec in sorted(structured.items()):
+            dims = tuple(-1 if d is None else d for d in spec.shape.as_list()[1:])
+            input_specs.append(TensorSpec(key, spec.dtype.name, dims))
+    signature = [tf.TensorSpec([None, *(None if d == -1 else d for d in s.dims)], tf.as_dtype(s.np_dtype), name=s.name)
+                 for s in input_specs]
+    names = [s.name for s in input_specs]
+
+    @tf.function(input_signature=signature)
+    def serve(*xs):
+        out = concrete(**dict(zip(names, xs)))
+        return {k: tf.identity(v, name=k) for k, v in out.items()}
+
+    return serve, tuple(input_specs)
+
+
+def export_saved_model(path: str | os.PathLike, name: str, repository: str | os.PathLike = "model_repository",
+                       version: int = 1, *, signature: str = "serving_default",
+                       input_specs: Sequence[TensorSpec] | None = None, **kwargs) -> ExportResult:
+    """A TensorFlow SavedModel directory, by its ``signature`` (inputs and outputs keep its names)."""
+    tf = _tf()
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise InvalidInputError(f"{path}: not a SavedModel directory (no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot load the SavedModel {path}: {e}") from e
+    if signature not in loaded.signatures:
+        raise InvalidInputError(f"{path} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
+    fn, _ = _signature_function(loaded.signatures[signature], input_specs)
+    source = {"framework": "tensorflow-savedmodel", "path": str(path), "sha256": sha256_path(path), "signature": signature}
+    return export_function(fn, name, repository, version, source=source, **kwargs)
+
+
+def export_tflite(path: str | os.PathLike, name: str, repository: str | os.PathLike = "model_repository",
+                  version: int = 1, *, opset: int = DEFAULT_OPSET, **kwargs) -> ExportResult:
+    """A ``.tflite`` flatbuffer (tf2onnx's TFLite front end); the gate compares with TF's TFLite interpreter.
+
+    TFLite models have a fixed batch; the batch dimension of every input and output is made
+    dynamic in the ONNX graph, and the reference runs the interpreter one row at a time.
+    """
+    import tf2onnx
+
+    tf = _tf()
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such TFLite file")
+    try:
+        proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
+    except Exception as e:  # tf2onnx raises bare errors on unsupported graphs
+        raise ExportError(f"tf2onnx could not convert the TFLite model {path}: {type(e).__name__}: {e}") from e
+    _dynamic_batch(proto)
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    in_details = interpreter.get_input_details()
+    out_details = interpreter.get_output_details()
+    onnx_in = [i.name for i in proto.graph.input]
+    onnx_out = [o.name for o in proto.graph.output]
+
+    def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(next(iter(feeds.values())))
+        outs: dict[str, list[np.ndarray]] = {n: [] for n in onnx_out}
+        for r in range(rows):
+            interpreter.resize_tensor_input(in_details[0]["index"], [1, *in_details[0]["shape"][1:]])
+            interpreter.allocate_tensors()
+            for d, n in zip(in_details, onnx_in):
+                interpreter.set_tensor(d["index"], feeds[n][r:r + 1])
+            interpreter.invoke()
+            for d, n in zip(out_details, onnx_out):
+                outs[n].append(interpreter.get_tensor(d["index"]))
+        return {n: np.concatenate(v) for n, v in outs.items()}
+
+    source = {"framework": "tflite", "path": str(path), "sha256": sha256_path(path)}
+    return export_function(None, name, repository, version, proto=proto, reference=reference, source=source,
+                           opset=opset, **kwargs)
+
+
+def _dynamic_batch(proto) -> None:
+    for v in (*proto.graph.input, *proto.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "batch"
+

@@ -1,0 +1,115 @@
+"""Sample inputs for the parity gate: fresh random tensors and photo-like images.
+
+Random UINT8 noise exercises every pixel value but is nothing like a photo (a detector finds
+little in it, a classifier is unsure of everything); photo-like images exercise the paths real
+traffic takes. The photo set comes from ``lookserve.data``'s generator when it exists, otherwise
+from structured synthetic scenes drawn here (a lit background, garment-like shapes, texture,
+blur), all seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from lookserve.modelconfig import TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+def synthetic_photos(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``n`` photo-like RGB UINT8 images [n, H, W, 3]: gradients, filled shapes, stripes, noise, blur."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, height, width, 3), np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    for i in range(n):
+        c0, c1 = rng.uniform(60, 230, 3), rng.uniform(60, 230, 3)
+        t = (xx / max(width - 1, 1) * rng.uniform(0.2, 1.0) + yy / max(height - 1, 1) * rng.uniform(0.2, 1.0)) / 2.0
+        img = (c0[None, None, :] * (1 - t[..., None]) + c1[None, None, :] * t[..., None]).astype(np.float32)
+        for _ in range(int(rng.integers(2, 6))):
+            color = tuple(float(c) for c in rng.uniform(0, 255, 3))
+            cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
+            sx = int(rng.integers(max(width // 10, 1), max(width // 3, 2)))
+            sy = int(rng.integers(max(height // 10, 1), max(height // 2, 2)))
+            shape = rng.integers(0, 3)
+            if shape == 0:
+                cv2.rectangle(img, (cx - sx, cy - sy), (cx + sx, cy + sy), color, thickness=-1)
+            elif shape == 1:
+                cv2.ellipse(img, (cx, cy), (sx, sy), float(rng.uniform(0, 180)), 0, 360, color, thickness=-1)
+            else:
+                pts = np.stack([rng.integers(0, width, 5), rng.integers(0, height, 5)], axis=1).astype(np.int32)
+                cv2.fillPoly(img, [pts], color)
+            if rng.random() < 0.5:  # stripes: a texture inside the last shape's box
+                period = int(rng.integers(3, 9))
+                x0, x1 = max(cx - sx, 0), min(cx + sx, width)
+                y0, y1 = max(cy - sy, 0), min(cy + sy, height)
+                img[y0:y1, x0:x1][(xx[y0:y1, x0:x1].astype(int) // period) % 2 == 0] *= 0.7
+        img += rng.normal(0, 6, img.shape).astype(np.float32)
+        k = int(rng.choice([1, 3, 5]))
+        if k > 1:
+            img = cv2.GaussianBlur(img, (k, k), 0)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def photos(n: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Photo-like images and where they came from (``lookserve.data`` generator or ``synthetic``)."""
+    try:
+        from lookserve.data import synthetic as data_synthetic  # type: ignore[attr-defined]
+
+        render = getattr(data_synthetic, "render_photos", None)
+    except ImportError:
+        render = None
+    if render is not None:
+        try:
+            images = np.asarray(render(n, height, width, seed=seed), dtype=np.uint8)
+            if images.shape == (n, height, width, 3):
+                return images, "lookserve.data.synthetic"
+        except Exception as e:  # a generator of another shape: fall back, but say so
+            log.warning("lookserve.data generator unusable for parity samples (%s); using synthetic scenes", e)
+    return synthetic_photos(n, height, width, seed=seed), "synthetic scenes"
+
+
+def _concrete_shape(spec: TensorSpec, batch: int, fill: int = 32) -> tuple[int, ...]:
+    return (batch, *(fill if d == -1 else d for d in spec.dims))
+
+
+def random_inputs(specs: Sequence[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Uniform random tensors for every input (full range for integers, [0, 1) for floats)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = _concrete_shape(spec, batch)
+        dt = spec.np_dtype
+        if dt == np.uint8:
+            feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif np.issubdtype(dt, np.integer):
+            feeds[spec.name] = rng.integers(0, 100, shape).astype(dt)
+        elif dt == np.bool_:
+            feeds[spec.name] = rng.random(shape) < 0.5
+        else:
+            feeds[spec.name] = rng.random(shape).astype(dt)
+    return feeds
+
+
+def photo_inputs(specs: Sequence[TensorSpec], batch: int, seed: int) -> tuple[dict[str, np.ndarray], str] | None:
+    """Photo-like inputs when every input is an image ``[H, W, 3]`` (UINT8, or float scaled to [0, 1]); else None."""
+    feeds, source = {}, ""
+    for k, spec in enumerate(specs):
+        dims = spec.dims
+        if len(dims) != 3 or dims[-1] != 3:
+            return None
+        h = 224 if dims[0] == -1 else dims[0]
+        w = 224 if dims[1] == -1 else dims[1]
+        imgs, source = photos(batch, h, w, seed=seed + k)
+        if spec.np_dtype == np.uint8:
+            feeds[spec.name] = imgs
+        elif np.issubdtype(spec.np_dtype, np.floating):
+            feeds[spec.name] = (imgs.astype(np.float32) / 255.0).astype(spec.np_dtype)
+        else:
+            return None
+    return feeds, source
