@@ -83,7 +83,8 @@ def test_clients_fail_fast_when_triton_is_killed_and_recover_without_recreation_
 def test_watchdog_reloads_a_model_when_its_python_backend_stub_dies(tmp_path: Path, triton_factory) -> None:
     import psutil
 
-    server = triton_factory(_repo(tmp_path), models=["embedder"])
+    # a model whose stub died cannot drain: keep the exit timeout short
+    server = triton_factory(_repo(tmp_path), models=["embedder"], exit_timeout_s=2)
     with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin:
         with StubWatchdog(server.pid, admin, interval_s=0.5) as watchdog:
             (stub,) = stubs_of(server.pid).values()
