@@ -49,8 +49,8 @@ def test_semi_hard_picks_closest_negative_beyond_positive_else_farthest():
         dan = min(beyond) if beyond else max(negs)
         want.append(max(dap - dan + margin, 0.0))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    # a1's positive (150°) is farther than s2 (185°) but nearer than... check the fallback is used:
-    # for a1 at 90°: d(s1)=|90-150|, negatives s0 (70° away) and s2 (95° away) are both beyond.
+    # a1 at 90°: its positive s1 is 60° away, negatives s0 (70°) and s2 (95°) are both beyond it,
+    # so the semi-hard negative is the closer one, s0
     assert got[1] == pytest.approx(max(_d(1, 1) - _d(1, 0) + margin, 0.0), abs=1e-6)
 
 
