@@ -151,6 +151,26 @@ def tensor_specs_of_graph(values) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+def rename_tensors(proto, mapping: Mapping[str, str]) -> None:
+    """Rename tensors everywhere in a ModelProto (graph inputs/outputs, nodes, initializers, subgraphs)."""
+    if not mapping:
+        return
+
+    def graph(g) -> None:
+        for v in (*g.input, *g.output, *g.value_info, *g.initializer):
+            v.name = mapping.get(v.name, v.name)
+        for node in g.node:
+            node.input[:] = [mapping.get(n, n) for n in node.input]
+            node.output[:] = [mapping.get(n, n) for n in node.output]
+            for attr in node.attribute:
+                if attr.g.node:
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    graph(proto.graph)
+
+
 # --------------------------------------------------------------------------------------------
 # conversion and graph checks
 # --------------------------------------------------------------------------------------------

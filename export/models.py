@@ -26,6 +26,7 @@ from lookserve.export.core import (
     export_function,
     export_keras_model,
     keras_input_specs,
+    rename_tensors,
     sha256_path,
     sha256_weights,
 )
@@ -154,6 +155,19 @@ def export_trained(kind: str, weights: str | os.PathLike, repository: str | os.P
     return fn(model, repository, version, weights=weights, **kwargs)
 
 
+def find_trained(weights_root: str | os.PathLike) -> dict[str, Path]:
+    """``{kind: weights dir}`` for every trained model under ``weights_root`` (``views/`` is the view classifier)."""
+    root = Path(weights_root)
+    found = {}
+    for kind, names in (("detector", ("detector",)), ("embedder", ("embedder",)),
+                        ("view_classifier", ("view_classifier", "views"))):
+        for n in names:
+            if (root / n / "config.json").is_file():
+                found[kind] = root / n
+                break
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # generic sources
 # --------------------------------------------------------------------------------------------
@@ -233,16 +247,30 @@ def export_tflite(path: str | os.PathLike, name: str, repository: str | os.PathL
     _dynamic_batch(proto)
 
     interpreter = tf.lite.Interpreter(model_path=str(path))
-    in_details = interpreter.get_input_details()
-    out_details = interpreter.get_output_details()
+    signatures = interpreter.get_signature_list()
+    runner = None
+    if signatures:
+        key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+        runner = interpreter.get_signature_runner(key)
+        # tf2onnx names tensors after TFLite's (``serving_default_image:0``); serve the signature's names
+        by_index = {d["index"]: d["name"] for d in (*interpreter.get_input_details(), *interpreter.get_output_details())}
+        mapping = {by_index[d["index"]]: n for n, d in (*runner.get_input_details().items(),
+                                                        *runner.get_output_details().items())}
+        rename_tensors(proto, mapping)
     onnx_in = [i.name for i in proto.graph.input]
     onnx_out = [o.name for o in proto.graph.output]
+    in_details = interpreter.get_input_details()
+    out_details = interpreter.get_output_details()
 
     def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(feeds.values())))
         outs: dict[str, list[np.ndarray]] = {n: [] for n in onnx_out}
-        for r in range(rows):
-            interpreter.resize_tensor_input(in_details[0]["index"], [1, *in_details[0]["shape"][1:]])
+        for r in range(rows):  # one row at a time: the TFLite graph's batch is fixed at 1
+            if runner is not None:
+                got = runner(**{n: feeds[n][r:r + 1] for n in onnx_in})
+                for n in onnx_out:
+                    outs[n].append(np.asarray(got[n]))
+                continue
             interpreter.allocate_tensors()
             for d, n in zip(in_details, onnx_in):
                 interpreter.set_tensor(d["index"], feeds[n][r:r + 1])

@@ -1,0 +1,148 @@
+"""``lookserve export ...``: a thin shell over :mod:`lookserve.export.models`.
+
+Nothing heavy is imported at module level: TensorFlow, tf2onnx and onnxruntime load inside the
+commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lookserve.errors import LookserveError
+
+app = typer.Typer(no_args_is_help=True, help="Export trained models to ONNX behind a parity gate.")
+
+WEIGHTS = typer.Option(..., "--weights", help="Directory of trained weights (config.json + model.weights.h5).")
+VERSION = typer.Option(..., "--version", min=1, help="Triton model version to write (a new, positive integer).")
+REPOSITORY = typer.Option(Path("model_repository"), "--repository", help="Triton model repository.")
+OPSET = typer.Option(17, "--opset", min=13, help="ONNX opset (recorded in export.json).")
+VARIANT = typer.Option("fp32", "--variant", help="fp32; fp16 (GPU) or int8 (CPU, dynamic quantization) as their own version.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing version directory (versions are otherwise immutable).")
+NAME = typer.Option(..., "--name", help="Model name in the repository.")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _report(result) -> None:
+    from rich.table import Table
+
+    c = _console()
+    t = Table(title=f"parity gate: {result.name} v{result.version} ({result.variant}, opset {result.opset})")
+    for col in ("output", "metric", "samples", "value", "limit", "ok"):
+        t.add_column(col)
+    for f in result.figures:
+        t.add_row(f.output, f.metric, f.samples, f"{f.value:.6g}", f"{f.limit:g}", "✓" if f.passed else "✗")
+    c.print(t)
+    retrieval = result.metadata.get("retrieval")
+    if retrieval:
+        c.print(f"retrieval top-1: source {retrieval['top1_source']:.4f}, ONNX {retrieval['top1_onnx']:.4f} "
+                f"(change {retrieval['top1_change']:+.4f}) on {retrieval['queries']} held-out queries")
+    c.print(f"wrote {result.onnx_path}\n      {result.export_json}\n      {result.config_path}\n      {result.gpu_config_path}")
+
+
+def _run(fn, *args, **kwargs) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=_console(), transient=True) as progress:
+            progress.add_task("converting with tf2onnx and running the parity gate", total=None)
+            result = fn(*args, **kwargs)
+    except LookserveError as e:
+        _console().print(f"[red]export failed:[/red] {e}")
+        raise typer.Exit(1) from e
+    _report(result)
+
+
+def _trained(kind: str, weights: Path, version: int, repository: Path, opset: int, variant: str, overwrite: bool,
+             **extra) -> None:
+    from lookserve.export.models import export_trained
+
+    _run(export_trained, kind, weights, repository, version, opset=opset, variant=variant, overwrite=overwrite, **extra)
+
+
+@app.command()
+def detector(weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
+             variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+    """Export the Mask R-CNN detector (gate: same detections, boxes ≤ 0.5 px, scores ≤ 1e-4, mask IoU ≥ 0.99)."""
+    _trained("detector", weights, version, repository, opset, variant, overwrite)
+
+
+@app.command()
+def embedder(
+    weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
+    variant: str = VARIANT, overwrite: bool = OVERWRITE,
+    eval_data: Path = typer.Option(None, "--eval-data", help="Data set root: add held-out retrieval top-1 (source vs ONNX)."),
+) -> None:
+    """Export the triplet embedder (gate: cosine ≥ 0.9999 per row)."""
+    extra = {}
+    if eval_data is not None:
+        from lookserve.training.embedder import load_eval_data
+
+        try:
+            extra["eval_data"] = load_eval_data(eval_data)
+        except LookserveError as e:
+            _console().print(f"[red]cannot load --eval-data:[/red] {e}")
+            raise typer.Exit(1) from e
+    _trained("embedder", weights, version, repository, opset, variant, overwrite, **extra)
+
+
+@app.command("view-classifier")
+def view_classifier(weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
+                    variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+    """Export the view classifier (gate: probabilities within 1e-4)."""
+    _trained("view_classifier", weights, version, repository, opset, variant, overwrite)
+
+
+@app.command("all")
+def export_all(
+    weights_root: Path = typer.Option(Path("training/weights"), "--weights-root",
+                                      help="Holds detector/, embedder/ and view_classifier/ (or views/) weight directories."),
+    version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET, overwrite: bool = OVERWRITE,
+) -> None:
+    """Export every trained model found under --weights-root as --version."""
+    from lookserve.export.models import find_trained
+
+    found = find_trained(weights_root)
+    if not found:
+        _console().print(f"[red]no trained weights under {weights_root}[/red] (expected detector/, embedder/, view_classifier/)")
+        raise typer.Exit(1)
+    for kind, path in found.items():
+        _trained(kind, path, version, repository, opset, "fp32", overwrite)
+
+
+@app.command()
+def keras(path: Path = typer.Argument(..., help="A .keras model file."), name: str = NAME, version: int = typer.Option(1, "--version", min=1),
+          repository: Path = REPOSITORY, opset: int = OPSET, variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+    """Export any Keras 3 model file (every floating output within 1e-4, integer outputs exact)."""
+    from lookserve.export.models import export_keras_file
+
+    _run(export_keras_file, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite)
+
+
+@app.command("saved-model")
+def saved_model(path: Path = typer.Argument(..., help="A SavedModel directory."), name: str = NAME,
+                version: int = typer.Option(1, "--version", min=1), repository: Path = REPOSITORY, opset: int = OPSET,
+                signature: str = typer.Option("serving_default", help="The signature to export."),
+                variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+    """Export a TensorFlow SavedModel signature."""
+    from lookserve.export.models import export_saved_model
+
+    _run(export_saved_model, path, name, repository, version, signature=signature, opset=opset, variant=variant,
+         overwrite=overwrite)
+
+
+@app.command()
+def tflite(path: Path = typer.Argument(..., help="A .tflite file."), name: str = NAME,
+           version: int = typer.Option(1, "--version", min=1), repository: Path = REPOSITORY, opset: int = OPSET,
+           variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+    """Export a TFLite model (gate: against TensorFlow's TFLite interpreter)."""
+    from lookserve.export.models import export_tflite
+
+    _run(export_tflite, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite)
