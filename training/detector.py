@@ -74,7 +74,7 @@ class DetectorConfig:
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_channels: int = 64
     rpn_pre_nms_train: int = 1000
-    rpn_post_nms_train: int = 128
+    rpn_post_nms_train: int = 64
     rpn_pre_nms_test: int = 500
     rpn_post_nms_test: int = 50
     rpn_nms_iou: float = 0.7
