@@ -26,7 +26,7 @@ NAME = typer.Option(..., "--name", help="Model name in the repository.")
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)  # messages stay whole lines (grep-able, testable)
 
 
 def _report(result) -> None:
@@ -103,15 +103,19 @@ def view_classifier(weights: Path = WEIGHTS, version: int = VERSION, repository:
 @app.command("all")
 def export_all(
     weights_root: Path = typer.Option(Path("training/weights"), "--weights-root",
-                                      help="Holds detector/, embedder/ and view_classifier/ (or views/) weight directories."),
+                                      help="Its sub-directories hold trained weights (config.json names the kind)."),
     version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET, overwrite: bool = OVERWRITE,
 ) -> None:
     """Export every trained model found under --weights-root as --version."""
     from lookserve.export.models import find_trained
 
-    found = find_trained(weights_root)
+    try:
+        found = find_trained(weights_root)
+    except LookserveError as e:
+        _console().print(f"[red]export failed:[/red] {e}")
+        raise typer.Exit(1) from e
     if not found:
-        _console().print(f"[red]no trained weights under {weights_root}[/red] (expected detector/, embedder/, view_classifier/)")
+        _console().print(f"[red]no trained weights under {weights_root}[/red] (sub-directories with config.json + model.weights.h5)")
         raise typer.Exit(1)
     for kind, path in found.items():
         _trained(kind, path, version, repository, opset, "fp32", overwrite)

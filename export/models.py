@@ -156,15 +156,27 @@ def export_trained(kind: str, weights: str | os.PathLike, repository: str | os.P
 
 
 def find_trained(weights_root: str | os.PathLike) -> dict[str, Path]:
-    """``{kind: weights dir}`` for every trained model under ``weights_root`` (``views/`` is the view classifier)."""
+    """``{kind: weights dir}`` for the trained models in ``weights_root``'s sub-directories.
+
+    A weights directory is recognised by its ``config.json`` (``{"kind": ..., "config": ...}``,
+    as lookserve's training writes it); two directories of one kind are an error.
+    """
+    import json
+
     root = Path(weights_root)
-    found = {}
-    for kind, names in (("detector", ("detector",)), ("embedder", ("embedder",)),
-                        ("view_classifier", ("view_classifier", "views"))):
-        for n in names:
-            if (root / n / "config.json").is_file():
-                found[kind] = root / n
-                break
+    if not root.is_dir():
+        raise InvalidInputError(f"--weights-root {root}: no such directory")
+    found: dict[str, Path] = {}
+    for sub in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+        try:
+            kind = json.loads((sub / "config.json").read_text()).get("kind")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise InvalidInputError(f"{sub / 'config.json'} is not a lookserve weights config: {e}") from e
+        if kind not in ("detector", "embedder", "view_classifier"):
+            continue
+        if kind in found:
+            raise InvalidInputError(f"two {kind} weight directories under {root}: {found[kind]} and {sub}; export them one by one")
+        found[kind] = sub
     return found
 
 

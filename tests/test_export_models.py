@@ -28,6 +28,18 @@ def _randomise(weights: list[np.ndarray], seed: int) -> list[np.ndarray]:
     return out
 
 
+def EMBEDDER_CONFIG():  # noqa: N802 - a constant that needs a lazy import
+    from lookserve.training.embedder import EmbedderConfig
+
+    return EmbedderConfig(width=8, internal_size=56, dim=16)
+
+
+def VIEW_CONFIG():  # noqa: N802
+    from lookserve.training.views import ViewConfig
+
+    return ViewConfig(width=8, internal_size=56)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """Tiny models of the three kinds, built by lookserve's own training code."""
@@ -36,9 +48,9 @@ def tiny():
     from lookserve.training import detector, embedder, views
 
     keras.utils.set_random_seed(7)
-    emb = embedder.build_model(embedder.EmbedderConfig(width=8, internal_size=56, dim=16))
+    emb = embedder.build_model(EMBEDDER_CONFIG())
     emb.set_weights(_randomise(emb.get_weights(), 1))
-    view = views.build_model(views.ViewConfig(width=8, internal_size=56))
+    view = views.build_model(VIEW_CONFIG())
     view.set_weights(_randomise(view.get_weights(), 2))
     det = detector.build_model(detector.DetectorConfig(
         input_size=128, backbone_width=8, fpn_channels=16, rpn_channels=16, head_dim=32, mask_channels=16,
@@ -213,6 +225,35 @@ def test_cli_exports_a_keras_file_and_a_saved_model_when_given_paths(tmp_path: P
 
     again = runner.invoke(app, ["keras", str(tmp_path / "m.keras"), "--name", "scorer", "--repository", str(repo)])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lookserve.export.cli import app
+    from lookserve.training.common import save_weights
+
+    root = tmp_path / "weights"
+    save_weights(tiny["embedder"], EMBEDDER_CONFIG().to_dict(), root / "emb", "embedder")
+    save_weights(tiny["view_classifier"], VIEW_CONFIG().to_dict(), root / "views", "view_classifier")
+    (root / "notes").mkdir()
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(app, ["all", "--weights-root", str(root), "--version", "4", "--repository", str(repo)])
+    assert result.exit_code == 0, result.output
+    for name, weights in (("embedder", root / "emb"), ("view_classifier", root / "views")):
+        info = json.loads((repo / name / "4" / "export.json").read_text())
+        assert info["source"]["path"] == str(weights) and len(info["source"]["sha256"]) == 64
+    single = CliRunner().invoke(app, ["embedder", "--weights", str(root / "emb"), "--version", "5", "--repository", str(repo)])
+    assert single.exit_code == 0, single.output
+    # the model exported from disk answers as the in-memory model whose weights were saved
+    import onnxruntime as ort
+
+    crops = synthetic_photos(2, 224, 224, seed=4)
+    session = ort.InferenceSession(str(repo / "embedder" / "5" / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"crops": crops})[0],
+                               np.asarray(tiny["embedder"](crops)["embedding"]), atol=1e-5)
+    missing = CliRunner().invoke(app, ["embedder", "--weights", str(tmp_path / "nope"), "--version", "1"])
+    assert missing.exit_code == 1 and "not a directory of trained weights" in missing.output
 
 
 @pytest.mark.triton
