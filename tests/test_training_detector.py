@@ -218,8 +218,8 @@ def test_batched_nms_suppresses_within_key_only_and_pads_when_few_boxes():
 @pytest.mark.tf
 def test_served_graph_matches_contract_and_zero_pads_when_untrained():
     from lookserve.contracts import detector_config
-    from lookserve.training.detector import build_model
     from lookserve.training.common import set_seed
+    from lookserve.training.detector import build_model
 
     set_seed(0)
     det = build_model(tiny_config(score_threshold=0.083, max_detections=20))
@@ -342,3 +342,15 @@ def test_tf2onnx_export_matches_tensorflow_when_trained_detector(trained, tiny_d
         np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
         np.testing.assert_allclose(got["masks"], ref["masks"], atol=1e-3)
         assert ref["num_detections"].sum() > 0
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_large_detector_builds_resnet50_fpn_and_serves_contract_when_untrained():
+    from lookserve.training.detector import DetectorConfig, build_model
+
+    det = build_model(DetectorConfig.large())
+    assert det.keras_model.count_params() > 25_000_000
+    out = det(np.zeros((1, 512, 512, 3), np.uint8))
+    assert out["boxes"].shape == (1, 20, 4) and out["masks"].shape == (1, 20, 28, 28)
+    assert out["num_detections"].shape == (1, 1)

@@ -553,20 +553,24 @@ class DetectorTrainer:
         self.det = det
         self.tcfg = tcfg
         self.seed = seed
-        warm = min(tcfg.warmup_steps, max(tcfg.steps - 1, 0))
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=tcfg.learning_rate * 0.1,
-            decay_steps=max(tcfg.steps - warm, 1),
-            alpha=0.02,
-            warmup_target=tcfg.learning_rate,
-            warmup_steps=warm,
-        )
         self.optimizer = keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=tcfg.weight_decay, global_clipnorm=tcfg.clipnorm
+            learning_rate=tcfg.learning_rate, weight_decay=tcfg.weight_decay, global_clipnorm=tcfg.clipnorm
         )
         self.variables = det.keras_model.trainable_variables
         self.optimizer.build(self.variables)
         self._step_fn = None
+
+    def learning_rate(self, step: int, time_fraction: float = 0.0) -> float:
+        """Linear warm-up, then a cosine decay to 2 % over the run's progress: the larger of the
+        step fraction and ``time_fraction`` (the share of ``max_minutes`` used), so a run cut by
+        its time budget still ends at a low learning rate. Runs that finish their steps inside the
+        budget follow the step schedule alone, and so are deterministic."""
+        t = self.tcfg
+        if step < t.warmup_steps:
+            return t.learning_rate * (0.1 + 0.9 * step / max(t.warmup_steps, 1))
+        frac = (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1)
+        frac = min(1.0, max(frac, time_fraction))
+        return t.learning_rate * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
     def losses(self, images, rpn_labels, rpn_deltas, gt_boxes, gt_classes, gt_valid, gt_masks, step):
         import tensorflow as tf
@@ -648,12 +652,15 @@ class DetectorTrainer:
             self._step_fn = step_fn
         return self._step_fn
 
-    def train_step(self, batch, step: int) -> dict[str, float]:
+    def train_step(self, batch, step: int, time_fraction: float = 0.0) -> dict[str, float]:
         import tensorflow as tf
 
+        lr = self.learning_rate(step, time_fraction)
+        self.optimizer.learning_rate.assign(lr)
         total, parts = self.step_fn(*batch.as_tuple(), tf.constant(step, tf.int64))
         out = {k: float(v) for k, v in parts.items()}
         out["total"] = float(total)
+        out["lr"] = lr
         return out
 
 
@@ -751,7 +758,8 @@ def train_detector(
                 [samples[i] for i in idx], det.anchors_np, cfg.input_size, tcfg.max_instances,
                 tcfg.gt_mask_size, rng, hflip=tcfg.hflip, rpn_batch=tcfg.rpn_batch,
             )
-            losses = trainer.train_step(batch, step)
+            time_fraction = (time.perf_counter() - t0) / (deadline - t0)
+            losses = trainer.train_step(batch, step, time_fraction if step >= tcfg.warmup_steps else 0.0)
             if not math.isfinite(losses["total"]):
                 raise DataError(f"detector training diverged at step {step}: losses {losses}")
             history.append(losses)
