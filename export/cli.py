@@ -39,6 +39,9 @@ def _report(result) -> None:
     for f in result.figures:
         t.add_row(f.output, f.metric, f.samples, f"{f.value:.6g}", f"{f.limit:g}", "✓" if f.passed else "✗")
     c.print(t)
+    for label, info in result.metadata.get("parity", {}).get("samples", {}).items():
+        extra = f", {info['reference_detections']} reference detections" if "reference_detections" in info else ""
+        c.print(f"{label}: {info['rows']} rows, seed {info['seed']}{', ' + info['source'] if 'source' in info else ''}{extra}")
     retrieval = result.metadata.get("retrieval")
     if retrieval:
         c.print(f"retrieval top-1: source {retrieval['top1_source']:.4f}, ONNX {retrieval['top1_onnx']:.4f} "

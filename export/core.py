@@ -296,6 +296,8 @@ def run_parity_gate(
             raise ParityError(f"{name}: the ONNX model lacks output(s) {missing} that the source returns")
         tol = tolerances if tolerances is not None else parity.tolerances_for(kind, ref, variant)
         figures += parity.compare(ref, got, tol, label)
+        if isinstance(tol, parity.DetectionTolerance):  # how much the detection figures rest on
+            described[label]["reference_detections"] = int(np.asarray(ref["num_detections"]).sum())
     for f in parity.worst(figures):
         log.info("parity %s %s", name, f.describe())
     parity.enforce(figures, name)

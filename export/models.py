@@ -180,6 +180,19 @@ def find_trained(weights_root: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
+def export_all(weights_root: str | os.PathLike, repository: str | os.PathLike = "model_repository",
+               version: int = 1, **kwargs) -> dict[str, ExportResult]:
+    """Export every trained model under ``weights_root`` (see :func:`find_trained`) as ``version``.
+
+    Each model passes its own gate; one that fails raises before the models after it are exported
+    (those before it stay written: every version directory is complete on its own).
+    """
+    found = find_trained(weights_root)
+    if not found:
+        raise InvalidInputError(f"no trained weights under {weights_root} (sub-directories with config.json + model.weights.h5)")
+    return {kind: export_trained(kind, path, repository, version, **kwargs) for kind, path in found.items()}
+
+
 # --------------------------------------------------------------------------------------------
 # generic sources
 # --------------------------------------------------------------------------------------------

@@ -47,10 +47,15 @@ def to_int8(proto):
     with tempfile.TemporaryDirectory(prefix="lookserve-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, src)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))  # the quantizer logs every tensor through the root logger
         try:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
         except Exception as e:  # the quantizer raises bare exceptions on graphs it cannot handle
             raise ExportError(f"dynamic int8 quantization failed: {type(e).__name__}: {e}") from e
+        finally:
+            root.setLevel(level)
         return _sorted(onnx.load(dst))
 
 
