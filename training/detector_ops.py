@@ -158,24 +158,16 @@ def rpn_targets(
 # letterboxing (what a client does before calling the detector)
 # --------------------------------------------------------------------------------------------
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
-    """Fit an RGB uint8 image into a ``size``×``size`` square, centred on black.
+    """Fit an RGB uint8 image into a ``size``×``size`` square, centred on black — exactly the
+    clients' :func:`lookserve.images.letterbox`, so training sees what serving sees.
 
     Returns ``(square, scale, pad_x, pad_y)``: a point ``(x, y)`` of the original image is at
     ``(x · scale + pad_x, y · scale + pad_y)`` in the square.
     """
-    import cv2
+    from lookserve.images import letterbox as _letterbox
 
-    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
-        raise InvalidInputError(f"expected an RGB image [H, W, 3], got shape {img.shape}")
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(img, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else img
-    pad_x, pad_y = (size - nw) // 2, (size - nh) // 2
-    out = np.zeros((size, size, 3), dtype=np.uint8)
-    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = resized
-    return out, scale, pad_x, pad_y
+    out, lb = _letterbox(img, size)
+    return out, lb.scale, lb.pad_x, lb.pad_y
 
 
 def unletterbox_boxes(boxes: np.ndarray, scale: float, pad_x: int, pad_y: int) -> np.ndarray:
