@@ -21,6 +21,13 @@ OPSET = typer.Option(17, "--opset", min=13, help="ONNX opset (recorded in export
 VARIANT = typer.Option("fp32", "--variant", help="fp32; fp16 (GPU) or int8 (CPU, dynamic quantization) as their own version.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing version directory (versions are otherwise immutable).")
 NAME = typer.Option(..., "--name", help="Model name in the repository.")
+PHOTOS = typer.Option(None, "--photos", help="Directory of images for the gate's photo samples (default: seeded synthetic scenes).")
+
+
+def _samples(photos: Path | None):
+    from lookserve.export.core import ParitySamples
+
+    return ParitySamples(photo_dir=photos)
 
 
 def _console():
@@ -64,23 +71,24 @@ def _run(fn, *args, **kwargs) -> None:
 
 
 def _trained(kind: str, weights: Path, version: int, repository: Path, opset: int, variant: str, overwrite: bool,
-             **extra) -> None:
+             photos: Path | None = None, **extra) -> None:
     from lookserve.export.models import export_trained
 
-    _run(export_trained, kind, weights, repository, version, opset=opset, variant=variant, overwrite=overwrite, **extra)
+    _run(export_trained, kind, weights, repository, version, opset=opset, variant=variant, overwrite=overwrite,
+         samples=_samples(photos), **extra)
 
 
 @app.command()
 def detector(weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
-             variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+             variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export the Mask R-CNN detector (gate: same detections, boxes ≤ 0.5 px, scores ≤ 1e-4, mask IoU ≥ 0.99)."""
-    _trained("detector", weights, version, repository, opset, variant, overwrite)
+    _trained("detector", weights, version, repository, opset, variant, overwrite, photos)
 
 
 @app.command()
 def embedder(
     weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
-    variant: str = VARIANT, overwrite: bool = OVERWRITE,
+    variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS,
     eval_data: Path = typer.Option(None, "--eval-data", help="Data set root: add held-out retrieval top-1 (source vs ONNX)."),
 ) -> None:
     """Export the triplet embedder (gate: cosine ≥ 0.9999 per row)."""
@@ -93,14 +101,14 @@ def embedder(
         except LookserveError as e:
             _console().print(f"[red]cannot load --eval-data:[/red] {e}")
             raise typer.Exit(1) from e
-    _trained("embedder", weights, version, repository, opset, variant, overwrite, **extra)
+    _trained("embedder", weights, version, repository, opset, variant, overwrite, photos, **extra)
 
 
 @app.command("view-classifier")
 def view_classifier(weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
-                    variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+                    variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export the view classifier (gate: probabilities within 1e-4)."""
-    _trained("view_classifier", weights, version, repository, opset, variant, overwrite)
+    _trained("view_classifier", weights, version, repository, opset, variant, overwrite, photos)
 
 
 @app.command("all")
@@ -108,6 +116,7 @@ def export_all(
     weights_root: Path = typer.Option(Path("training/weights"), "--weights-root",
                                       help="Its sub-directories hold trained weights (config.json names the kind)."),
     version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET, overwrite: bool = OVERWRITE,
+    photos: Path = PHOTOS,
 ) -> None:
     """Export every trained model found under --weights-root as --version."""
     from lookserve.export.models import find_trained
@@ -121,35 +130,37 @@ def export_all(
         _console().print(f"[red]no trained weights under {weights_root}[/red] (sub-directories with config.json + model.weights.h5)")
         raise typer.Exit(1)
     for kind, path in found.items():
-        _trained(kind, path, version, repository, opset, "fp32", overwrite)
+        _trained(kind, path, version, repository, opset, "fp32", overwrite, photos)
 
 
 @app.command()
 def keras(path: Path = typer.Argument(..., help="A .keras model file."), name: str = NAME, version: int = typer.Option(1, "--version", min=1),
-          repository: Path = REPOSITORY, opset: int = OPSET, variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+          repository: Path = REPOSITORY, opset: int = OPSET, variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export any Keras 3 model file (every floating output within 1e-4, integer outputs exact)."""
     from lookserve.export.models import export_keras_file
 
-    _run(export_keras_file, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite)
+    _run(export_keras_file, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite,
+         samples=_samples(photos))
 
 
 @app.command("saved-model")
 def saved_model(path: Path = typer.Argument(..., help="A SavedModel directory."), name: str = NAME,
                 version: int = typer.Option(1, "--version", min=1), repository: Path = REPOSITORY, opset: int = OPSET,
                 signature: str = typer.Option("serving_default", help="The signature to export."),
-                variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+                variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export a TensorFlow SavedModel signature."""
     from lookserve.export.models import export_saved_model
 
     _run(export_saved_model, path, name, repository, version, signature=signature, opset=opset, variant=variant,
-         overwrite=overwrite)
+         overwrite=overwrite, samples=_samples(photos))
 
 
 @app.command()
 def tflite(path: Path = typer.Argument(..., help="A .tflite file."), name: str = NAME,
            version: int = typer.Option(1, "--version", min=1), repository: Path = REPOSITORY, opset: int = OPSET,
-           variant: str = VARIANT, overwrite: bool = OVERWRITE) -> None:
+           variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export a TFLite model (gate: against TensorFlow's TFLite interpreter)."""
     from lookserve.export.models import export_tflite
 
-    _run(export_tflite, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite)
+    _run(export_tflite, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite,
+         samples=_samples(photos))

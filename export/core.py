@@ -51,11 +51,13 @@ _ONNX_DTYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "I
 
 @dataclass(frozen=True)
 class ParitySamples:
-    """How many rows the gate runs: ``random_batch`` random rows and ``photo_batch`` photo-like ones."""
+    """How many rows the gate runs: ``random_batch`` random rows and ``photo_batch`` photo-like ones
+    (from ``photo_dir`` when given, else synthetic scenes)."""
 
     random_batch: int = 3
     photo_batch: int = 3
     seed: int = 0
+    photo_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ def run_parity_gate(
     output_names = [o.name for o in session.get_outputs()]
     sets = [("random", random_inputs(inputs, samples.random_batch, samples.seed))]
     described = {"random": {"rows": samples.random_batch, "seed": samples.seed}}
-    photo = photo_inputs(inputs, samples.photo_batch, samples.seed + 1) if samples.photo_batch else None
+    photo = photo_inputs(inputs, samples.photo_batch, samples.seed + 1, samples.photo_dir) if samples.photo_batch else None
     if photo is not None:
         sets.append(("photos", photo[0]))
         described["photos"] = {"rows": samples.photo_batch, "seed": samples.seed + 1, "source": photo[1]}

@@ -2,18 +2,21 @@
 
 Random UINT8 noise exercises every pixel value but is nothing like a photo (a detector finds
 little in it, a classifier is unsure of everything); photo-like images exercise the paths real
-traffic takes. The photo set comes from ``lookserve.data``'s generator when it exists, otherwise
-from structured synthetic scenes drawn here (a lit background, garment-like shapes, texture,
-blur), all seeded.
+traffic takes. The photo set comes from a directory of images when one is given (e.g. the
+images of a data set made by ``lookserve data``), otherwise from structured synthetic scenes
+drawn here (a lit background, garment-like shapes, texture, blur); all choices are seeded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from lookserve.errors import InvalidInputError
 from lookserve.modelconfig import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -56,21 +59,33 @@ def synthetic_photos(n: int, height: int, width: int, seed: int = 0) -> np.ndarr
     return out
 
 
-def photos(n: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, str]:
-    """Photo-like images and where they came from (``lookserve.data`` generator or ``synthetic``)."""
-    try:
-        from lookserve.data import synthetic as data_synthetic  # type: ignore[attr-defined]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-        render = getattr(data_synthetic, "render_photos", None)
-    except ImportError:
-        render = None
-    if render is not None:
-        try:
-            images = np.asarray(render(n, height, width, seed=seed), dtype=np.uint8)
-            if images.shape == (n, height, width, 3):
-                return images, "lookserve.data.synthetic"
-        except Exception as e:  # a generator of another shape: fall back, but say so
-            log.warning("lookserve.data generator unusable for parity samples (%s); using synthetic scenes", e)
+
+def photos_from_dir(directory: str | os.PathLike, n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``n`` images picked (seeded) from ``directory`` (recursively), RGB, resized to ``height``×``width``."""
+    import cv2
+
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
+    if not files:
+        raise InvalidInputError(f"photo directory {directory} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(files), size=n, replace=len(files) < n)
+    out = np.empty((n, height, width, 3), np.uint8)
+    for i, k in enumerate(picks):
+        bgr = cv2.imread(str(files[k]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InvalidInputError(f"{files[k]} is not a readable image")
+        out[i] = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (width, height), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def photos(n: int, height: int, width: int, seed: int = 0, photo_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, str]:
+    """Photo-like images and where they came from: ``photo_dir`` (e.g. a generated data set's
+    images) when given, otherwise seeded synthetic scenes."""
+    if photo_dir is not None:
+        return photos_from_dir(photo_dir, n, height, width, seed), f"photos from {photo_dir}"
     return synthetic_photos(n, height, width, seed=seed), "synthetic scenes"
 
 
@@ -96,7 +111,8 @@ def random_inputs(specs: Sequence[TensorSpec], batch: int, seed: int) -> dict[st
     return feeds
 
 
-def photo_inputs(specs: Sequence[TensorSpec], batch: int, seed: int) -> tuple[dict[str, np.ndarray], str] | None:
+def photo_inputs(specs: Sequence[TensorSpec], batch: int, seed: int,
+                 photo_dir: str | os.PathLike | None = None) -> tuple[dict[str, np.ndarray], str] | None:
     """Photo-like inputs when every input is an image ``[H, W, 3]`` (UINT8, or float scaled to [0, 1]); else None."""
     feeds, source = {}, ""
     for k, spec in enumerate(specs):
@@ -105,7 +121,7 @@ def photo_inputs(specs: Sequence[TensorSpec], batch: int, seed: int) -> tuple[di
             return None
         h = 224 if dims[0] == -1 else dims[0]
         w = 224 if dims[1] == -1 else dims[1]
-        imgs, source = photos(batch, h, w, seed=seed + k)
+        imgs, source = photos(batch, h, w, seed=seed + k, photo_dir=photo_dir)
         if spec.np_dtype == np.uint8:
             feeds[spec.name] = imgs
         elif np.issubdtype(spec.np_dtype, np.floating):

@@ -237,9 +237,17 @@ def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_pat
     save_weights(tiny["embedder"], EMBEDDER_CONFIG().to_dict(), root / "emb", "embedder")
     save_weights(tiny["view_classifier"], VIEW_CONFIG().to_dict(), root / "views", "view_classifier")
     (root / "notes").mkdir()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    import cv2
+
+    for i, img in enumerate(synthetic_photos(2, 300, 200, seed=8)):
+        cv2.imwrite(str(photos / f"{i}.jpg"), img[..., ::-1])
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(app, ["all", "--weights-root", str(root), "--version", "4", "--repository", str(repo)])
+    result = CliRunner().invoke(app, ["all", "--weights-root", str(root), "--version", "4", "--repository", str(repo),
+                                      "--photos", str(photos)])
     assert result.exit_code == 0, result.output
+    assert f"photos from {photos}" in result.output
     for name, weights in (("embedder", root / "emb"), ("view_classifier", root / "views")):
         info = json.loads((repo / name / "4" / "export.json").read_text())
         assert info["source"]["path"] == str(weights) and len(info["source"]["sha256"]) == 64

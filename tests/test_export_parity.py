@@ -154,3 +154,19 @@ def test_check_contract_names_the_difference_when_an_output_is_wrong() -> None:
     renamed = serving_config("embedder", template.inputs, (TensorSpec("emb", "FP32", (16,)),), template)
     with pytest.raises(ExportError, match="missing output 'embedding'"):
         check_contract(renamed, template)
+
+
+def test_photo_inputs_come_from_a_directory_when_one_is_given(tmp_path: Path) -> None:
+    import cv2
+
+    from lookserve.errors import InvalidInputError
+
+    for i, img in enumerate(synthetic_photos(3, 40, 60, seed=9)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    specs = (TensorSpec("images", "UINT8", (32, 32, 3)),)
+    feeds, source = photo_inputs(specs, 4, seed=2, photo_dir=tmp_path)
+    again, _ = photo_inputs(specs, 4, seed=2, photo_dir=tmp_path)
+    assert feeds["images"].shape == (4, 32, 32, 3) and str(tmp_path) in source
+    np.testing.assert_array_equal(feeds["images"], again["images"])
+    with pytest.raises(InvalidInputError, match="holds no images"):
+        photo_inputs(specs, 2, seed=2, photo_dir=tmp_path / "empty")
