@@ -184,6 +184,18 @@ def product_splits(looks: list[R.ProductLook], config: SynthConfig, seed: int) -
     out: dict[int, str] = {}
     for cat in CATEGORIES:
         out.update(_assign_splits([lk.id for lk in looks if lk.category == cat], config.split_fractions, rng))
+    # per-category rounding starves small splits of small catalogs: top them up from train,
+    # taking from the categories with the most training products
+    cat_of = {lk.id: lk.category for lk in looks}
+    for split, frac in (("test", config.split_fractions[2]), ("val", config.split_fractions[1])):
+        want = int(round(frac * len(looks)))
+        while sum(v == split for v in out.values()) < want:
+            train_count = Counter(cat_of[p] for p, v in out.items() if v == "train")
+            cat, n = max(sorted(train_count.items()), key=lambda kv: kv[1])
+            if n < 2:
+                break
+            cands = sorted(p for p, v in out.items() if v == "train" and cat_of[p] == cat)
+            out[cands[int(rng.integers(len(cands)))]] = split
     return out
 
 
