@@ -363,10 +363,10 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     c1 = rng.uniform(40, 220, 3)
     c2 = rng.uniform(40, 220, 3)
     t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    img = (c1 * (1 - t) + c2 * t).astype(np.float32)
-    img = np.broadcast_to(img, (size, size, 3)).astype(np.uint8).copy()
+    col = (c1 * (1 - t) + c2 * t).astype(np.uint8)  # [size, 1, 3]
     horizon = int(size * rng.uniform(0.55, 0.8))
-    img[horizon:] = (img[horizon:] * 0.5 + rng.uniform(30, 160, 3) * 0.5).astype(np.uint8)
+    col[horizon:] = (col[horizon:] * 0.5 + rng.uniform(30, 160, 3) * 0.5).astype(np.uint8)
+    img = cv2.resize(col, (size, size), interpolation=cv2.INTER_NEAREST)
     for _ in range(int(rng.integers(14, 30))):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         kind = rng.integers(0, 4)
@@ -489,10 +489,8 @@ def street_photo(
             cv2.ellipse(m, c, ax, float(rng.uniform(0, 180)), 0, 360, 1, -1)
             canvas[m.astype(bool)] = col
             labels[m.astype(bool)] = 0
-    if rng.random() < 0.5:  # mirror: the bag in the other hand
-        canvas = canvas[:, ::-1]
-        labels = labels[:, ::-1]
-    # perspective + rotation + zoom of the whole photo
+    flip = rng.random() < 0.5  # mirror: the bag in the other hand
+    # perspective + rotation + zoom of the whole photo (the mirror folded in)
     a = math.radians(rng.uniform(-9, 9))
     z = rng.uniform(0.92, 1.12)
     src = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
@@ -500,16 +498,18 @@ def street_photo(
     R = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], np.float32) * z
     dst = (src - ctr) @ R.T + ctr + rng.uniform(-0.05, 0.05, (4, 2)).astype(np.float32) * size
     H = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
-    canvas = cv2.warpPerspective(np.ascontiguousarray(canvas), H, (size, size), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REFLECT)
-    labels = cv2.warpPerspective(np.ascontiguousarray(labels), H, (size, size), flags=cv2.INTER_NEAREST,
+    if flip:
+        H = H @ np.array([[-1, 0, size - 1], [0, 1, 0], [0, 0, 1]], np.float64)
+    canvas = cv2.warpPerspective(canvas, H, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    labels = cv2.warpPerspective(labels, H, (size, size), flags=cv2.INTER_NEAREST,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    # light: colour cast + brightness gradient
-    img = canvas.astype(np.float32)
+    # light: colour cast + brightness gradient (a separable ramp, built small and resized)
     gx, gy = rng.uniform(-0.35, 0.35, 2)
-    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
-    light = 1.0 + gx * ramp[None, :] + gy * ramp[:, None]
-    img *= light[..., None] * rng.uniform(0.75, 1.2) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    gain = rng.uniform(0.75, 1.2) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    ramp = np.linspace(-0.5, 0.5, 2, dtype=np.float32)
+    corners = (1.0 + gx * ramp[None, :] + gy * ramp[:, None])[..., None] * gain  # [2, 2, 3]
+    light = cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR)
+    img = cv2.multiply(canvas, light, dtype=cv2.CV_32F)
     # blur
     if rng.random() < 0.6:
         if rng.random() < 0.7:
@@ -523,8 +523,8 @@ def street_photo(
     # sensor noise from a seeded bank, at a random offset
     nb = noise_bank[int(rng.integers(len(noise_bank)))]
     oy, ox = (int(v) for v in rng.integers(0, nb.shape[0] - size + 1, 2))
-    img += nb[oy:oy + size, ox:ox + size] * rng.uniform(0.3, 1.6)
-    return np.clip(img, 0, 255).astype(np.uint8), labels
+    img = cv2.scaleAdd(nb[oy:oy + size, ox:ox + size], float(rng.uniform(0.3, 1.6)), img)
+    return cv2.convertScaleAbs(np.maximum(img, 0, out=img)), labels
 
 
 def make_noise_bank(seed: int, size: int, n: int = 4) -> np.ndarray:
