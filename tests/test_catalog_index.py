@@ -1,0 +1,273 @@
+"""Catalog index without Triton: recall vs exact search, manifest, checksums, atomic switch."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookserve.client import catalog as cat
+from lookserve.client.catalog import (
+    Catalog,
+    CatalogRef,
+    EmbedderInfo,
+    IndexParams,
+    PhotoRecord,
+    exact_search,
+    recall_at_k,
+    write_catalog,
+)
+from lookserve.errors import CatalogError, CatalogIntegrityError, CatalogVersionMismatch, DataError
+
+EMB = EmbedderInfo("embedder", "3", "ab" * 32)
+
+
+def _records(n_per_cat: dict[str, int], photos_per_product: int = 1) -> list[PhotoRecord]:
+    records, pid = [], 1000
+    for category, n in n_per_cat.items():
+        for _ in range(n):
+            for j in range(photos_per_product):
+                records.append(PhotoRecord(pid, category, f"images/{pid}_{j}.jpg", None, f"{category} {pid}", {"colour": "red"}))
+            pid += 1
+    return records
+
+
+CENTRES = np.random.default_rng(7).normal(size=(20, 32))
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int = 32, clusters: int = 20) -> np.ndarray:
+    centres = CENTRES[:clusters, :dim]
+    x = centres[rng.integers(0, clusters, n)] + 0.6 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _build(tmp_path: Path, rng, sizes=None, **params) -> tuple[Path, list[PhotoRecord], np.ndarray]:
+    records = _records(sizes or {"tops": 300, "bags": 40})
+    vectors = _clustered(rng, len(records))
+    out = tmp_path / "catalog"
+    write_catalog(out, records, vectors, EMB, IndexParams(**params))
+    return out, records, vectors
+
+
+def test_catalog_recall_reaches_target_when_ef_is_tuned(tmp_path: Path, rng) -> None:
+    sizes = {"tops": 2000}
+    out, records, vectors = _build(tmp_path, rng, sizes, M=8, ef_construction=40, tune_sample=200)
+    catalog = Catalog.open(out)
+    info = catalog.manifest.categories["tops"]
+    assert info.recall_at_k >= 0.99 and info.k == 6
+    # Held-out check with fresh seeded queries (not the tuning sample).
+    queries = _clustered(np.random.default_rng(99), 300)
+    labels, sims = catalog.search_labels("tops", queries, 6)
+    exact, exact_sims = exact_search(vectors, queries, 6)
+    assert recall_at_k(labels, exact) >= 0.99
+    np.testing.assert_allclose(sims[:, 0], exact_sims[:, 0], atol=1e-5)
+
+
+def test_catalog_tunes_a_larger_ef_when_graph_is_sparse(tmp_path: Path) -> None:
+    dense, _, _ = _build(tmp_path / "dense", np.random.default_rng(3), {"tops": 1500})
+    sparse, _, _ = _build(tmp_path / "sparse", np.random.default_rng(3), {"tops": 1500}, M=4, ef_construction=16)
+    d, s = (Catalog.open(p).manifest.categories["tops"] for p in (dense, sparse))
+    assert s.ef > d.ef
+    assert d.recall_at_k >= 0.99 and s.recall_at_k >= 0.99
+
+
+def test_catalog_build_refuses_when_recall_target_is_unreachable(tmp_path: Path, rng) -> None:
+    with pytest.raises(CatalogError, match="larger M or ef_construction"):
+        _build(tmp_path, rng, {"tops": 1500}, M=2, ef_construction=4)
+    assert not (tmp_path / "catalog").exists() and not list(tmp_path.iterdir())
+
+
+def test_catalog_search_matches_exact_and_joins_metadata_when_opened(tmp_path: Path, rng) -> None:
+    out, records, vectors = _build(tmp_path, rng)
+    catalog = Catalog.open(out, embedder=EMB)
+    bags = [i for i, r in enumerate(records) if r.category == "bags"]
+    queries = vectors[bags[:5]] + 0.01
+    matches = catalog.search("bags", queries, k=6)
+    exact, sims = exact_search(vectors[bags], queries, 6)
+    for row, ex, sim in zip(matches, exact, sims, strict=True):
+        assert [m.product_id for m in row] == [records[bags[i]].product_id for i in ex]
+        np.testing.assert_allclose([m.similarity for m in row], sim, atol=1e-5)
+        assert row[0].title == f"bags {row[0].product_id}" and row[0].attributes == {"colour": "red"}
+    assert catalog.categories == {"tops", "bags"}
+
+
+def test_catalog_returns_distinct_products_when_products_have_several_photos(tmp_path: Path, rng) -> None:
+    records = _records({"hats": 30}, photos_per_product=3)
+    vectors = _clustered(rng, len(records))
+    write_catalog(tmp_path / "c", records, vectors, EMB)
+    catalog = Catalog.open(tmp_path / "c")
+    (row,) = catalog.search("hats", vectors[:1], k=6)
+    ids = [m.product_id for m in row]
+    assert len(ids) == 6 == len(set(ids))
+    # a product's similarity is that of its best photo
+    sims = vectors @ vectors[0]
+    best = {}
+    for r, s in zip(records, sims, strict=True):
+        best[r.product_id] = max(best.get(r.product_id, -2), s)
+    expected = sorted(best, key=lambda p: -best[p])[:6]
+    assert ids == expected
+
+
+def test_catalog_manifest_records_binding_and_checksums_when_built(tmp_path: Path, rng) -> None:
+    out, records, _ = _build(tmp_path, rng, M=12, ef_construction=50)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["embedder"] == {"name": "embedder", "version": "3", "model_sha256": "ab" * 32}
+    assert manifest["dim"] == 32 and manifest["space"] == "cosine"
+    assert manifest["params"]["M"] == 12 and manifest["params"]["ef_construction"] == 50
+    assert manifest["counts"] == {"photos": len(records), "products": len(records), "categories": 2}
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+    for name, info in manifest["files"].items():
+        assert info["sha256"] == cat.sha256_file(out / name)
+
+
+def test_catalog_refuses_when_an_index_file_is_tampered(tmp_path: Path, rng) -> None:
+    out, _, _ = _build(tmp_path, rng)
+    data = bytearray((out / "index_tops.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / "index_tops.bin").write_bytes(bytes(data))
+    with pytest.raises(CatalogIntegrityError, match="index_tops.bin does not match"):
+        Catalog.open(out)
+
+
+def test_catalog_refuses_when_the_database_is_tampered(tmp_path: Path, rng) -> None:
+    out, _, _ = _build(tmp_path, rng)
+    import sqlite3
+
+    with sqlite3.connect(out / "products.sqlite") as db:
+        db.execute("UPDATE products SET title = 'x' WHERE id = 1000")
+    with pytest.raises(CatalogIntegrityError, match="products.sqlite"):
+        Catalog.open(out)
+
+
+def test_catalog_refuses_when_a_file_is_missing(tmp_path: Path, rng) -> None:
+    out, _, _ = _build(tmp_path, rng)
+    (out / "vectors_bags.npy").unlink()
+    with pytest.raises(CatalogIntegrityError, match="missing"):
+        Catalog.open(out)
+
+
+def test_catalog_refuses_when_served_embedder_version_differs(tmp_path: Path, rng) -> None:
+    out, _, _ = _build(tmp_path, rng)
+    with pytest.raises(CatalogVersionMismatch, match="version 3.*version 4 is served"):
+        Catalog.open(out, embedder=EmbedderInfo("embedder", "4"))
+    with pytest.raises(CatalogVersionMismatch, match="serves version"):
+        Catalog.open(out, served_versions=["1", "2"])
+    with pytest.raises(CatalogVersionMismatch, match="model file changed"):
+        Catalog.open(out, embedder=EmbedderInfo("embedder", "3", "cd" * 32))
+    assert Catalog.open(out, embedder=EmbedderInfo("embedder", "3"), served_versions=["3"]).embedder.version == "3"
+
+
+def test_catalog_open_explains_when_directory_is_not_a_catalog(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="manifest.json is missing"):
+        Catalog.open(tmp_path)
+
+
+def test_catalog_switch_keeps_old_catalog_whole_when_build_fails(tmp_path: Path, rng) -> None:
+    out, records, vectors = _build(tmp_path, rng)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = vectors.copy()
+    bad[3] = np.nan
+    with pytest.raises(CatalogError, match="NaN"):
+        write_catalog(out, records, bad, EMB)
+    with pytest.raises(CatalogError, match="two categories"):
+        write_catalog(out, records + [PhotoRecord(1000, "hats", "x", None)], np.vstack([vectors, vectors[:1]]), EMB)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog"]  # no temp directories left
+
+
+def test_catalog_switch_replaces_whole_directory_when_rebuilt(tmp_path: Path, rng) -> None:
+    out, records, vectors = _build(tmp_path, rng)
+    old = Catalog.open(out)
+    new_emb = EmbedderInfo("embedder", "4")
+    write_catalog(out, records[:50], vectors[:50], new_emb)
+    new = Catalog.open(out)
+    assert new.embedder.version == "4" and new.categories == {"tops"}
+    assert not (out / "index_bags.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog"]
+    # The old object keeps answering from memory: indexes are swapped by reference.
+    ref = CatalogRef(old)
+    assert ref.swap(new) is old and ref.get() is new
+    assert old.search_labels("bags", vectors[-1:], 1)[0].shape == (1, 1)
+
+
+def test_catalog_readers_see_old_or_new_when_switch_happens_during_reads(tmp_path: Path, rng) -> None:
+    out, records, vectors = _build(tmp_path, rng, {"tops": 60})
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(json.loads((out / "manifest.json").read_text())["embedder"]["version"])
+            except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for v in range(4, 9):
+        write_catalog(out, records, vectors, EmbedderInfo("embedder", str(v)))
+    stop.set()
+    t.join(10)
+    assert not errors, errors[:3]
+    assert "8" in seen
+
+
+def test_catalog_searches_concurrently_when_shared_between_threads(tmp_path: Path, rng) -> None:
+    out, records, vectors = _build(tmp_path, rng)
+    catalog = Catalog.open(out)
+    expected = catalog.search("tops", vectors[:20], k=6)
+    results: list = [None] * 4
+
+    def run(i: int) -> None:
+        results[i] = [catalog.search("tops", vectors[:20], k=6) for _ in range(5)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for per_thread in results:
+        assert all(r == expected for r in per_thread)
+
+
+def test_catalog_search_refuses_when_category_is_absent(tmp_path: Path, rng) -> None:
+    out, _, vectors = _build(tmp_path, rng)
+    with pytest.raises(CatalogError, match="no 'belts' products"):
+        Catalog.open(out).search("belts", vectors[:1])
+
+
+def test_records_read_street2shop_layout_when_given_a_root(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "photos").mkdir(parents=True)
+    (root / "meta" / "json").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "photos" / "photos.txt").write_text("1,images/1.jpg\n2,images/2.jpg\n3,images/3.jpg\n")
+    for i in (1, 2, 3):
+        (root / "images" / f"{i}.jpg").write_bytes(b"x")
+    (root / "meta" / "json" / "retrieval_tops.json").write_text(json.dumps([{"product": 10, "photo": 1}, {"product": 10, "photo": 2}]))
+    (root / "meta" / "json" / "retrieval_bags.json").write_text(json.dumps([{"product": 11, "photo": 3}]))
+    (root / "products.json").write_text(json.dumps([
+        {"id": 10, "category": "tops", "title": "red top", "attributes": {"colour": "red"}, "split": "test"},
+        {"id": 11, "category": "bags", "title": "bag", "attributes": {}, "split": "train"},
+    ]))
+    records = cat.load_records(root)
+    assert [(r.product_id, r.category, r.image) for r in records] == [
+        (11, "bags", "images/3.jpg"), (10, "tops", "images/1.jpg"), (10, "tops", "images/2.jpg")
+    ]
+    assert records[1].title == "red top" and records[1].attributes == {"colour": "red"}
+    assert [r.product_id for r in cat.load_records(root, splits=["test"])] == [10, 10]
+
+
+def test_records_read_csv_when_given_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "metadata.csv").write_text("id,category,image,title,colour\n5,hats,a.jpg,A hat,blue\n")
+    (r,) = cat.load_records(tmp_path)
+    assert (r.product_id, r.category, r.path, r.title, dict(r.attributes)) == (5, "hats", tmp_path / "a.jpg", "A hat", {"colour": "blue"})
+    (tmp_path / "metadata.csv").write_text("id,category,image\n5,capes,a.jpg\n")
+    with pytest.raises(DataError, match="unknown category 'capes'"):
+        cat.load_records(tmp_path)
+    with pytest.raises(DataError, match="neither a street2shop"):
+        cat.load_records(tmp_path / "nothing")
