@@ -116,3 +116,21 @@ def info(data: Path = typer.Option(..., "--data", help="Data set root (street2sh
     c.print(t)
     c.print(f"{s['pairs']} pairs, {s['street_photos']} street photos, {s['products_with_pairs']} products in pairs, "
             f"{s['shop_photos']} shop photos; {s['missing_rows']} rows skipped for missing images")
+
+
+@app.command()
+def preview(
+    data: Path = typer.Option(..., "--data", help="Data set root."),
+    out: Path = typer.Option(..., "--out", help="Where the contact-sheet PNGs go."),
+    n: int = typer.Option(12, "--n", help="Street photos / shoes to show."),
+) -> None:
+    """Contact sheets: street photos with masks + boxes, shop photos per category, footwear views."""
+    from lookserve.data import preview as P
+    from lookserve.errors import LookserveError
+
+    try:
+        files = P.write_previews(data, out, n)
+    except LookserveError as e:
+        _fail(e)
+    for f in files:
+        _console().print(f"wrote {f}")

@@ -108,7 +108,7 @@ def _pattern_params(rng: np.random.Generator, family: str) -> dict[str, float]:
     return {
         "period": round(float(rng.uniform(0.015, 0.045)), 4),
         "angle": round(float(rng.choice([0.0, math.pi / 2, math.pi / 4, -math.pi / 4]) + rng.uniform(-0.1, 0.1)), 4),
-        "duty": round(float(rng.uniform(0.2, 0.42)), 4),
+        "duty": round(float(rng.uniform(0.15, 0.35)), 4),  # the dominant colour stays dominant
     }
 
 
