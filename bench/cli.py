@@ -87,3 +87,177 @@ def search(
     c.print(markdown(report))
     for p in paths:
         c.print(f"wrote {p}")
+
+
+# --- load benches ---------------------------------------------------------------------------------
+URL = typer.Option("127.0.0.1:8001", "--url", help="Triton gRPC address (ignored with --repository).")
+REPO = typer.Option(None, "--repository", help="Serve this model repository on a private tritonserver for the run.")
+CONFIG_NAME = typer.Option(None, "--model-config-name", help="With --repository: Triton config variant (configs/<NAME>.pbtxt).")
+MODE = typer.Option("closed", "--mode", help="closed (concurrency sweep), constant or poisson (open-loop rates).")
+LEVELS = typer.Option(None, "--levels", help="Concurrencies (closed, default 1,2,4,8,16) or requests/s (open loop).")
+DURATION = typer.Option(5.0, "--duration", min=0.1, help="Measured seconds per point.")
+MAX_REQUESTS = typer.Option(None, "--max-requests", min=1, help="At most this many requests per point.")
+WARMUP = typer.Option(1.0, "--warmup", min=0.0, help="Unmeasured warm-up seconds before every point.")
+TIMEOUT = typer.Option(10.0, "--timeout", min=0.1, help="Per-request deadline in seconds.")
+VARIANT = typer.Option("", "--variant", help="A label for the config variant being measured (goes into the report).")
+SEED = typer.Option(0, "--seed")
+
+
+def _spec(mode: str, levels: str | None, duration: float, max_requests: int | None, warmup: float, timeout: float, seed: int):
+    from lookserve.bench.load import LoadSpec
+
+    if levels is None:
+        parsed: tuple[float, ...] = (1, 2, 4, 8, 16) if mode == "closed" else (10, 20, 40)
+    else:
+        parsed = _ints(levels, "--levels") if mode == "closed" else _floats(levels, "--levels")
+    return LoadSpec(mode=mode, levels=parsed, duration_s=duration, max_requests=max_requests, warmup_s=warmup,
+                    timeout_s=timeout, seed=seed)
+
+
+def _run_load(make_workload, url: str, repository: Path | None, config_name: str | None, models: list[str], spec,
+              variant: str, out: Path, stem: str) -> None:
+    """Run one sweep against ``url`` or a private server on ``repository``, write and print the report."""
+    import contextlib
+
+    from lookserve.bench.load import markdown, run_load, write_load_report
+    from lookserve.client.core import TritonClient
+
+    with contextlib.ExitStack() as stack:
+        if repository is not None:
+            from lookserve.server.launcher import ServerOptions, TritonServer
+
+            if not repository.is_dir():
+                raise typer.BadParameter(f"--repository {repository} is not a directory")
+            server = stack.enter_context(TritonServer(ServerOptions(
+                model_repository=repository, grpc_port=0, load_models=tuple(models), model_config_name=config_name,
+                exit_timeout_s=10, ready_timeout_s=180.0)))
+            url = server.grpc_url
+        client = stack.enter_context(TritonClient(url, timeout_s=spec.timeout_s))
+        client.wait_ready(deadline_s=30)
+        for m in models:
+            client.wait_model_ready(m, deadline_s=60)
+        workload = make_workload(client)
+        report = run_load(client, workload, spec, variant=variant or (config_name or ""))
+    paths = write_load_report(report, out, stem, command=_command_line())
+    c = _console()
+    c.print(markdown(report))
+    for p in paths:
+        c.print(f"wrote {p}")
+
+
+@app.command()
+def model(
+    name: str = typer.Argument(..., help="Served model name, e.g. embedder."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Rows per request."),
+    model_version: str = typer.Option("", "--model-version", help="Model version (default: latest)."),
+    url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
+    mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
+    warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
+    stem: str | None = typer.Option(None, "--stem", help="Output file name stem (default model_<name>_<mode>)."),
+) -> None:
+    """Load one served model: throughput, latency percentiles and the Triton stage breakdown per point."""
+    from lookserve.bench.load import model_workload
+
+    try:
+        spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
+        _run_load(lambda client: model_workload(client, name, batch_size=batch_size, version=model_version, seed=seed),
+                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}")
+    except LookserveError as e:
+        _fail(e)
+
+
+@app.command()
+def look(
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog directory the look chain searches."),
+    url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
+    mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
+    warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
+    stem: str = typer.Option("look", "--stem"),
+) -> None:
+    """Load the shop-the-look chain (detector → embedder → search) with street photos."""
+    from lookserve.bench.load import chain_workload
+
+    try:
+        spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
+        _run_load(lambda client: chain_workload("look", client, catalog=catalog, seed=seed), url, repository,
+                  model_config_name, ["detector", "embedder"], spec, variant, out, stem)
+    except LookserveError as e:
+        _fail(e)
+
+
+@app.command()
+def thumbnails(
+    views: int = typer.Option(5, "--views", min=1, help="Views per product (one request = one product)."),
+    url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
+    mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
+    warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
+    stem: str = typer.Option("thumbnails", "--stem"),
+) -> None:
+    """Load the thumbnails chain (views → view_classifier → best view + type), one product per request."""
+    from lookserve.bench.load import chain_workload
+
+    try:
+        spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
+        _run_load(lambda client: chain_workload("thumbnails", client, views=views, seed=seed), url, repository,
+                  model_config_name, ["view_classifier"], spec, variant, out, stem)
+    except LookserveError as e:
+        _fail(e)
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Path = typer.Argument(..., help="Report A (the baseline)."),
+    b: Path = typer.Argument(..., help="Report B."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the comparison here (.md; .json beside it)."),
+) -> None:
+    """Two load reports side by side: every figure in both and B/A, per shared load level."""
+    from lookserve.bench.load import compare, compare_markdown, read_report
+    from lookserve.bench.report import atomic_write_json, atomic_write_text
+
+    try:
+        c = compare(read_report(a), read_report(b))
+    except LookserveError as e:
+        _fail(e)
+    md = compare_markdown(c)
+    _console().print(md)
+    if out is not None:
+        atomic_write_text(out.with_suffix(".md"), md + f"\nCommand: `{_command_line()}`\n")
+        atomic_write_json(out.with_suffix(".json"), {**c, "command": _command_line()})
+
+
+@app.command()
+def variants(
+    names: str = typer.Option(",".join(("batching_on", "batching_off", "instances_2", "fp32_input", "int8")), "--variants",
+                              help="Comma-separated variants; the first is the baseline of the comparisons."),
+    onnx_path: Path | None = typer.Option(None, "--onnx", help="An exported FP32 embedder model.onnx (default: synthetic conv embedder)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+    mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
+    warmup: float = WARMUP, timeout: float = TIMEOUT, seed: int = SEED, out: Path = OUT,
+    prefix: str = typer.Option("variants", "--prefix", help="Output file name prefix."),
+) -> None:
+    """Embedder config variants (typed configs via dataclasses.replace) on private servers, compared as ratios."""
+    from lookserve.bench.load import compare, compare_markdown, write_load_report
+    from lookserve.bench.report import atomic_write_json, atomic_write_text
+    from lookserve.bench.variants import run_variants
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    command = _command_line()
+    try:
+        spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
+        reports = run_variants(wanted, spec, onnx_path=onnx_path, batch_size=batch_size)
+    except LookserveError as e:
+        _fail(e)
+    c = _console()
+    for name, report in reports.items():
+        for p in write_load_report(report, out, f"{prefix}_{name}", command=command):
+            c.print(f"wrote {p}")
+    base = wanted[0]
+    summary = [f"# Embedder config variants vs {base}\n", f"Command: `{command}`\n"]
+    comparisons = {}
+    for name in wanted[1:]:
+        cmp = compare(reports[base], reports[name])
+        comparisons[name] = cmp
+        summary.append(compare_markdown(cmp))
+    atomic_write_text(out / f"{prefix}_compare.md", "\n".join(summary))
+    atomic_write_json(out / f"{prefix}_compare.json", {"command": command, "baseline": base, "comparisons": comparisons})
+    c.print("\n".join(summary))

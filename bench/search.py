@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from lookserve.bench.report import atomic_write_json, atomic_write_text, environment, markdown_table, save_figure
+from lookserve.bench.report import (
+    atomic_write_json,
+    atomic_write_text,
+    environment,
+    markdown_table,
+    save_figure,
+)
 from lookserve.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -151,7 +157,13 @@ class EngineResult:
 
 
 def _progress(total: int, description: str):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
@@ -220,7 +232,7 @@ def bench_hnswlib(spec: SearchSpec, base: np.ndarray, queries: np.ndarray, truth
     # hnswlib's level-0 element: links (2M ids + count) + vector + label; upper levels are ~1/M of it.
     level0 = (2 * spec.m + 1) * 4 + spec.dim * 4 + 8
     estimate = int(base.shape[0] * level0 * (1 + 1 / spec.m))
-    del index
+    index = None  # free it before the next engine builds
     gc.collect()
     return EngineResult("hnswlib", build_s, rss_delta, estimate,
                         {"M": spec.m, "ef_construction": spec.ef_construction, "space": "ip",
@@ -257,7 +269,7 @@ def bench_faiss(spec: SearchSpec, base: np.ndarray, queries: np.ndarray, truth: 
     points = _measure_points(spec, queries, truth, set_ef, single, batch)
     faiss.omp_set_num_threads(spec.threads)
     index_bytes = int(faiss.serialize_index(index).nbytes) if base.shape[0] <= 2_000_000 else None
-    del index
+    index = None  # free it before the next engine builds
     gc.collect()
     return EngineResult("faiss", build_s, rss_delta, index_bytes,
                         {"M": spec.m, "ef_construction": spec.ef_construction, "metric": "inner product",

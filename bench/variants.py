@@ -1,0 +1,170 @@
+"""Config variants of one served model, benched side by side on real Triton.
+
+Each variant is a typed :class:`~lookserve.modelconfig.ModelConfig` made from the contract with
+``dataclasses.replace`` (never a hand-edited ``config.pbtxt``), written with its ``model.onnx``
+into a fresh temporary repository and served by its own tritonserver, one after the other, with
+the same sweep; then every variant is compared with the first as ratios.
+
+The model is an exported embedder (``--onnx``) when one exists, otherwise a small synthetic
+convolutional embedder built here with onnx's helper API (three strided convolutions, global
+pooling, a projection, L2 normalisation; ~70 MFLOP per 224×224 image) so batching and instance
+counts have real compute to act on. It honours the embedder's tensor contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookserve import contracts, errors
+from lookserve.modelconfig import InstanceGroup, ModelConfig, TensorSpec
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("batching_on", "batching_off", "instances_2", "fp32_input", "int8")
+
+
+def synthetic_embedder(size: int = contracts.CROP_SIZE, dim: int = contracts.EMBEDDING_DIM, seed: int = 0):
+    """A small conv embedder as an onnx ModelProto: UINT8 [B, size, size, 3] → L2-normalised FP32 [B, dim]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    chans = (3, 16, 32, 64)
+    inits = [numpy_helper.from_array(np.array(255.0, np.float32), "c255"),
+             numpy_helper.from_array(np.array(1e-12, np.float32), "eps")]
+    nodes = [helper.make_node("Cast", ["crops"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["xf", "c255"], ["xn"]),
+             helper.make_node("Transpose", ["xn"], ["h0"], perm=[0, 3, 1, 2])]
+    for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+        w = (rng.normal(size=(cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [f"h{i}", f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], strides=[2, 2],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"])]
+    proj = rng.normal(size=(chans[-1], dim)).astype(np.float32) / np.sqrt(chans[-1])
+    inits.append(numpy_helper.from_array(proj, "P"))
+    n = len(chans) - 1
+    nodes += [helper.make_node("GlobalAveragePool", [f"h{n}"], ["gap"]),
+              helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+              helper.make_node("MatMul", ["flat", "P"], ["proj"]),
+              helper.make_node("ReduceL2", ["proj"], ["norm"], axes=[1], keepdims=1),
+              helper.make_node("Max", ["norm", "eps"], ["safe"]),
+              helper.make_node("Div", ["proj", "safe"], ["embedding"])]
+    graph = helper.make_graph(
+        nodes, "synthetic_conv_embedder",
+        [helper.make_tensor_value_info("crops", TensorProto.UINT8, [None, size, size, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def with_fp32_input(proto, input_name: str):
+    """The same graph taking FP32 pixels (0..255) on the wire: a Cast to UINT8 in front of the original input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    inner = f"{input_name}__uint8"
+    for node in graph.node:
+        node.input[:] = [inner if x == input_name else x for x in node.input]
+    for value in graph.input:
+        if value.name == input_name:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    graph.node.insert(0, helper.make_node("Cast", [input_name], [inner], to=TensorProto.UINT8))
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: ModelConfig
+    make_model: Callable[[Any], Any]  # base ModelProto → this variant's ModelProto
+    note: str
+
+
+def embedder_variants(base: ModelConfig | None = None) -> dict[str, Variant]:
+    """The comparisons the issue asks for, as typed configs derived from the embedder contract."""
+    base = base or contracts.embedder_config()
+    crops = base.inputs[0]
+
+    def same(p):
+        return p
+
+    def fp32(p):
+        return with_fp32_input(p, crops.name)
+
+    def int8(p):
+        from lookserve.export.variants import apply_variant
+
+        return apply_variant(p, "int8", kind="embedder")
+
+    return {
+        "batching_on": Variant("batching_on", base, same, "contract config: dynamic batching on, 1 CPU instance, UINT8 input"),
+        "batching_off": Variant("batching_off", replace(base, dynamic_batching=None), same, "dynamic batching off"),
+        "instances_2": Variant("instances_2", replace(base, instance_groups=(InstanceGroup("KIND_CPU", 2),)), same,
+                               "2 CPU instances (dynamic batching on)"),
+        "fp32_input": Variant("fp32_input", replace(base, inputs=(TensorSpec(crops.name, "FP32", crops.dims),),
+                                                    warmup=()), fp32,
+                              "FP32 pixels on the wire (4× the bytes), cast to UINT8 in the graph"),
+        "int8": Variant("int8", base, int8, "int8 dynamic quantization of the same graph (onnxruntime quantize_dynamic)"),
+    }
+
+
+def write_variant_repository(variant: Variant, base_model, root: Path) -> Path:
+    """``root/<name>/1/model.onnx`` + ``config.pbtxt`` for one variant; returns the repository."""
+    import onnx
+
+    model_dir = root / variant.config.name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(variant.make_model(base_model), model_dir / "1" / "model.onnx")
+    variant.config.write(model_dir / "config.pbtxt")
+    return root
+
+
+def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, batch_size: int = 1,
+                 ready_timeout_s: float = 180.0) -> dict[str, dict[str, Any]]:
+    """Serve each variant in turn on its own tritonserver and run the same sweep; reports by name."""
+    import onnx
+
+    from lookserve.bench.load import model_workload, run_load
+    from lookserve.client.core import TritonClient
+    from lookserve.server.launcher import ServerOptions, TritonServer
+
+    variants = embedder_variants()
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise errors.ConfigError(f"unknown variants {unknown}; known: {', '.join(variants)}")
+    if onnx_path is not None:
+        try:
+            base_model = onnx.load(onnx_path)
+        except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+            raise errors.ConfigError(f"cannot read ONNX model {onnx_path}: {e}") from e
+        source = str(onnx_path)
+    else:
+        base_model, source = synthetic_embedder(), "synthetic conv embedder (bench.variants.synthetic_embedder)"
+    reports: dict[str, dict[str, Any]] = {}
+    for name in names:
+        variant = variants[name]
+        with tempfile.TemporaryDirectory(prefix=f"lookserve-bench-{name}-") as tmp:
+            repo = write_variant_repository(variant, base_model, Path(tmp) / "repository")
+            options = ServerOptions(model_repository=repo, grpc_port=0, load_models=(variant.config.name,),
+                                    work_dir=Path(tmp) / "server", ready_timeout_s=ready_timeout_s, exit_timeout_s=10)
+            log.info("variant %s: starting tritonserver", name)
+            with TritonServer(options) as server, TritonClient(server.grpc_url, timeout_s=spec.timeout_s) as client:
+                client.wait_model_ready(variant.config.name, deadline_s=ready_timeout_s)
+                workload = model_workload(client, variant.config.name, batch_size=batch_size, seed=spec.seed)
+                workload.details.update(model_source=source, variant_note=variant.note)
+                reports[name] = run_load(client, workload, spec, variant=name)
+    return reports
