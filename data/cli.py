@@ -134,3 +134,38 @@ def preview(
         _fail(e)
     for f in files:
         _console().print(f"wrote {f}")
+
+
+@app.command()
+def download(
+    data: Path = typer.Option(..., "--data", help="Data set root: photos/photos.txt in, images/<id>.jpg out."),
+    photos: Path = typer.Option(None, "--photos", help="The id,url list (default DATA/photos/photos.txt)."),
+    workers: int = typer.Option(8, "--workers", help="Concurrent downloads."),
+    retries: int = typer.Option(3, "--retries", help="Extra attempts after a transient failure."),
+    backoff: float = typer.Option(1.0, "--backoff", help="Seconds before the first retry (doubles each time)."),
+    timeout: float = typer.Option(20.0, "--timeout", help="Seconds per request."),
+    only_referenced: bool = typer.Option(False, "--only-referenced", help="Only photos used by meta/json pairs/retrieval files."),
+    limit: int = typer.Option(None, "--limit", help="At most this many photos (the lowest ids): a trial run."),
+) -> None:
+    """Download the real street2shop photos (resumable), then select the usable pairs."""
+    from lookserve.data import download as D
+    from lookserve.data import street2shop
+    from lookserve.errors import LookserveError
+
+    try:
+        config = D.DownloadConfig(workers=workers, retries=retries, backoff_s=backoff, timeout_s=timeout)
+        ids = D.referenced_ids(data) if only_referenced else None
+        if limit is not None:
+            pool = sorted(ids) if ids is not None else sorted(street2shop.read_photos_txt(photos or data / "photos" / "photos.txt"))
+            ids = set(pool[:limit])
+        rep = D.download(data, config, photos, ids=ids, progress=True)
+        c = _console()
+        c.print(f"downloaded {len(rep.downloaded)}, already present {len(rep.already_present)}, "
+                f"failed {len(rep.failed)} ({rep.attempts} attempts, {rep.seconds:.1f}s); report: {data / D.REPORT}")
+        if (data / "meta" / "json").is_dir():
+            doc = D.select_pairs(data)
+            s = doc["summary"]
+            c.print(f"usable pairs: {s['pairs']} ({s['street_photos']} street photos); "
+                    f"{s['missing_rows']} rows skipped for missing images; written to {data / D.USABLE}")
+    except LookserveError as e:
+        _fail(e)
