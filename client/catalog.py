@@ -353,6 +353,7 @@ class Manifest:
     created_utc: str = ""
     format: int = FORMAT_VERSION
     skipped: tuple[str, ...] = ()
+    images_root: str = ""  # relative image paths in SQLite are relative to this folder
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -378,6 +379,7 @@ class Manifest:
                 created_utc=str(d.get("created_utc", "")),
                 format=int(d["format"]),
                 skipped=tuple(d.get("skipped", ())),
+                images_root=str(d.get("images_root", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CatalogError(f"catalog manifest is malformed: {e!r}") from e
@@ -440,6 +442,7 @@ def write_catalog(
     params: IndexParams = IndexParams(),
     skipped: Sequence[str] = (),
     progress: bool = False,
+    images_root: str | os.PathLike | None = None,
 ) -> Manifest:
     """Index ``vectors`` (one row per record) and write the catalog at ``out_dir`` atomically."""
     out_dir = Path(out_dir)
@@ -511,6 +514,7 @@ def write_catalog(
             counts={"photos": len(records), "products": len({r.product_id for r in records}), "categories": len(cats)},
             files=files, created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             skipped=tuple(skipped),
+            images_root=str(Path(images_root).resolve()) if images_root else "",
         )
         with (tmp / MANIFEST).open("w") as f:
             json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
@@ -664,6 +668,7 @@ def build_catalog(
     model_repository: str | os.PathLike | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
     progress: bool = False,
+    images_root: str | os.PathLike | None = None,
 ) -> Manifest:
     """Embed every shop photo through ``embedder`` and write the catalog at ``out_dir``."""
     out_dir = Path(out_dir)
@@ -673,7 +678,8 @@ def build_catalog(
     if not keep:
         raise CatalogError("no shop photo could be embedded; see the warnings above")
     info = EmbedderInfo(embedder.name, version, model_file_sha256(model_repository, embedder.name, version))
-    manifest = write_catalog(out_dir, [records[i] for i in keep], vectors[keep], info, params, skipped, progress)
+    manifest = write_catalog(out_dir, [records[i] for i in keep], vectors[keep], info, params, skipped, progress,
+                             images_root=images_root)
     shutil.rmtree(partial, ignore_errors=True)
     return manifest
 
@@ -860,6 +866,15 @@ class Catalog:
 
     def product_ids(self, category: str) -> np.ndarray:
         return self._labels[category].copy()
+
+    def image_path(self, image: str) -> Path | None:
+        """Where a stored image name is on this machine (None for URLs)."""
+        if image.startswith(("http://", "https://")):
+            return None
+        p = Path(image)
+        if not p.is_absolute() and self.manifest.images_root:
+            p = Path(self.manifest.images_root) / p
+        return p
 
 
 def check_embedder(manifest: Manifest, served: EmbedderInfo | None, served_versions: Sequence[str] | None = None) -> None:
