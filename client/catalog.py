@@ -101,61 +101,29 @@ class PhotoRecord:
 
 
 def records_from_street2shop(root: str | os.PathLike, splits: Sequence[str] | None = None) -> list[PhotoRecord]:
-    """Shop photos of a street2shop-format data set (``meta/json/retrieval_<category>.json``,
-    ``photos/photos.txt``, ``images/<id>.jpg``; titles and attributes from ``products.json``
-    when present). ``splits`` keeps only products of those splits (needs ``products.json``)."""
+    """Shop photos of a street2shop-format data set, read with :func:`lookserve.data.street2shop.load`
+    (retrieval files joined to ``photos.txt``; titles and attributes from ``products.json`` when
+    present; photos not on disk are skipped by the loader). ``splits`` keeps only those products."""
+    from lookserve.data import street2shop
+
     root = Path(root)
-    photos_txt = root / "photos" / "photos.txt"
-    if not photos_txt.is_file():
-        raise DataError(f"{root} is not a street2shop data set: {photos_txt} is missing")
-    urls: dict[int, str] = {}
-    with photos_txt.open() as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            pid, _, url = line.partition(",")
-            try:
-                urls[int(pid)] = url.strip()
-            except ValueError as e:
-                raise DataError(f"{photos_txt}:{n}: expected 'id,url', got {line[:80]!r}") from e
-    products: dict[int, dict] = {}
-    products_json = root / "products.json"
-    if products_json.is_file():
-        raw = json.loads(products_json.read_text())
-        items = raw.values() if isinstance(raw, dict) else raw
-        for p in items:
-            products[int(p["id"])] = p
-    elif splits:
-        raise DataError(f"filtering by split needs {products_json}")
+    data = street2shop.load(root)
     records: list[PhotoRecord] = []
-    for category in CATEGORIES:
-        retrieval = root / "meta" / "json" / f"retrieval_{category}.json"
-        if not retrieval.is_file():
+    for product_id in sorted(data.shop, key=lambda p: (CATEGORIES.index(data.product_category[p]), p)):
+        if splits and data.product_split.get(product_id) not in splits:
             continue
-        for item in json.loads(retrieval.read_text()):
-            product_id, photo = int(item["product"]), int(item["photo"])
-            meta = products.get(product_id, {})
-            if splits and meta.get("split") not in splits:
-                continue
-            url = urls.get(photo)
-            if url is None:
-                raise DataError(f"{retrieval}: shop photo {photo} is not listed in {photos_txt}")
-            local = root / "images" / f"{photo}.jpg"
-            if not local.is_file() and not url.startswith(("http://", "https://")):
-                local = root / url
-            records.append(
-                PhotoRecord(
-                    product_id=product_id,
-                    category=category,
-                    image=str(local.relative_to(root)) if local.is_file() else url,
-                    path=local if local.is_file() else None,
-                    title=str(meta.get("title", "")),
-                    attributes=dict(meta.get("attributes", {})),
-                )
-            )
+        meta = data.products.get(product_id, {})
+        for photo in data.shop[product_id]:
+            path = data.shop_path(photo)
+            try:
+                image = str(path.relative_to(root))
+            except ValueError:
+                image = str(path)
+            records.append(PhotoRecord(product_id=product_id, category=data.product_category[product_id], image=image,
+                                       path=path, title=str(meta.get("title", "")),
+                                       attributes=dict(meta.get("attributes", {}))))
     if not records:
-        raise DataError(f"no shop photos found under {root} (meta/json/retrieval_<category>.json)")
+        raise DataError(f"no shop photos found under {root}" + (f" for splits {list(splits)}" if splits else ""))
     return records
 
 

@@ -419,6 +419,54 @@ class AsyncLookPipeline(_Steps):
         return list(await asyncio.gather(*(one(s) for s in sources)))
 
 
+def evaluate_pairs(pipeline: LookPipeline, root: str | os.PathLike, split: str = "test", limit: int | None = None,
+                   concurrency: int = 4) -> dict[str, Any]:
+    """End-to-end accuracy on a street2shop-format data set's held-out street photos.
+
+    For every (street photo, product) pair of ``split``: a *hit@1*/*hit@K* when the chain's item
+    of the pair's category has the product first / within its top-K; *detected* when the chain
+    kept an item of that category at all. Figures overall and per category."""
+    from lookserve.data import street2shop
+
+    data = street2shop.load(root)
+    pairs = data.pairs_of(split)
+    if not pairs:
+        raise errors.DataError(f"no {split} pairs under {root}")
+    photos = list(dict.fromkeys(p.street_path for p in pairs))
+    if limit:
+        photos = photos[:limit]
+        keep = set(photos)
+        pairs = [p for p in pairs if p.street_path in keep]
+    by_photo: dict[Path, LookResult | errors.LookserveError] = {}
+    failed = 0
+    for path, result in zip(photos, pipeline.run_many(photos, concurrency), strict=True):
+        by_photo[path] = result
+        failed += isinstance(result, errors.LookserveError)
+    per_cat: dict[str, dict[str, int]] = {}
+    for p in pairs:
+        c = per_cat.setdefault(p.category, {"pairs": 0, "detected": 0, "hit@1": 0, "hit@k": 0})
+        c["pairs"] += 1
+        result = by_photo[p.street_path]
+        if isinstance(result, errors.LookserveError):
+            continue
+        items = [i for i in result.items if i.detection.category == p.category]
+        if not items:
+            continue
+        c["detected"] += 1
+        ids = [[m.product_id for m in i.matches] for i in items]
+        c["hit@1"] += any(x[:1] == [p.product] for x in ids)
+        c["hit@k"] += any(p.product in x for x in ids)
+    total = {key: sum(c[key] for c in per_cat.values()) for key in ("pairs", "detected", "hit@1", "hit@k")}
+
+    def rates(c: dict[str, int]) -> dict[str, float]:
+        n = max(c["pairs"], 1)
+        return {"pairs": c["pairs"], "detected": c["detected"] / n, "top1_accuracy": c["hit@1"] / n,
+                f"top{pipeline.config.k}_accuracy": c["hit@k"] / n}
+
+    return {"split": split, "street_photos": len(photos), "failed_photos": failed, "k": pipeline.config.k,
+            **rates(total), "per_category": {cat: rates(c) for cat, c in sorted(per_cat.items())}}
+
+
 def write_result(result: LookResult, path: Path, include_masks: bool = True) -> Path:
     """Write a result's JSON atomically."""
     path = Path(path)
@@ -431,5 +479,5 @@ def write_result(result: LookResult, path: Path, include_masks: bool = True) -> 
 
 __all__ = [
     "AsyncLookPipeline", "Detection", "Dropped", "FilterConfig", "LookConfig", "LookItem", "LookPipeline",
-    "LookResult", "filter_detections", "write_result",
+    "LookResult", "evaluate_pairs", "filter_detections", "write_result",
 ]
