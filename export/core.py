@@ -35,7 +35,14 @@ import numpy as np
 from lookserve.errors import ExportError, ParityError
 from lookserve.export import parity
 from lookserve.export.samples import photo_inputs, random_inputs
-from lookserve.modelconfig import DynamicBatching, ModelConfig, TensorSpec, Warmup, WarmupInput, triton_dtype
+from lookserve.modelconfig import (
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+    Warmup,
+    WarmupInput,
+    triton_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +202,7 @@ def keras_serving_function(model, input_specs: Sequence[TensorSpec] | None = Non
             return {str(k): tf.identity(v, name=str(k)) for k, v in out.items()}
         outs = list(out) if isinstance(out, (list, tuple)) else [out]
         keys = output_names if len(output_names) == len(outs) else [f"output_{i}" for i in range(len(outs))]
-        return {k: tf.identity(v, name=k) for k, v in zip(keys, outs)}
+        return {k: tf.identity(v, name=k) for k, v in zip(keys, outs, strict=True)}
 
     if len(names) == 1:
         @tf.function(input_signature=signature)
@@ -204,7 +211,7 @@ def keras_serving_function(model, input_specs: Sequence[TensorSpec] | None = Non
     else:
         @tf.function(input_signature=signature)
         def serve(*xs):
-            return _named(model(dict(zip(names, xs)), training=False))
+            return _named(model(dict(zip(names, xs, strict=True)), training=False))
     return serve
 
 
@@ -292,7 +299,7 @@ def run_parity_gate(
     figures: list[parity.Figure] = []
     for label, feeds in sets:
         ref = _numpy_outputs(reference(feeds))
-        got = dict(zip(output_names, session.run(None, feeds)))
+        got = dict(zip(output_names, session.run(None, feeds), strict=True))
         missing = sorted(set(ref) - set(got))
         if missing:
             raise ParityError(f"{name}: the ONNX model lacks output(s) {missing} that the source returns")
@@ -335,9 +342,14 @@ def write_version(model_dir: Path, version: int, model_bytes: bytes, info: Mappi
         (tmp / MODEL_FILE).write_bytes(model_bytes)
         _atomic_json(tmp / EXPORT_JSON, info)
         if final.exists():
+            if not overwrite:  # another export wrote it since the check above
+                raise ExportError(f"{final} appeared while exporting; versions are immutable, pick a new one")
             old = Path(tempfile.mkdtemp(prefix=f".old-{version}-", dir=model_dir))
             os.replace(final, old / "v")
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:  # a non-empty directory appeared at the last moment
+            raise ExportError(f"cannot move the new version into {final}: {e.strerror}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not final.exists():
@@ -388,7 +400,7 @@ def check_contract(config: ModelConfig, template: ModelConfig | None) -> None:
                 continue
             if g.dtype != w.dtype:
                 problems.append(f"{kind} {w.name!r} is {g.dtype}, the contract says {w.dtype}")
-            if len(g.dims) != len(w.dims) or any(a != b and -1 not in (a, b) for a, b in zip(g.dims, w.dims)):
+            if len(g.dims) != len(w.dims) or any(a != b and -1 not in (a, b) for a, b in zip(g.dims, w.dims, strict=True)):
                 problems.append(f"{kind} {w.name!r} has dims {g.dims}, the contract says {w.dims}")
         extra = sorted(set(got_by) - {w.name for w in want})
         if extra:
@@ -482,7 +494,7 @@ def export_function(
         "version": version,
         "kind": kind,
         "variant": variant,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source": dict(source or {}),
         "libraries": library_versions(),
         "opset": opset,

@@ -227,7 +227,7 @@ def _signature_function(concrete, input_specs: Sequence[TensorSpec] | None):
 
     @tf.function(input_signature=signature)
     def serve(*xs):
-        out = concrete(**dict(zip(names, xs)))
+        out = concrete(**dict(zip(names, xs, strict=True)))
         return {k: tf.identity(v, name=k) for k, v in out.items()}
 
     return serve, tuple(input_specs)
@@ -297,10 +297,10 @@ def export_tflite(path: str | os.PathLike, name: str, repository: str | os.PathL
                     outs[n].append(np.asarray(got[n]))
                 continue
             interpreter.allocate_tensors()
-            for d, n in zip(in_details, onnx_in):
+            for d, n in zip(in_details, onnx_in, strict=True):
                 interpreter.set_tensor(d["index"], feeds[n][r:r + 1])
             interpreter.invoke()
-            for d, n in zip(out_details, onnx_out):
+            for d, n in zip(out_details, onnx_out, strict=True):
                 outs[n].append(interpreter.get_tensor(d["index"]))
         return {n: np.concatenate(v) for n, v in outs.items()}
 

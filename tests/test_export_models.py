@@ -279,7 +279,7 @@ def test_triton_serves_every_exported_model_with_onnxruntimes_answers(exported, 
             answer = client.infer(name, {spec.name: batch})
             assert answer.model_version == "1"
             session = ort.InferenceSession(str(r.onnx_path), providers=["CPUExecutionProvider"])
-            expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, {spec.name: batch})))
+            expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, {spec.name: batch}), strict=True))
             assert set(answer.outputs) == set(expected), name
             for out, value in expected.items():
                 np.testing.assert_allclose(answer.outputs[out], value, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{out}")
