@@ -239,3 +239,11 @@ def test_zip_cue_is_visible_only_from_the_zip_side():
 def test_bench_street_reports_rates_when_run_small():
     res = synth.bench_street(n=5, repeats=1)
     assert res["photos"] == 5 and res["photos_per_cpu_s_median"] > 0 and res["opencv_threads"] == 1
+
+
+def test_render_photos_returns_uint8_batch_when_asked_for_any_size():
+    from lookserve.data import synthetic
+
+    a = synthetic.render_photos(2, 100, 120, seed=3)
+    assert a.shape == (2, 100, 120, 3) and a.dtype == np.uint8 and a.std() > 10
+    assert np.array_equal(a, synthetic.render_photos(2, 100, 120, seed=3))
