@@ -7,7 +7,6 @@ the commands.
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -25,8 +24,21 @@ def _console():
     return Console(soft_wrap=True)
 
 
-def _command_line() -> str:
-    return "lookserve " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command_line(ctx: typer.Context) -> str:
+    """The command that reproduces this run: every parameter spelled out, defaults included."""
+    words = ["lookserve", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        flag = getattr(param, "is_flag", False)
+        if param.param_type_name == "argument":
+            words.append(shlex.quote(str(value)))
+        elif value is None or value == "" or (flag and not value):
+            continue
+        elif flag:
+            words.append(param.opts[0])
+        else:
+            words += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(words)
 
 
 def _fail(e: LookserveError) -> None:
@@ -56,6 +68,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 
 @app.command()
 def search(
+    ctx: typer.Context,
     n: int = typer.Option(1_000_000, "--n", min=1, help="Number of base vectors."),
     dim: int = typer.Option(128, "--dim", min=1, help="Vector dimension (the embedder's)."),
     queries: int = typer.Option(1000, "--queries", min=1, help="Number of held-out queries."),
@@ -80,7 +93,7 @@ def search(
                           engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
                           exact_single_queries=exact_single)
         report = run_search_bench(spec)
-        paths = write_search_report(report, out, stem=stem, command=_command_line())
+        paths = write_search_report(report, out, stem=stem, command=_command_line(ctx))
     except LookserveError as e:
         _fail(e)
     c = _console()
@@ -115,7 +128,7 @@ def _spec(mode: str, levels: str | None, duration: float, max_requests: int | No
 
 
 def _run_load(make_workload, url: str, repository: Path | None, config_name: str | None, models: list[str], spec,
-              variant: str, out: Path, stem: str) -> None:
+              variant: str, out: Path, stem: str, command: str) -> None:
     """Run one sweep against ``url`` or a private server on ``repository``, write and print the report."""
     import contextlib
 
@@ -138,7 +151,7 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
             client.wait_model_ready(m, deadline_s=60)
         workload = make_workload(client)
         report = run_load(client, workload, spec, variant=variant or (config_name or ""))
-    paths = write_load_report(report, out, stem, command=_command_line())
+    paths = write_load_report(report, out, stem, command=command)
     c = _console()
     c.print(markdown(report))
     for p in paths:
@@ -147,6 +160,7 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
 
 @app.command()
 def model(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Served model name, e.g. embedder."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Rows per request."),
     model_version: str = typer.Option("", "--model-version", help="Model version (default: latest)."),
@@ -161,13 +175,14 @@ def model(
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         _run_load(lambda client: model_workload(client, name, batch_size=batch_size, version=model_version, seed=seed),
-                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}")
+                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}", _command_line(ctx))
     except LookserveError as e:
         _fail(e)
 
 
 @app.command()
 def look(
+    ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="Catalog directory the look chain searches."),
     url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
@@ -180,13 +195,14 @@ def look(
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         _run_load(lambda client: chain_workload("look", client, catalog=catalog, seed=seed), url, repository,
-                  model_config_name, ["detector", "embedder"], spec, variant, out, stem)
+                  model_config_name, ["detector", "embedder"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
         _fail(e)
 
 
 @app.command()
 def thumbnails(
+    ctx: typer.Context,
     views: int = typer.Option(5, "--views", min=1, help="Views per product (one request = one product)."),
     url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
@@ -199,13 +215,14 @@ def thumbnails(
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         _run_load(lambda client: chain_workload("thumbnails", client, views=views, seed=seed), url, repository,
-                  model_config_name, ["view_classifier"], spec, variant, out, stem)
+                  model_config_name, ["view_classifier"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
         _fail(e)
 
 
 @app.command("compare")
 def compare_cmd(
+    ctx: typer.Context,
     a: Path = typer.Argument(..., help="Report A (the baseline)."),
     b: Path = typer.Argument(..., help="Report B."),
     out: Path | None = typer.Option(None, "--out", help="Also write the comparison here (.md; .json beside it)."),
@@ -221,12 +238,13 @@ def compare_cmd(
     md = compare_markdown(c)
     _console().print(md)
     if out is not None:
-        atomic_write_text(out.with_suffix(".md"), md + f"\nCommand: `{_command_line()}`\n")
-        atomic_write_json(out.with_suffix(".json"), {**c, "command": _command_line()})
+        atomic_write_text(out.with_suffix(".md"), md + f"\nCommand: `{_command_line(ctx)}`\n")
+        atomic_write_json(out.with_suffix(".json"), {**c, "command": _command_line(ctx)})
 
 
 @app.command()
 def variants(
+    ctx: typer.Context,
     names: str = typer.Option(",".join(("batching_on", "batching_off", "instances_2", "fp32_input", "int8")), "--variants",
                               help="Comma-separated variants; the first is the baseline of the comparisons."),
     onnx_path: Path | None = typer.Option(None, "--onnx", help="An exported FP32 embedder model.onnx (default: synthetic conv embedder)."),
@@ -241,7 +259,7 @@ def variants(
     from lookserve.bench.variants import run_variants
 
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    command = _command_line()
+    command = _command_line(ctx)
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         reports = run_variants(wanted, spec, onnx_path=onnx_path, batch_size=batch_size)

@@ -1,0 +1,186 @@
+"""Load generator against real Triton: report schema, and the bench's counts against Triton's statistics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lookserve import contracts
+from lookserve.bench.load import (
+    LoadSpec,
+    compare,
+    model_workload,
+    read_report,
+    run_load,
+    write_load_report,
+)
+from lookserve.errors import ConfigError, InvalidInputError
+from tinymodels import projection_embedder, write_model
+
+POINT_KEYS = {"level", "requests", "ok", "errors", "elapsed_s", "throughput_rps", "throughput_items_per_s", "latency",
+              "service_latency", "triton", "breakdown", "agreement"}
+LATENCY_KEYS = {"mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"}
+STAGE_KEYS = {"requests", "failed", "inferences", "executions", "mean_batch", "batch_sizes", "versions", "server_ms",
+              "queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms"}
+
+
+@pytest.fixture
+def embedder_server(tmp_path, triton_factory):
+    repo = tmp_path / "repo"
+    config = replace(contracts.embedder_config(), warmup=())
+    write_model(repo, config, lambda p: projection_embedder(p, size=224, dim=128))
+    return triton_factory(repo, models=["embedder"])
+
+
+def _client(server):
+    from lookserve.client.core import TritonClient
+
+    return TritonClient(server.grpc_url, timeout_s=10)
+
+
+def _check_point(point: dict, model: str = "embedder") -> None:
+    assert POINT_KEYS <= set(point)
+    assert LATENCY_KEYS <= set(point["latency"]) and LATENCY_KEYS <= set(point["service_latency"])
+    stats = point["triton"][model]
+    assert STAGE_KEYS <= set(stats)
+    assert point["errors"] == {} and point["ok"] == point["requests"] > 0
+    # every request the bench sent, and only those, shows in Triton's statistics delta
+    assert stats["requests"] == point["requests"] and stats["failed"] == 0
+    assert point["agreement"]["counts_match"] is True
+    assert stats["inferences"] == point["ok"]  # batch size 1 per request
+    assert sum(int(size) * n for size, n in stats["batch_sizes"].items()) == stats["inferences"]
+    assert sum(stats["batch_sizes"].values()) == stats["executions"]
+    # Triton's time inside the server is part of what the client saw; the split adds up
+    assert 0 < stats["server_ms"] <= point["service_latency"]["mean_ms"]
+    b = point["breakdown"]
+    assert b["client_network_ms"] >= 0 and b["queue_ms"] >= 0 and b["compute_ms"] > 0
+    assert b["client_network_ms"] + b["queue_ms"] + b["compute_ms"] + b["server_other_ms"] == pytest.approx(b["total_ms"])
+    assert point["latency"]["p50_ms"] <= point["latency"]["p99_ms"] <= point["latency"]["max_ms"]
+
+
+@pytest.mark.triton
+def test_closed_loop_counts_agree_with_triton_statistics_when_sweeping(embedder_server, tmp_path):
+    spec = LoadSpec(mode="closed", levels=(1, 3), duration_s=1.5, max_requests=60, warmup_s=0.2)
+    with _client(embedder_server) as client:
+        workload = model_workload(client, "embedder", batch_size=1, pool=4)
+        report = run_load(client, workload, spec, variant="test", progress=False)
+    assert [p["level"] for p in report["points"]] == [1, 3]
+    for point in report["points"]:
+        _check_point(point)
+        assert point["requests"] <= 60
+    assert report["environment"]["models"] == {"embedder": {"versions": ["1"]}}
+    assert report["workload"]["config"]["dynamic_batching"] is not None
+    assert "synthetic" in report["workload"]["inputs"] or "lookserve.data" in report["workload"]["inputs"]
+    paths = write_load_report(report, tmp_path / "out", "closed", command="test")
+    assert read_report(paths[0])["points"][0]["requests"] == report["points"][0]["requests"]
+    assert paths[2].stat().st_size > 0
+
+
+@pytest.mark.triton
+def test_open_loop_measures_from_intended_send_time_when_poisson(embedder_server):
+    spec = LoadSpec(mode="poisson", levels=(40.0,), duration_s=1.0, max_requests=30, warmup_s=0.2, seed=3)
+    with _client(embedder_server) as client:
+        report = run_load(client, model_workload(client, "embedder", pool=4), spec, progress=False)
+    point = report["points"][0]
+    _check_point(point)
+    assert point["requests"] <= 30
+    # latency from the intended send time includes any wait to be sent: never below the service time
+    assert point["latency"]["mean_ms"] >= point["service_latency"]["mean_ms"] - 1e-6
+
+
+@pytest.mark.triton
+def test_model_workload_sends_photos_not_zeros_when_image_input(embedder_server):
+    with _client(embedder_server) as client:
+        workload = model_workload(client, "embedder", batch_size=2, pool=3)
+        with pytest.raises(ConfigError, match="max_batch_size"):
+            model_workload(client, "embedder", batch_size=64)
+        result = workload.call(0)
+    assert result.outputs["embedding"].shape == (2, 128)
+    assert np.isfinite(result.outputs["embedding"]).all()
+
+
+@pytest.mark.triton
+def test_cli_bench_model_writes_reports_and_compare_gives_ratios_when_two_runs(embedder_server, tmp_path):
+    from lookserve.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "results"
+    for stem in ("a", "b"):
+        result = runner.invoke(app, ["bench", "model", "embedder", "--url", embedder_server.grpc_url, "--levels", "1,2",
+                                     "--duration", "0.7", "--max-requests", "25", "--warmup", "0.1", "--out", str(out),
+                                     "--stem", stem])
+        assert result.exit_code == 0, result.output
+        assert {p.name for p in out.glob(f"{stem}.*")} == {f"{stem}.json", f"{stem}.md", f"{stem}.png"}
+    a, b = read_report(out / "a.json"), read_report(out / "b.json")
+    for point in a["points"] + b["points"]:
+        _check_point(point)
+    assert a["command"].startswith("lookserve bench model embedder")
+    c = compare(a, b)
+    assert [r["level"] for r in c["rows"]] == [1, 2]
+    row = c["rows"][0]["throughput_rps"]
+    assert row["ratio"] == pytest.approx(row["b"] / row["a"])
+    result = runner.invoke(app, ["bench", "compare", str(out / "a.json"), str(out / "b.json"), "--out", str(out / "ab")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "ab.json").read_text())["rows"][0]["level"] == 1
+
+
+def test_compare_refuses_when_not_a_load_report(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"kind": "search"}))
+    with pytest.raises(InvalidInputError, match="not a lookserve load report"):
+        read_report(path)
+    with pytest.raises(InvalidInputError, match="not JSON"):
+        (tmp_path / "y.json").write_text("{")
+        read_report(tmp_path / "y.json")
+
+
+def test_load_spec_rejects_when_bad_levels():
+    with pytest.raises(ConfigError, match="integers"):
+        LoadSpec(mode="closed", levels=(1.5,))
+    with pytest.raises(ConfigError, match="mode"):
+        LoadSpec(mode="burst")
+
+
+def test_cli_bench_thumbnails_says_not_yet_when_chain_missing(tmp_path):
+    from lookserve.cli import app
+
+    try:
+        import lookserve.client.thumbnails  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    else:
+        pytest.skip("the thumbnails chain exists; its bench is exercised elsewhere")
+    result = CliRunner().invoke(app, ["bench", "thumbnails", "--url", "127.0.0.1:1", "--duration", "0.1"])
+    assert result.exit_code != 0
+    assert "not yet" in result.output or "not ready" in result.output.lower() or "unavailable" in result.output.lower()
+
+
+def test_variants_are_typed_replacements_of_the_contract_when_written(tmp_path):
+    from lookserve.bench.variants import (
+        embedder_variants,
+        synthetic_embedder,
+        write_variant_repository,
+    )
+    from lookserve.modelconfig import ModelConfig
+    from tinymodels import run_onnx
+
+    variants = embedder_variants()
+    base = contracts.embedder_config()
+    assert variants["batching_on"].config == base
+    assert variants["batching_off"].config == replace(base, dynamic_batching=None)
+    assert variants["instances_2"].config.instance_groups[0].count == 2
+    model = synthetic_embedder()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
+    outs = {}
+    for name in ("batching_on", "fp32_input"):
+        repo = write_variant_repository(variants[name], model, tmp_path / name)
+        config = ModelConfig.read(repo / "embedder" / "config.pbtxt")
+        assert config == variants[name].config
+        feed = pixels.astype(config.inputs[0].np_dtype)
+        outs[name] = run_onnx(repo / "embedder" / "1" / "model.onnx", {"crops": feed})[0]
+    np.testing.assert_allclose(outs["fp32_input"], outs["batching_on"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(outs["batching_on"], axis=1), 1.0, atol=1e-5)
