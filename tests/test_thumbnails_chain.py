@@ -1,0 +1,172 @@
+"""Thumbnails against real Triton with a tiny view classifier built with onnx's helper API."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from lookserve import contracts
+from lookserve.client.core import AsyncTritonClient, TritonClient
+from lookserve.client.thumbnails import (
+    AsyncThumbnailPipeline,
+    ThumbnailPipeline,
+    decide,
+    evaluate,
+    find_products,
+)
+from lookserve.errors import ContractMismatch, InvalidInputError
+from lookserve.taxonomy import FOOTWEAR_TYPES
+from tinymodels import run_onnx, write_model
+
+SIZE = 32
+
+
+def tiny_view_classifier(path: Path, seed: int = 0) -> Path:
+    """type_probs = softmax(mean_rgb @ W + b); best_view = sigmoid(mean_rgb @ w) — mean_rgb in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    consts = {
+        "W": rng.normal(size=(3, len(FOOTWEAR_TYPES))).astype(np.float32) * 4,
+        "b": rng.normal(size=(len(FOOTWEAR_TYPES),)).astype(np.float32),
+        "w": np.array([[6.0], [-3.0], [-3.0]], np.float32),  # red views look "best"
+        "c255": np.array(255.0, np.float32),
+    }
+    nodes = [
+        helper.make_node("Cast", ["images"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["xf", "c255"], ["xn"]),
+        helper.make_node("ReduceMean", ["xn"], ["mean"], axes=[1, 2], keepdims=0),  # [B,3]
+        helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["type_probs"], axis=1),
+        helper.make_node("MatMul", ["mean", "w"], ["bv"]),
+        helper.make_node("Sigmoid", ["bv"], ["best_view"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_view_classifier",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("type_probs", TensorProto.FLOAT, [None, len(FOOTWEAR_TYPES)]),
+         helper.make_tensor_value_info("best_view", TensorProto.FLOAT, [None, 1])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
+def _views(root: Path, rng: np.random.Generator, products: int = 4, views: int = 5) -> Path:
+    for p in range(products):
+        d = root / f"shoe{p:02d}"
+        d.mkdir(parents=True)
+        for _ in range(views):
+            colour = rng.integers(0, 256, 3)
+            img = np.clip(colour + rng.integers(-20, 21, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{rng.integers(1 << 30):x}.png")
+    return root
+
+
+def _expected(model: Path, product: str, views: list[Path]):
+    batch = np.stack([np.asarray(Image.open(v).convert("RGB")) for v in views])
+    type_probs, best_view = run_onnx(model, {"images": batch})
+    return decide(product, [str(v) for v in views], type_probs, best_view, "1")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    write_model(repo, replace(contracts.view_classifier_config(image_size=SIZE), warmup=()), tiny_view_classifier)
+    return repo
+
+
+@pytest.mark.triton
+def test_thumbnails_equal_onnxruntime_when_classified_through_triton(tmp_path: Path, repo: Path, triton_factory, rng) -> None:
+    root = _views(tmp_path / "views", rng)
+    products = find_products(root)
+    server = triton_factory(repo, models=["view_classifier"])
+    model = repo / "view_classifier" / "1" / "model.onnx"
+    with TritonClient(server.grpc_url) as client:
+        pipe = ThumbnailPipeline(client)
+        before = client.statistics("view_classifier")["model_stats"][0]
+        results = list(pipe.run_many(products, concurrency=2))
+        after = client.statistics("view_classifier")["model_stats"][0]
+    # one batched request per product (Triton counts requests in success.count), 5 inferences each
+    requests = int(after["inference_stats"]["success"].get("count", 0)) - int(before["inference_stats"]["success"].get("count", 0))
+    assert requests == len(products)
+    assert int(after.get("inference_count", 0)) - int(before.get("inference_count", 0)) == 5 * len(products)
+    for r, (name, views) in zip(results, products.items(), strict=True):
+        want = _expected(model, name, views)
+        assert (r.product, r.thumbnail, r.footwear_type) == (want.product, want.thumbnail, want.footwear_type)
+        assert r.best_view == pytest.approx(want.best_view, abs=1e-6)
+        assert r.type_probability == pytest.approx(want.type_probability, abs=1e-6)
+        assert r.model_version == "1"
+        assert max(v.best_view for v in r.views) == r.best_view
+
+    async def go():
+        async with AsyncTritonClient(server.grpc_url) as aclient:
+            apipe = await AsyncThumbnailPipeline.create(aclient)
+            return await apipe.run_many(products, concurrency=2)
+
+    assert [x.to_dict()["views"] for x in asyncio.run(go())] == [x.to_dict()["views"] for x in results]
+
+
+@pytest.mark.triton
+def test_thumbnails_cli_writes_csv_json_and_sheet_when_given_a_folder(tmp_path: Path, repo: Path, triton_factory, rng) -> None:
+    from lookserve.cli import app
+
+    root = _views(tmp_path / "views", rng, products=3)
+    server = triton_factory(repo, models=["view_classifier"])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["thumbnails", str(root), "--url", server.grpc_url, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((out / "thumbnails.csv").open()))
+    data = json.loads((out / "thumbnails.json").read_text())
+    assert [r["product"] for r in rows] == ["shoe00", "shoe01", "shoe02"] == [d["product"] for d in data]
+    model = repo / "view_classifier" / "1" / "model.onnx"
+    for row, (name, views) in zip(rows, find_products(root).items(), strict=True):
+        assert row["thumbnail"] == _expected(model, name, views).thumbnail
+    assert (out / "contact_sheet.png").stat().st_size > 1000
+
+
+def test_decide_picks_highest_best_view_and_mean_type_when_given_outputs() -> None:
+    tp = np.zeros((3, 6), np.float32)
+    tp[0, 5], tp[1, 0], tp[2, 0] = 1.0, 0.6, 0.6
+    tp[1, 5], tp[2, 5] = 0.4, 0.4  # mean: zip 0.6, lace-up 0.4
+    r = decide("s", ["a", "b", "c"], tp, np.array([[0.2], [0.9], [0.5]]), "3")
+    assert (r.thumbnail, r.best_view, r.footwear_type) == ("b", pytest.approx(0.9), "zip")
+    assert r.type_probability == pytest.approx(0.6)
+    with pytest.raises(ContractMismatch):
+        decide("s", ["a", "b"], tp, np.array([0.1, 0.2]), "3")
+
+
+def test_evaluate_scores_held_out_shoes_when_given_ground_truth(tmp_path: Path) -> None:
+    gt = {"images": [
+        {"path": "views/s1/a.jpg", "shoe_id": "s1", "view": "front", "type": "zip", "split": "test", "best_view": True},
+        {"path": "views/s1/b.jpg", "shoe_id": "s1", "view": "sole", "type": "zip", "split": "test", "best_view": False},
+        {"path": "views/s2/c.jpg", "shoe_id": "s2", "view": "sole", "type": "buckle", "split": "test", "best_view": False},
+        {"path": "views/s3/d.jpg", "shoe_id": "s3", "view": "front", "type": "buckle", "split": "train", "best_view": True},
+    ]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    tp = np.eye(6, dtype=np.float32)[[5]]
+    results = [decide("s1", ["/x/a.jpg"], tp, np.array([0.9]), "1"),
+               decide("s2", ["/x/c.jpg"], tp, np.array([0.9]), "1"),
+               decide("s3", ["/x/d.jpg"], tp, np.array([0.9]), "1")]
+    figures = evaluate(results, tmp_path / "gt.json")
+    assert figures == {"products": 2, "thumbnail_accuracy": 0.5, "type_accuracy": 0.5}
+
+
+def test_thumbnail_prepare_refuses_when_product_has_no_views() -> None:
+    from lookserve.client.thumbnails import ThumbnailConfig, _Steps
+
+    with pytest.raises(InvalidInputError, match="at least one view"):
+        _Steps(ThumbnailConfig()).prepare([])
