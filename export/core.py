@@ -409,6 +409,26 @@ def check_contract(config: ModelConfig, template: ModelConfig | None) -> None:
         raise ExportError(f"model {template.name!r} does not meet its tensor contract: " + "; ".join(problems))
 
 
+def _keep_serving_state(model_dir: Path, config: ModelConfig, overwrite: bool) -> ModelConfig:
+    """Keep the version policy of a config already in the repository (a publish/promote may have
+    pinned the serving versions), and refuse a graph whose tensors differ from the served ones
+    (one config serves every version) unless ``overwrite``."""
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return config
+    current = ModelConfig.read(path)
+    if (current.inputs, current.outputs) != (config.inputs, config.outputs) and not overwrite:
+        raise ExportError(
+            f"{path} serves other tensors than the new graph has (served: "
+            f"{[(t.name, t.dtype, t.dims) for t in (*current.inputs, *current.outputs)]}; new: "
+            f"{[(t.name, t.dtype, t.dims) for t in (*config.inputs, *config.outputs)]}); every version of a model "
+            "shares one config: export under another name, or pass overwrite to replace the config"
+        )
+    if current.version_policy != config.version_policy:
+        log.info("keeping %s's version policy (%s)", path, current.version_policy)
+    return replace(config, version_policy=current.version_policy)
+
+
 def write_configs(model_dir: Path, config: ModelConfig) -> tuple[Path, Path]:
     from lookserve.contracts import gpu_variant
 
@@ -478,6 +498,7 @@ def export_function(
     outputs = tensor_specs_of_graph(proto.graph.output)
     config = serving_config(name, inputs, outputs, template)
     check_contract(config, template)
+    config = _keep_serving_state(model_dir, config, overwrite)
     model_bytes = proto.SerializeToString()
 
     if reference is None:

@@ -284,3 +284,24 @@ def test_triton_serves_every_exported_model_with_onnxruntimes_answers(exported, 
             for out, value in expected.items():
                 np.testing.assert_allclose(answer.outputs[out], value, rtol=1e-5, atol=1e-6, err_msg=f"{name}.{out}")
             client.check_contract(r.config)
+
+
+def test_export_keeps_a_pinned_version_policy_and_refuses_other_tensors_when_a_config_exists(tiny, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from lookserve.export.models import export_embedder
+    from lookserve.modelconfig import VersionPolicy
+
+    repo = tmp_path / "model_repository"
+    first = export_embedder(tiny["embedder"], repo, 1)
+    pinned = replace(first.config, version_policy=VersionPolicy("specific", versions=(1,)))
+    pinned.write(first.config_path)  # as `lookserve models publish` pins what serves
+    second = export_embedder(tiny["embedder"], repo, 2, variant="int8")
+    assert second.config.version_policy == VersionPolicy("specific", versions=(1,))  # v2 waits for a promote
+    assert ModelConfig.read(second.gpu_config_path).version_policy == second.config.version_policy
+
+    other = replace(first.config, outputs=(replace(first.config.outputs[0], dims=(32,)),))
+    other.write(first.config_path)
+    with pytest.raises(ExportError, match="serves other tensors than the new graph has"):
+        export_embedder(tiny["embedder"], repo, 3)
+    assert not (repo / "embedder" / "3").exists()
