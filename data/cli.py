@@ -123,13 +123,14 @@ def preview(
     data: Path = typer.Option(..., "--data", help="Data set root."),
     out: Path = typer.Option(..., "--out", help="Where the contact-sheet PNGs go."),
     n: int = typer.Option(12, "--n", help="Street photos / shoes to show."),
+    fmt: str = typer.Option("png", "--format", help="png or jpg (smaller, for docs)."),
 ) -> None:
     """Contact sheets: street photos with masks + boxes, shop photos per category, footwear views."""
     from lookserve.data import preview as P
     from lookserve.errors import LookserveError
 
     try:
-        files = P.write_previews(data, out, n)
+        files = P.write_previews(data, out, n, fmt)
     except LookserveError as e:
         _fail(e)
     for f in files:

@@ -56,8 +56,9 @@ def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
 
 
 def _save(path: Path, img: np.ndarray) -> Path:
-    tmp = path.with_name(path.name + ".tmp.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+    tmp = path.with_name(".tmp-" + path.name)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 85] if path.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params):
         raise DataError(f"cannot write {path}")
     os.replace(tmp, path)
     return path
@@ -150,13 +151,16 @@ def footwear_sheet(root: Path, n_shoes: int = 12, tile: int = 128) -> np.ndarray
     return np.concatenate(rows, 0)
 
 
-def write_previews(data: str | os.PathLike, out: str | os.PathLike, n: int = 12) -> list[Path]:
-    """Write ``street.png``, ``shop.png`` and ``footwear.png`` (when the data has view sets)."""
+def write_previews(data: str | os.PathLike, out: str | os.PathLike, n: int = 12, fmt: str = "png") -> list[Path]:
+    """Write ``street.<fmt>``, ``shop.<fmt>`` and ``footwear.<fmt>`` (when the data has view
+    sets); ``fmt`` is png (default) or jpg (smaller, for docs)."""
+    if fmt not in ("png", "jpg"):
+        raise DataError(f"unknown preview format {fmt!r}; expected png or jpg")
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [_save(out / "street.png", street_sheet(data, n)), _save(out / "shop.png", shop_sheet(data))]
+    written = [_save(out / f"street.{fmt}", street_sheet(data, n)), _save(out / f"shop.{fmt}", shop_sheet(data))]
     if (data / "footwear" / "views").is_dir():
-        written.append(_save(out / "footwear.png", footwear_sheet(data, n)))
+        written.append(_save(out / f"footwear.{fmt}", footwear_sheet(data, n)))
     info = {"data": str(data), "files": [p.name for p in written]}
     (out / "preview.json").write_text(json.dumps(info, indent=2) + "\n")
     log.info("wrote %s", ", ".join(str(p) for p in written))

@@ -427,8 +427,9 @@ DEPTH = ("leggings", "pants", "footwear", "skirts", "tops", "dresses", "belts", 
 
 
 def paste(canvas: np.ndarray, labels: np.ndarray, patch: np.ndarray, mask: np.ndarray, M: np.ndarray, label: int,
-          gain: np.ndarray | float = 1.0) -> None:
-    """Warp ``patch`` by the 2×3 affine ``M`` onto ``canvas`` (only its ROI) and write ``label``."""
+          gain: np.ndarray | float = 1.0) -> int:
+    """Warp ``patch`` by the 2×3 affine ``M`` onto ``canvas`` (only its ROI) and write ``label``;
+    returns the number of pixels painted."""
     h, w = mask.shape
     corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float32) @ M.T
     S = canvas.shape[0]
@@ -436,7 +437,7 @@ def paste(canvas: np.ndarray, labels: np.ndarray, patch: np.ndarray, mask: np.nd
     x1, y1 = np.ceil(corners.max(0)).astype(int)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, canvas.shape[1]), min(y1, S)
     if x1 <= x0 or y1 <= y0:
-        return
+        return 0
     Mr = M.copy()
     Mr[:, 2] -= (x0, y0)
     size = (x1 - x0, y1 - y0)
@@ -447,6 +448,7 @@ def paste(canvas: np.ndarray, labels: np.ndarray, patch: np.ndarray, mask: np.nd
         wi = np.clip(wi.astype(np.float32) * gain, 0, 255).astype(np.uint8)
     roi[wm] = wi[wm]
     labels[y0:y1, x0:x1][wm] = label
+    return int(np.count_nonzero(wm))
 
 
 def street_photo(
@@ -454,9 +456,10 @@ def street_photo(
     rng: np.random.Generator,
     size: int,
     noise_bank: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A street photo of a figure wearing ``items`` (look, rendered patch). Returns the RGB
-    image (before JPEG) and the instance label map (0 = no product, i = items[i - 1])."""
+    image (before JPEG), the instance label map (0 = no product, i = items[i - 1]) and, per
+    item, the fraction of it left visible by occlusion (float [len(items)])."""
     canvas = background(rng, size)
     labels = np.zeros((size, size), np.uint8)
     fig_h = size * rng.uniform(0.62, 0.95)
@@ -465,6 +468,7 @@ def street_photo(
     to_px = _ToPx(cx, top, fig_h)
     draw_figure(canvas, rng, to_px)
     order = sorted(range(len(items)), key=lambda i: DEPTH.index(items[i][0].category))
+    painted = np.zeros(len(items), np.float64)
     for i in order:
         look, (patch, mask, (px0, py0)) = items[i]
         s = fig_h / PATCH_RES * rng.uniform(0.97, 1.03)
@@ -474,7 +478,7 @@ def street_photo(
         M = cv2.getRotationMatrix2D((pw / 2, ph / 2), ang, s)
         ccx, ccy = to_px(px0 + pw / 2 / PATCH_RES, py0 + ph / 2 / PATCH_RES)
         M[:, 2] += (ccx - pw / 2 + rng.uniform(-1.5, 1.5), ccy - ph / 2 + rng.uniform(-1.5, 1.5))
-        paste(canvas, labels, patch, mask, M, i + 1, gain=rng.uniform(0.85, 1.12, 3).astype(np.float32))
+        painted[i] = paste(canvas, labels, patch, mask, M, i + 1, gain=rng.uniform(0.85, 1.12, 3).astype(np.float32))
     # partial occlusion by a foreground object (a pole, a sign, a passer-by's shoulder)
     if rng.random() < 0.4:
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
@@ -490,6 +494,8 @@ def street_photo(
             cv2.ellipse(m, c, ax, float(rng.uniform(0, 180)), 0, 360, 1, -1)
             canvas[m.astype(bool)] = col
             labels[m.astype(bool)] = 0
+    left = np.bincount(labels.ravel(), minlength=len(items) + 1)[1:]
+    visible = np.divide(left, painted, out=np.zeros_like(painted), where=painted > 0)
     flip = rng.random() < 0.5  # mirror: the bag in the other hand
     # perspective + rotation + zoom of the whole photo (the mirror folded in)
     a = math.radians(rng.uniform(-9, 9))
@@ -525,7 +531,7 @@ def street_photo(
     nb = noise_bank[int(rng.integers(len(noise_bank)))]
     oy, ox = (int(v) for v in rng.integers(0, nb.shape[0] - size + 1, 2))
     img = cv2.scaleAdd(nb[oy:oy + size, ox:ox + size], float(rng.uniform(0.3, 1.6)), img)
-    return cv2.convertScaleAbs(np.maximum(img, 0, out=img)), labels
+    return cv2.convertScaleAbs(np.maximum(img, 0, out=img)), labels, visible
 
 
 def make_noise_bank(seed: int, size: int, n: int = 4) -> np.ndarray:

@@ -292,9 +292,10 @@ def render_street(
     min_visible: int = 40,
 ) -> StreetResult:
     """One street photo, JPEG-encoded, with its visible instances (heavily occluded ones that
-    keep fewer than ``min_visible`` pixels, or less than 15% of their area, are not annotated)."""
+    keep fewer than ``min_visible`` pixels, or less than 15% of their painted area, are not annotated:
+    nobody could match them)."""
     rng = _rng(seed, _STREET, index)
-    img, labels = R.street_photo([(p, patches[p.id]) for p in products], rng, config.street_size, noise_bank)
+    img, labels, visible = R.street_photo([(p, patches[p.id]) for p in products], rng, config.street_size, noise_bank)
     q = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])
     if not ok:  # pragma: no cover
@@ -302,8 +303,7 @@ def render_street(
     areas = np.bincount(labels.ravel(), minlength=len(products) + 1)
     instances = []
     for k, look in enumerate(products, 1):
-        full = patches[look.id][1].sum() * (labels.shape[0] * 0.78 / R.PATCH_RES) ** 2
-        if areas[k] < min_visible or areas[k] < 0.15 * full:
+        if areas[k] < min_visible or visible[k - 1] < 0.15:
             continue
         m = labels == k
         ys = np.flatnonzero(m.any(1))

@@ -24,6 +24,6 @@ def render_photos(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     bank = R.make_noise_bank(seed, size)
     out = np.empty((n, height, width, 3), np.uint8)
     for i in range(n):
-        img, _ = R.street_photo([(by_id[p], patches[p]) for p in plan[i][2]], np.random.default_rng([seed, 2, i]), size, bank)
+        img, _, _ = R.street_photo([(by_id[p], patches[p]) for p in plan[i][2]], np.random.default_rng([seed, 2, i]), size, bank)
         out[i] = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if max(height, width) < size else cv2.INTER_LINEAR)
     return out
