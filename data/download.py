@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -113,7 +112,7 @@ def _fetch(url: str, config: DownloadConfig) -> bytes:
         raise _Permanent(f"HTTP {e.code}") from e
     except http.client.IncompleteRead as e:
         raise _Transient(f"truncated body ({len(e.partial)} bytes received)") from e
-    except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as e:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         if isinstance(reason, ValueError):  # unknown url type and the like
             raise _Permanent(f"bad url: {reason}") from e
@@ -196,7 +195,13 @@ def download(
     log.info("%d photos: %d already present, %d to download", len(urls), len(report.already_present), len(todo))
     t0 = time.perf_counter()
     stop = threading.Event()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("downloading"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
                   TimeRemainingColumn(), disable=not progress, transient=True) as bar, \

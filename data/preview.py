@@ -79,7 +79,7 @@ def street_sheet(root: Path, n: int = 12, tile: int = 320, split: str = "train")
         for im in doc["images"][:n]:
             img = _read(root / im["file_name"], tile).astype(np.float32)
             anns = by_img.get(im["id"], [])
-            for k, a in enumerate(anns):
+            for a in anns:
                 seg = a["segmentation"]
                 if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
                     seg = mask_util.frPyObjects(seg, *seg["size"])
@@ -98,7 +98,7 @@ def street_sheet(root: Path, n: int = 12, tile: int = 320, split: str = "train")
         seen: dict[int, list] = {}
         for p in ds.pairs:
             seen.setdefault(p.photo, []).append(p)
-        for photo, pairs in list(seen.items())[:n]:
+        for pairs in list(seen.values())[:n]:
             out, s = _fit(_read(pairs[0].street_path, tile), tile)
             for p in pairs:
                 x, y, w, h = (v * s for v in p.bbox.xywh())

@@ -211,7 +211,7 @@ def test_footwear_views_are_five_per_shoe_with_opaque_names_and_ground_truth(tin
         assert r["view"] not in name and r["type"] not in name and len(name) == 16
     assert len(by_shoe) == synth.SynthConfig.tiny().n_shoes
     assert {r["type"] for r in gt} == set(FOOTWEAR_TYPES)
-    for shoe, recs in by_shoe.items():
+    for recs in by_shoe.values():
         assert sorted(r["view"] for r in recs) == sorted(VIEWS)
         assert len({r["type"] for r in recs}) == 1 and len({r["split"] for r in recs}) == 1
         best = {r["view"] for r in recs if r["best_view"]}
