@@ -33,7 +33,7 @@ def _console():
 
 
 def _fail(e: LookserveError) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {e}")
+    _console().print(f"[red]error:[/red] {e}", soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -80,11 +80,11 @@ def look(
             catalog = open_for_client(catalog_dir, client, model_repository)
             pipe = LookPipeline(client, catalog, config)
             table = Table("image", "items", "top-1 per item", "client ms", "total ms")
-            failed = 0
+            failed: list[tuple[Path, LookserveError]] = []
             for path, result in zip(images, pipe.run_many(images, concurrency=concurrency), strict=True):
                 if isinstance(result, LookserveError):
-                    failed += 1
-                    table.add_row(str(path), "[red]error[/red]", str(result), "", "")
+                    failed.append((path, result))
+                    table.add_row(path.name, "[red]error[/red]", "", "", "")
                     continue
                 write_result(result, out / f"{path.stem}.json", include_masks=masks_in_json)
                 if render:
@@ -93,8 +93,11 @@ def look(
                                  if i.matches else f"{i.detection.category}→-" for i in result.items)
                 table.add_row(path.name, str(len(result.items)), tops or "-", f"{result.timings_ms['client']:.1f}",
                               f"{result.timings_ms['total']:.1f}")
-        _console().print(table)
-        _console().print(f"wrote results to {out}")
+        console = _console()
+        console.print(table)
+        for path, error in failed:
+            console.print(f"[red]{path}:[/red] {error}", soft_wrap=True)
+        console.print(f"wrote results to {out}", soft_wrap=True)
         if failed:
             raise typer.Exit(code=1)
     except LookserveError as e:
@@ -143,7 +146,7 @@ def thumbnails(
             for name, r in zip(products, pipe.run_many(products, concurrency), strict=True):
                 if isinstance(r, LookserveError):
                     failed += 1
-                    _console().print(f"[red]{name}:[/red] {r}")
+                    _console().print(f"[red]{name}:[/red] {r}", soft_wrap=True)
                 else:
                     results.append(r)
         csv_path, json_path = write_outputs(results, out)

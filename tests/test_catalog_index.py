@@ -271,3 +271,69 @@ def test_records_read_csv_when_given_a_folder(tmp_path: Path) -> None:
         cat.load_records(tmp_path)
     with pytest.raises(DataError, match="neither a street2shop"):
         cat.load_records(tmp_path / "nothing")
+
+
+class _NumpyEmbedder:
+    """A deterministic in-process embedder (mean colour → fixed projection) for the resume logic;
+    serving is covered by tests/test_look_chain.py against real Triton."""
+
+    name = "embedder"
+    input_size = 16
+
+    def __init__(self, fail_after: int | None = None, version: str = "1") -> None:
+        self.calls = 0
+        self.fail_after = fail_after
+        self.version = version
+        self.w = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+
+    def embed(self, crops: np.ndarray) -> tuple[np.ndarray, str]:
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("interrupted")
+        self.calls += 1
+        v = crops.reshape(len(crops), -1, 3).mean(axis=1) @ self.w + 1e-3
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), self.version
+
+
+def _photo_records(tmp_path: Path, rng, n: int) -> list[PhotoRecord]:
+    from PIL import Image
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    records = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        records.append(PhotoRecord(i, "tops" if i % 2 else "bags", f"{i}.png", folder / f"{i}.png"))
+    return records
+
+
+def test_catalog_build_resumes_from_partial_embeddings_when_interrupted(tmp_path: Path, rng) -> None:
+    records = _photo_records(tmp_path, rng, 40)
+    out = tmp_path / "catalog"
+    with pytest.raises(KeyboardInterrupt):
+        cat.build_catalog(records, out, _NumpyEmbedder(fail_after=3), batch_size=4, concurrency=1)
+    assert not out.exists() and len(list(cat.partial_dir_for(out).glob("batch-*.npz"))) == 3
+    resumed = _NumpyEmbedder()
+    cat.build_catalog(records, out, resumed, batch_size=4, concurrency=2)
+    assert resumed.calls == 1 + 10 - 3  # the probe + the batches not done before
+    assert not cat.partial_dir_for(out).exists()
+    full = tmp_path / "full"
+    cat.build_catalog(records, full, _NumpyEmbedder(), batch_size=4, concurrency=2)
+    np.testing.assert_array_equal(Catalog.open(out).vectors("tops"), Catalog.open(full).vectors("tops"))
+
+
+def test_catalog_build_starts_over_when_partial_is_from_another_version(tmp_path: Path, rng) -> None:
+    records = _photo_records(tmp_path, rng, 12)
+    out = tmp_path / "catalog"
+    with pytest.raises(KeyboardInterrupt):
+        cat.build_catalog(records, out, _NumpyEmbedder(fail_after=2), batch_size=4, concurrency=1)
+    other = _NumpyEmbedder(version="2")
+    cat.build_catalog(records, out, other, batch_size=4, concurrency=1)
+    assert other.calls == 1 + 3
+    assert Catalog.open(out).embedder.version == "2"
+
+
+def test_catalog_build_skips_unreadable_photos_when_some_are_corrupt(tmp_path: Path, rng) -> None:
+    records = _photo_records(tmp_path, rng, 10)
+    records[3].path.write_bytes(b"not an image")
+    manifest = cat.build_catalog(records, tmp_path / "catalog", _NumpyEmbedder(), batch_size=4)
+    assert manifest.skipped == ("3.png",) and manifest.counts["photos"] == 9

@@ -379,3 +379,41 @@ def img_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_look_cli_writes_json_and_png_when_catalog_is_built_by_cli(served, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lookserve.cli import app
+
+    shop = served["root"] / "shop"
+    csv_path = tmp_path / "metadata.csv"
+    csv_path.write_text("id,category,image,title\n" + "".join(
+        f"{r.product_id},{r.category},{r.image},{r.title}\n" for r in served["records"]))
+    url = served["server"].grpc_url
+    runner = CliRunner()
+    built = runner.invoke(app, ["catalog", "build", str(shop), "--metadata", str(csv_path), "--out", str(tmp_path / "cat"),
+                                "--url", url, "--batch-size", "4", "--model-repository", str(served["repo"])])
+    assert built.exit_code == 0, built.output
+    np.testing.assert_allclose(Catalog.open(tmp_path / "cat").vectors("tops"),
+                               Catalog.open(served["catalog"]).vectors("tops"), atol=1e-6)
+    info = runner.invoke(app, ["catalog", "info", str(tmp_path / "cat"), "--url", url, "--json"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.output)["embedder"]["version"] == "1"
+
+    img = street_photo([(230, "tops"), (240, "bags")], seed=21)
+    photo = tmp_path / "street.png"
+    Image.fromarray(img).save(photo)
+    res = runner.invoke(app, ["look", str(photo), "--catalog", str(tmp_path / "cat"), "--url", url,
+                              "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "out" / "street.json").read_text())
+    want = _expected(served, img, [0, 1])
+    assert [[m["product_id"] for m in i["matches"]] for i in data["items"]] == [w["ids"] for w in want]
+    assert (tmp_path / "out" / "street.png").stat().st_size > 5000
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    res = runner.invoke(app, ["look", str(bad), "--catalog", str(tmp_path / "cat"), "--url", url,
+                              "--out", str(tmp_path / "out2"), "--no-render"])
+    assert res.exit_code == 1 and "bad.jpg is truncated or corrupt" in res.output
