@@ -184,6 +184,7 @@ def model(
 def look(
     ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="Catalog directory the look chain searches."),
+    photo_size: int = typer.Option(640, "--photo-size", min=32, help="Side of the generated street photos (JPEG)."),
     url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
     warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
@@ -194,7 +195,7 @@ def look(
 
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
-        _run_load(lambda client: chain_workload("look", client, catalog=catalog, seed=seed), url, repository,
+        _run_load(lambda client: chain_workload("look", client, catalog=catalog, size=photo_size, seed=seed), url, repository,
                   model_config_name, ["detector", "embedder"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
         _fail(e)
@@ -204,6 +205,7 @@ def look(
 def thumbnails(
     ctx: typer.Context,
     views: int = typer.Option(5, "--views", min=1, help="Views per product (one request = one product)."),
+    photo_size: int = typer.Option(256, "--photo-size", min=32, help="Side of the generated view photos (JPEG)."),
     url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
     warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
@@ -214,7 +216,7 @@ def thumbnails(
 
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
-        _run_load(lambda client: chain_workload("thumbnails", client, views=views, seed=seed), url, repository,
+        _run_load(lambda client: chain_workload("thumbnails", client, views=views, size=photo_size, seed=seed), url, repository,
                   model_config_name, ["view_classifier"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
         _fail(e)

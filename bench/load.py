@@ -369,8 +369,12 @@ def breakdown(point: dict[str, Any], workload: Workload) -> dict[str, float | No
 def agreement(point: dict[str, Any], workload: Workload) -> dict[str, Any]:
     """The bench's counts against Triton's: every request the bench sent must show up there."""
     if workload.kind != "model":
+        # a chain calls its first model (detector, view_classifier) exactly once per request;
+        # later models only when there is something to send (the embedder: only if crops were kept)
+        first = point["triton"][workload.models[0]]
         return {"bench_requests": point["requests"],
-                "triton_requests": {m: s["requests"] + s["failed"] for m, s in point["triton"].items()}}
+                "triton_requests": {m: s["requests"] + s["failed"] for m, s in point["triton"].items()},
+                "counts_match": first["requests"] + first["failed"] == point["requests"]}
     stats = point["triton"][workload.models[0]]
     triton_total = stats["requests"] + stats["failed"]
     server, total = stats["server_ms"], point["service_latency"]["mean_ms"]
@@ -562,25 +566,68 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 
 # --- the client chains --------------------------------------------------------------------------
-_CHAIN_MODULES = {"look": "lookserve.client.look", "thumbnails": "lookserve.client.thumbnails"}
+def encoded_photos(n: int, size: int, seed: int = 0, quality: int = 90) -> tuple[list[bytes], str]:
+    """``n`` generated photos as JPEG bytes: the chains' real inputs (their decoding is part of a request)."""
+    import cv2
+
+    images, source = image_pool(n, size, size, seed=seed)
+    out = []
+    for img in images:
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise errors.InvalidInputError("could not JPEG-encode a generated photo")
+        out.append(buf.tobytes())
+    return out, f"{source} {size}x{size} JPEG q{quality}"
+
+
+def thumbnails_workload(client, views: int = 5, pool: int = 8, size: int = 256, seed: int = 0) -> Workload:
+    """One request = one product: ``views`` JPEG views through :class:`ThumbnailPipeline` (one batched infer)."""
+    from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline
+
+    if views < 1:
+        raise errors.ConfigError(f"a product needs at least one view, got {views}")
+    pipeline = ThumbnailPipeline(client, ThumbnailConfig())
+    photos, source = encoded_photos(pool * views, size, seed=seed)
+    products = [(f"product-{i}", photos[i * views:(i + 1) * views]) for i in range(pool)]
+
+    def call(i: int) -> Any:
+        return pipeline.run(*products[i % pool])
+
+    return Workload(name="thumbnails", kind="chain", models=(pipeline.config.model,), call=call,
+                    items_per_request=views, inputs=source, details={"views_per_product": views})
+
+
+def look_workload(client, catalog: str | Path, pool: int = 8, size: int = 640, seed: int = 0,
+                  photos: Sequence[bytes] | None = None) -> Workload:
+    """One request = one street photo (JPEG) through :class:`LookPipeline` (detector → embedder → search).
+
+    ``photos`` (encoded images) replace the generated ones, e.g. street photos of a data set.
+    """
+    from lookserve.client.catalog import open_for_client
+    from lookserve.client.look import LookConfig, LookPipeline
+
+    cat = open_for_client(catalog, client)
+    pipeline = LookPipeline(client, cat, LookConfig())
+    if photos:
+        photos, source = list(photos), f"{len(photos)} given photos"
+    else:
+        photos, source = encoded_photos(pool, size, seed=seed)
+    pool = len(photos)
+
+    def call(i: int) -> Any:
+        return pipeline.run(photos[i % pool])
+
+    return Workload(name="look", kind="chain", models=(pipeline.config.detector, cat.embedder.name), call=call,
+                    items_per_request=1, inputs=source,
+                    details={"catalog": str(catalog), "embedder_version": cat.embedder.version})
+
+
+_CHAINS = {"look": look_workload, "thumbnails": thumbnails_workload}
 
 
 def chain_workload(kind: str, client, **options: Any) -> Workload:
     """One request = one run of a client chain (``look``: a street photo; ``thumbnails``: one product)."""
-    import importlib
-
-    module_name = _CHAIN_MODULES.get(kind)
-    if module_name is None:
-        raise errors.ConfigError(f"unknown chain {kind!r}; known: {', '.join(_CHAIN_MODULES)}")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        raise errors.ConfigError(
-            f"bench {kind}: not yet — the {kind} chain ({module_name}) is not in this checkout yet; "
-            f"bench the models it calls with 'lookserve bench model NAME' meanwhile") from e
-    maker = getattr(module, "bench_workload", None)
+    maker = _CHAINS.get(kind)
     if maker is None:
-        raise errors.ConfigError(f"bench {kind}: not yet — {module_name} exists but has no bench hook wired in")
+        raise errors.ConfigError(f"unknown chain {kind!r}; known: {', '.join(_CHAINS)}")
     return maker(client, **options)

@@ -145,20 +145,6 @@ def test_load_spec_rejects_when_bad_levels():
         LoadSpec(mode="burst")
 
 
-def test_cli_bench_thumbnails_says_not_yet_when_chain_missing(tmp_path):
-    from lookserve.cli import app
-
-    try:
-        import lookserve.client.thumbnails  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    else:
-        pytest.skip("the thumbnails chain exists; its bench is exercised elsewhere")
-    result = CliRunner().invoke(app, ["bench", "thumbnails", "--url", "127.0.0.1:1", "--duration", "0.1"])
-    assert result.exit_code != 0
-    assert "not yet" in result.output or "not ready" in result.output.lower() or "unavailable" in result.output.lower()
-
-
 def test_variants_are_typed_replacements_of_the_contract_when_written(tmp_path):
     from lookserve.bench.variants import (
         embedder_variants,
