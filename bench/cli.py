@@ -281,3 +281,14 @@ def variants(
     atomic_write_text(out / f"{prefix}_compare.md", "\n".join(summary))
     atomic_write_json(out / f"{prefix}_compare.json", {"command": command, "baseline": base, "comparisons": comparisons})
     c.print("\n".join(summary))
+
+
+@app.command("synthetic-repository")
+def synthetic_repository(path: Path = typer.Argument(..., help="Directory to write (a Triton model repository).")) -> None:
+    """Write the synthetic conv embedder and view classifier (contract configs) for benches without trained models."""
+    from lookserve.bench.variants import write_synthetic_repository
+
+    if path.exists() and any(path.iterdir()):
+        raise typer.BadParameter(f"{path} exists and is not empty; pick a new directory")
+    write_synthetic_repository(path)
+    _console().print(f"wrote {path} (embedder, view_classifier: synthetic conv models, contract configs)")

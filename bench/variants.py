@@ -30,16 +30,15 @@ log = logging.getLogger(__name__)
 VARIANTS = ("batching_on", "batching_off", "instances_2", "fp32_input", "int8")
 
 
-def synthetic_embedder(size: int = contracts.CROP_SIZE, dim: int = contracts.EMBEDDING_DIM, seed: int = 0):
-    """A small conv embedder as an onnx ModelProto: UINT8 [B, size, size, 3] → L2-normalised FP32 [B, dim]."""
-    import onnx
+def _conv_trunk(rng: np.random.Generator, input_name: str) -> tuple[list, list, str, int]:
+    """UINT8 NHWC pixels → /255 → three stride-2 3×3 convolutions with ReLU → global average pool.
+
+    Returns (nodes, initializers, name of the pooled [B, C] features, C)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
     chans = (3, 16, 32, 64)
-    inits = [numpy_helper.from_array(np.array(255.0, np.float32), "c255"),
-             numpy_helper.from_array(np.array(1e-12, np.float32), "eps")]
-    nodes = [helper.make_node("Cast", ["crops"], ["xf"], to=TensorProto.FLOAT),
+    inits = [numpy_helper.from_array(np.array(255.0, np.float32), "c255")]
+    nodes = [helper.make_node("Cast", [input_name], ["xf"], to=TensorProto.FLOAT),
              helper.make_node("Div", ["xf", "c255"], ["xn"]),
              helper.make_node("Transpose", ["xn"], ["h0"], perm=[0, 3, 1, 2])]
     for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
@@ -48,23 +47,71 @@ def synthetic_embedder(size: int = contracts.CROP_SIZE, dim: int = contracts.EMB
         nodes += [helper.make_node("Conv", [f"h{i}", f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], strides=[2, 2],
                                    pads=[1, 1, 1, 1]),
                   helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"])]
-    proj = rng.normal(size=(chans[-1], dim)).astype(np.float32) / np.sqrt(chans[-1])
-    inits.append(numpy_helper.from_array(proj, "P"))
     n = len(chans) - 1
     nodes += [helper.make_node("GlobalAveragePool", [f"h{n}"], ["gap"]),
-              helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
-              helper.make_node("MatMul", ["flat", "P"], ["proj"]),
-              helper.make_node("ReduceL2", ["proj"], ["norm"], axes=[1], keepdims=1),
-              helper.make_node("Max", ["norm", "eps"], ["safe"]),
-              helper.make_node("Div", ["proj", "safe"], ["embedding"])]
-    graph = helper.make_graph(
-        nodes, "synthetic_conv_embedder",
-        [helper.make_tensor_value_info("crops", TensorProto.UINT8, [None, size, size, 3])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, dim])], inits)
+              helper.make_node("Flatten", ["gap"], ["features"], axis=1)]
+    return nodes, inits, "features", chans[-1]
+
+
+def _finish(nodes, inits, name: str, inputs, outputs):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def synthetic_embedder(size: int = contracts.CROP_SIZE, dim: int = contracts.EMBEDDING_DIM, seed: int = 0):
+    """A small conv embedder as an onnx ModelProto: UINT8 [B, size, size, 3] → L2-normalised FP32 [B, dim]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, features, width = _conv_trunk(rng, "crops")
+    inits += [numpy_helper.from_array(rng.normal(size=(width, dim)).astype(np.float32) / np.sqrt(width), "P"),
+              numpy_helper.from_array(np.array(1e-12, np.float32), "eps")]
+    nodes += [helper.make_node("MatMul", [features, "P"], ["proj"]),
+              helper.make_node("ReduceL2", ["proj"], ["norm"], axes=[1], keepdims=1),
+              helper.make_node("Max", ["norm", "eps"], ["safe"]),
+              helper.make_node("Div", ["proj", "safe"], ["embedding"])]
+    return _finish(nodes, inits, "synthetic_conv_embedder",
+                   [helper.make_tensor_value_info("crops", TensorProto.UINT8, [None, size, size, 3])],
+                   [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, dim])])
+
+
+def synthetic_view_classifier(size: int = contracts.CROP_SIZE, seed: int = 1):
+    """The view classifier's contract on the same conv trunk: type_probs (softmax over 6) and best_view (sigmoid)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lookserve.taxonomy import FOOTWEAR_TYPES
+
+    rng = np.random.default_rng(seed)
+    types = len(FOOTWEAR_TYPES)
+    nodes, inits, features, width = _conv_trunk(rng, "images")
+    inits += [numpy_helper.from_array(rng.normal(size=(width, types)).astype(np.float32), "Wt"),
+              numpy_helper.from_array(rng.normal(size=(width, 1)).astype(np.float32), "Wb")]
+    nodes += [helper.make_node("MatMul", [features, "Wt"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["type_probs"], axis=1),
+              helper.make_node("MatMul", [features, "Wb"], ["bv"]),
+              helper.make_node("Sigmoid", ["bv"], ["best_view"])]
+    return _finish(nodes, inits, "synthetic_conv_view_classifier",
+                   [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, size, size, 3])],
+                   [helper.make_tensor_value_info("type_probs", TensorProto.FLOAT, [None, types]),
+                    helper.make_tensor_value_info("best_view", TensorProto.FLOAT, [None, 1])])
+
+
+def write_synthetic_repository(root: Path) -> Path:
+    """A model repository with the synthetic embedder and view classifier under their contract configs."""
+    import onnx
+
+    for config, model in ((contracts.embedder_config(), synthetic_embedder()),
+                          (contracts.view_classifier_config(), synthetic_view_classifier())):
+        (root / config.name / "1").mkdir(parents=True, exist_ok=True)
+        onnx.save(model, root / config.name / "1" / "model.onnx")
+        config.write(root / config.name / "config.pbtxt")
+    return root
 
 
 def with_fp32_input(proto, input_name: str):

@@ -170,3 +170,17 @@ def test_variants_are_typed_replacements_of_the_contract_when_written(tmp_path):
         outs[name] = run_onnx(repo / "embedder" / "1" / "model.onnx", {"crops": feed})[0]
     np.testing.assert_allclose(outs["fp32_input"], outs["batching_on"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(outs["batching_on"], axis=1), 1.0, atol=1e-5)
+
+
+def test_synthetic_repository_honours_contracts_when_written(tmp_path):
+    from lookserve.bench.variants import write_synthetic_repository
+    from lookserve.modelconfig import ModelConfig
+    from tinymodels import run_onnx
+
+    repo = write_synthetic_repository(tmp_path / "repo")
+    pixels = np.random.default_rng(1).integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
+    for config in (contracts.embedder_config(), contracts.view_classifier_config()):
+        assert ModelConfig.read(repo / config.name / "config.pbtxt") == config
+        outs = run_onnx(repo / config.name / "1" / "model.onnx", {config.inputs[0].name: pixels})
+        assert [o.shape[1:] for o in outs] == [t.dims for t in config.outputs]
+        assert all(np.isfinite(o).all() for o in outs)
