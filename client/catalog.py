@@ -903,6 +903,53 @@ class CatalogRef:
         return old
 
 
+def bench_search(n: int, dim: int = 128, queries: int = 2000, params: IndexParams = IndexParams(), seed: int = 0,
+                 clusters: int = 1000, threads: int = 2, progress: bool = False) -> dict[str, Any]:
+    """HNSW search speed and recall on one synthetic category of ``n`` clustered unit vectors:
+    build (``threads``), tune ef as a catalog build does, then time single-query ``knn_query``
+    calls (one thread, as a request does) on held-out queries and check recall@K against exact
+    numpy search. Returns the figures (latencies in ms: median, p99)."""
+    import time
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+
+    def sample(m: int) -> np.ndarray:
+        x = centres[rng.integers(0, clusters, m)] + 0.7 * rng.normal(size=(m, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    vectors = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        vectors[start : start + 100_000] = sample(min(100_000, n - start))
+    held_out = sample(queries)
+    t0 = time.perf_counter()
+    index = _new_index(dim, n, params)
+    with _progress(progress, n, f"HNSW build n={n}") as advance:
+        for start in range(0, n, 50_000):
+            chunk = vectors[start : start + 50_000]
+            index.add_items(chunk, np.arange(start, start + len(chunk)), num_threads=threads)
+            advance(len(chunk))
+    build_s = time.perf_counter() - t0
+    ef, tune_recall, _ = tune_ef(index, vectors, params, rng)
+    index.set_ef(ef)
+    for q in held_out[:50]:  # warm up
+        index.knn_query(q[None], k=params.k, num_threads=1)
+    lat = np.empty(queries)
+    labels = np.empty((queries, params.k), np.int64)
+    for i, q in enumerate(held_out):
+        t = time.perf_counter()
+        got, _ = index.knn_query(q[None], k=params.k, num_threads=1)
+        lat[i] = (time.perf_counter() - t) * 1e3
+        labels[i] = got[0]
+    exact = np.concatenate([exact_search(vectors, held_out[i : i + 200], params.k)[0] for i in range(0, queries, 200)])
+    return {
+        "n": n, "dim": dim, "M": params.M, "ef_construction": params.ef_construction, "k": params.k,
+        "build_s": round(build_s, 1), "build_threads": threads, "ef": ef, "tune_recall_at_k": round(tune_recall, 4),
+        "held_out_recall_at_k": round(recall_at_k(labels, exact), 4), "queries": queries,
+        "search_ms_median": round(float(np.median(lat)), 4), "search_ms_p99": round(float(np.percentile(lat, 99)), 4),
+    }
+
+
 def describe(catalog: Catalog) -> dict:
     m = catalog.manifest
     return {
@@ -921,7 +968,7 @@ def describe(catalog: Catalog) -> dict:
 
 __all__ = [
     "Catalog", "CatalogRef", "CategoryInfo", "Embedder", "EmbedderInfo", "IndexParams", "Manifest", "Match",
-    "PhotoRecord", "TritonEmbedder", "build_catalog", "check_embedder", "describe", "embed_records", "exact_search",
+    "PhotoRecord", "TritonEmbedder", "bench_search", "build_catalog", "check_embedder", "describe", "embed_records", "exact_search",
     "load_records", "model_file_sha256", "open_for_client", "recall_at_k", "records_from_csv",
     "records_from_street2shop", "switch_into_place", "tune_ef", "write_catalog",
 ]

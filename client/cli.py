@@ -246,6 +246,36 @@ def catalog_info(
         _print_catalog(info)
 
 
+@catalog_app.command("bench-search")
+def catalog_bench_search(
+    n: list[int] = typer.Option([100_000], "--n", help="Category sizes (repeatable)."),
+    dim: int = typer.Option(128, "--dim"),
+    queries: int = typer.Option(2000, "--queries"),
+    m: int = typer.Option(16, "--M", min=2),
+    ef_construction: int = typer.Option(200, "--ef-construction", min=1),
+    k: int = typer.Option(6, "--k", min=1),
+    threads: int = typer.Option(2, "--threads", min=1, help="Build threads (queries always use one)."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path | None = typer.Option(None, "--out", help="Append the figures as JSON lines here."),
+) -> None:
+    """HNSW search latency per item and recall@K vs exact search on synthetic categories."""
+    from rich.table import Table
+
+    from lookserve.client.catalog import IndexParams, bench_search
+
+    params = IndexParams(M=m, ef_construction=ef_construction, k=k)
+    rows = [bench_search(size, dim, queries, params, seed, threads=threads, progress=True) for size in n]
+    table = Table("figure", *(f"n={r['n']}" for r in rows))
+    for key in rows[0]:
+        table.add_row(key, *(str(r[key]) for r in rows))
+    _console().print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
 # ------------------------------------------------------------------------------------------
 # evaluations (eval_app)
 # ------------------------------------------------------------------------------------------

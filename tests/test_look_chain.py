@@ -417,3 +417,36 @@ def test_look_cli_writes_json_and_png_when_catalog_is_built_by_cli(served, tmp_p
     res = runner.invoke(app, ["look", str(bad), "--catalog", str(tmp_path / "cat"), "--url", url,
                               "--out", str(tmp_path / "out2"), "--no-render"])
     assert res.exit_code == 1 and "bad.jpg is truncated or corrupt" in res.output
+
+
+def test_look_evaluation_counts_hits_when_run_on_street2shop_pairs(served, tmp_path: Path) -> None:
+    from lookserve.client.look import evaluate_pairs
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "meta" / "json").mkdir(parents=True)
+    (root / "photos").mkdir()
+    lines = []
+    for r in served["records"]:  # shop photos: ids 1000+
+        Image.open(r.path).save(root / "images" / f"{r.product_id + 900}.png")
+        lines.append(f"{r.product_id + 900},images/{r.product_id + 900}.png")
+    street_a = street_photo([(230, "tops")], seed=31)  # detected as tops
+    street_b = street_photo([], seed=32)  # nothing detected
+    for pid, img in ((1, street_a), (2, street_b)):
+        Image.fromarray(img).save(root / "images" / f"{pid}.png")
+        lines.append(f"{pid},images/{pid}.png")
+    (root / "photos" / "photos.txt").write_text("\n".join(lines) + "\n")
+    bbox = {"left": 0, "top": 0, "width": 10, "height": 10}
+    want_ids = _expected(served, street_a, [0])[0]["ids"]
+    target = want_ids[2]  # a product the chain ranks third
+    for category in ("tops", "bags", "hats"):
+        (root / "meta" / "json" / f"retrieval_{category}.json").write_text(json.dumps(
+            [{"product": r.product_id, "photo": r.product_id + 900} for r in served["records"] if r.category == category]))
+    (root / "meta" / "json" / "test_pairs_tops.json").write_text(json.dumps([{"photo": 1, "product": target, "bbox": bbox}]))
+    (root / "meta" / "json" / "test_pairs_bags.json").write_text(json.dumps([{"photo": 2, "product": 112, "bbox": bbox}]))
+    with TritonClient(served["server"].grpc_url) as client:
+        figures = evaluate_pairs(_pipeline(client, served), root, "test", concurrency=2)
+    assert figures["pairs"] == 2 and figures["street_photos"] == 2 and figures["failed_photos"] == 0
+    assert figures["detected"] == 0.5 and figures["top1_accuracy"] == 0.0 and figures["top6_accuracy"] == 0.5
+    assert figures["per_category"]["tops"]["top6_accuracy"] == 1.0
+    assert figures["per_category"]["bags"]["detected"] == 0.0
