@@ -170,3 +170,33 @@ def download(
                     f"{s['missing_rows']} rows skipped for missing images; written to {data / D.USABLE}")
     except LookserveError as e:
         _fail(e)
+
+
+@app.command()
+def difficulty(
+    data: Path = typer.Option(..., "--data", help="Data set root."),
+    split: str = typer.Option("test", "--split", help="Which pairs are the queries."),
+    k: int = typer.Option(6, "--k"),
+    out: Path = typer.Option(None, "--out", help="Also write the figures as JSON here."),
+) -> None:
+    """A no-learning colour-histogram retrieval baseline: how far colour alone gets."""
+    from lookserve.data import difficulty as Dif
+    from lookserve.errors import LookserveError
+
+    try:
+        res = Dif.colour_baseline(data, split, k)
+    except LookserveError as e:
+        _fail(e)
+    t = Table(title=f"colour-histogram street→shop retrieval, {split} pairs of {data}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("queries", str(res["queries"]))
+    t.add_row("top-1 hit rate", f"{res['top1']:.3f}")
+    t.add_row(f"top-{k} hit rate", f"{res[f'top{k}']:.3f}")
+    t.add_row("gallery products per category (median)",
+              str(int(sorted(res["gallery_products_per_category"].values())[len(res["gallery_products_per_category"]) // 2])))
+    t.add_row("top-1 errors inside the query's hard-negative group", f"{res['top1_errors_in_hard_negative_group']:.3f}")
+    _console().print(t)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
