@@ -173,3 +173,11 @@ def test_footwear_load_views_raises_when_ground_truth_lacks_fields(tiny, tmp_pat
     (root / "footwear" / "ground_truth.json").write_text(json.dumps({"images": [{"path": "views/x/y.jpg"}]}))
     with pytest.raises(DataError, match="lacks one of"):
         footwear.load_views(root)
+
+
+def test_colour_baseline_reports_hit_rates_between_zero_and_one(tiny):
+    from lookserve.data import difficulty
+
+    res = difficulty.colour_baseline(tiny, "train", k=3)
+    assert res["queries"] > 0 and 0 <= res["top1"] <= res["top3"] <= 1
+    assert 0 <= res["top1_errors_in_hard_negative_group"] <= 1
