@@ -2,8 +2,9 @@
 
 Each variant is a typed :class:`~lookserve.modelconfig.ModelConfig` made from the contract with
 ``dataclasses.replace`` (never a hand-edited ``config.pbtxt``), written with its ``model.onnx``
-into a fresh temporary repository and served by its own tritonserver, one after the other, with
-the same sweep; then every variant is compared with the first as ratios.
+into a fresh temporary repository and served by its own tritonserver; all servers run at once and
+one sweep visits the variants in turn at every load level (interleaved, so the shared machine's
+drift falls on all of them alike); then every variant is compared with the first as ratios.
 
 The model is an exported embedder (``--onnx``) when one exists, otherwise a small synthetic
 convolutional embedder built here with onnx's helper API (three strided convolutions, global
@@ -13,10 +14,11 @@ counts have real compute to act on. It honours the embedder's tensor contract.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +184,7 @@ def write_variant_repository(variant: Variant, base_model, root: Path) -> Path:
 
 def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, batch_size: int = 1,
                  ready_timeout_s: float = 180.0) -> dict[str, dict[str, Any]]:
-    """Serve each variant in turn on its own tritonserver and run the same sweep; reports by name."""
+    """Serve every variant on its own tritonserver and run one sweep, interleaved by level; reports by name."""
     import onnx
 
     from lookserve.bench.load import model_workload, run_load
@@ -201,17 +203,30 @@ def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, b
         source = str(onnx_path)
     else:
         base_model, source = synthetic_embedder(), "synthetic conv embedder (bench.variants.synthetic_embedder)"
+    # All variants are served at once and the sweep interleaves them level by level, so the
+    # machine's drift (other tenants, thermal) falls on every variant alike.
     reports: dict[str, dict[str, Any]] = {}
-    for name in names:
-        variant = variants[name]
-        with tempfile.TemporaryDirectory(prefix=f"lookserve-bench-{name}-") as tmp:
-            repo = write_variant_repository(variant, base_model, Path(tmp) / "repository")
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lookserve-bench-variants-")))
+        workloads = {}
+        for name in names:
+            variant = variants[name]
+            repo = write_variant_repository(variant, base_model, tmp / name / "repository")
             options = ServerOptions(model_repository=repo, grpc_port=0, load_models=(variant.config.name,),
-                                    work_dir=Path(tmp) / "server", ready_timeout_s=ready_timeout_s, exit_timeout_s=10)
+                                    work_dir=tmp / name / "server", ready_timeout_s=ready_timeout_s, exit_timeout_s=10)
             log.info("variant %s: starting tritonserver", name)
-            with TritonServer(options) as server, TritonClient(server.grpc_url, timeout_s=spec.timeout_s) as client:
-                client.wait_model_ready(variant.config.name, deadline_s=ready_timeout_s)
-                workload = model_workload(client, variant.config.name, batch_size=batch_size, seed=spec.seed)
-                workload.details.update(model_source=source, variant_note=variant.note)
-                reports[name] = run_load(client, workload, spec, variant=name)
+            server = stack.enter_context(TritonServer(options))
+            client = stack.enter_context(TritonClient(server.grpc_url, timeout_s=spec.timeout_s))
+            client.wait_model_ready(variant.config.name, deadline_s=ready_timeout_s)
+            workload = model_workload(client, variant.config.name, batch_size=batch_size, seed=spec.seed)
+            workload.details.update(model_source=source, variant_note=variant.note, interleaved_with=list(names))
+            workloads[name] = (client, workload)
+        for level in spec.levels:
+            for name in names:
+                client, workload = workloads[name]
+                one = run_load(client, workload, replace(spec, levels=(level,)), variant=name, progress=False)
+                if name in reports:
+                    reports[name]["points"].extend(one["points"])
+                else:
+                    reports[name] = {**one, "spec": asdict(spec)}
     return reports
