@@ -155,7 +155,12 @@ def tensor_specs_of_graph(values) -> tuple[TensorSpec, ...]:
             raise ExportError(f"ONNX tensor {v.name!r} has no batch dimension (rank 0)")
         if dims[0] != -1:
             raise ExportError(f"ONNX tensor {v.name!r}: the batch dimension is fixed at {dims[0]}; export with a dynamic batch")
-        rest = tuple(dims[1:]) or (1,)
+        rest = tuple(dims[1:])
+        if not rest:
+            # Triton describes a [B] tensor as dims [1]; the native backend also wants
+            # ``reshape { shape: [] }``, which lookserve's ModelConfig cannot say yet
+            log.warning("ONNX tensor %r is [batch] only; its config dims are [1] (served as [batch, 1] by Triton's native backend)", v.name)
+            rest = (1,)
         specs.append(TensorSpec(v.name, _ONNX_DTYPES[tt.elem_type], rest))
     return tuple(specs)
 
