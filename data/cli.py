@@ -147,6 +147,7 @@ def download(
     timeout: float = typer.Option(20.0, "--timeout", help="Seconds per request."),
     only_referenced: bool = typer.Option(False, "--only-referenced", help="Only photos used by meta/json pairs/retrieval files."),
     limit: int = typer.Option(None, "--limit", help="At most this many photos (the lowest ids): a trial run."),
+    verify: bool = typer.Option(False, "--verify", help="On resume, fully decode every present image (slow)."),
 ) -> None:
     """Download the real street2shop photos (resumable), then select the usable pairs."""
     from lookserve.data import download as D
@@ -154,7 +155,7 @@ def download(
     from lookserve.errors import LookserveError
 
     try:
-        config = D.DownloadConfig(workers=workers, retries=retries, backoff_s=backoff, timeout_s=timeout)
+        config = D.DownloadConfig(workers=workers, retries=retries, backoff_s=backoff, timeout_s=timeout, verify_existing=verify)
         ids = D.referenced_ids(data) if only_referenced else None
         if limit is not None:
             pool = sorted(ids) if ids is not None else sorted(street2shop.read_photos_txt(photos or data / "photos" / "photos.txt"))
