@@ -22,7 +22,7 @@ def _console() -> Console:
 
 
 def _fail(e: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {e}")
+    Console(stderr=True).print(f"[red]error:[/red] {e}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(2)
 
 
