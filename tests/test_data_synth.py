@@ -37,6 +37,19 @@ def test_generate_writes_byte_identical_files_when_seed_is_the_same(tiny, tmp_pa
     assert _digest(again) == _digest(tiny)
 
 
+def test_generate_is_byte_identical_across_processes_when_hash_seed_differs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cfg = "dataclasses.replace(synth.SynthConfig.tiny(), n_street=5, n_shoes=1)"
+    code = f"import dataclasses, sys; from lookserve.data import synth; synth.generate(sys.argv[1], {cfg}, seed=4)"
+    for name, hash_seed in (("a", "1"), ("b", "977")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, env=env)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
 def test_generate_writes_different_images_when_seed_differs(tiny, tmp_path):
     cfg = dataclasses.replace(synth.SynthConfig.tiny(), n_street=4, n_shoes=1)
     other = synth.generate(tmp_path / "other", cfg, seed=SEED + 1)
