@@ -247,7 +247,12 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     sims = q @ v.T
     k = min(k, v.shape[0])
-    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    if k < v.shape[0]:
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, axis=1)
+    else:
+        idx = np.argsort(-sims, axis=1, kind="stable")
     return idx, np.take_along_axis(sims, idx, axis=1)
 
 

@@ -264,16 +264,17 @@ def catalog_bench_search(
     from lookserve.client.catalog import IndexParams, bench_search
 
     params = IndexParams(M=m, ef_construction=ef_construction, k=k)
-    rows = [bench_search(size, dim, queries, params, seed, threads=threads, progress=True) for size in n]
+    rows = []
+    for size in n:
+        rows.append(bench_search(size, dim, queries, params, seed, threads=threads, progress=True))
+        if out:  # each size as soon as it is measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
     table = Table("figure", *(f"n={r['n']}" for r in rows))
     for key in rows[0]:
         table.add_row(key, *(str(r[key]) for r in rows))
     _console().print(table)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
 
 
 # ------------------------------------------------------------------------------------------
