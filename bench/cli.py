@@ -256,7 +256,7 @@ def variants(
     prefix: str = typer.Option("variants", "--prefix", help="Output file name prefix."),
 ) -> None:
     """Embedder config variants (typed configs via dataclasses.replace) on private servers, compared as ratios."""
-    from lookserve.bench.load import compare, compare_markdown, write_load_report
+    from lookserve.bench.load import compare, compare_markdown, plot_comparison, write_load_report
     from lookserve.bench.report import atomic_write_json, atomic_write_text
     from lookserve.bench.variants import run_variants
 
@@ -278,6 +278,8 @@ def variants(
         cmp = compare(reports[base], reports[name])
         comparisons[name] = cmp
         summary.append(compare_markdown(cmp))
+    plot_comparison(reports, out / f"{prefix}_compare.png", title=f"embedder config variants ({mode})")
+    summary.append(f"![variants]({prefix}_compare.png)\n")
     atomic_write_text(out / f"{prefix}_compare.md", "\n".join(summary))
     atomic_write_json(out / f"{prefix}_compare.json", {"command": command, "baseline": base, "comparisons": comparisons})
     c.print("\n".join(summary))

@@ -631,3 +631,32 @@ def chain_workload(kind: str, client, **options: Any) -> Workload:
     if maker is None:
         raise errors.ConfigError(f"unknown chain {kind!r}; known: {', '.join(_CHAINS)}")
     return maker(client, **options)
+
+
+def plot_comparison(reports: Mapping[str, dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Several runs on one chart: p50 and p99 latency against throughput, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
+    for name, report in reports.items():
+        xs = [p["throughput_rps"] for p in report["points"]]
+        for ax, key in zip(axes, ("p50_ms", "p99_ms"), strict=True):
+            ax.plot(xs, [p["latency"][key] for p in report["points"]], "o-", label=name)
+            for p in report["points"]:
+                ax.annotate(f"{p['level']:g}", (p["throughput_rps"], p["latency"][key] or 0), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    for ax, key in zip(axes, ("p50", "p99"), strict=True):
+        ax.set_xlabel("throughput (requests/s)")
+        ax.set_ylabel(f"{key} latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+        ax.set_title(f"{key} vs throughput (labels = load level)")
+    fig.suptitle(title)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)

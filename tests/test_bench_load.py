@@ -184,3 +184,21 @@ def test_synthetic_repository_honours_contracts_when_written(tmp_path):
         outs = run_onnx(repo / config.name / "1" / "model.onnx", {config.inputs[0].name: pixels})
         assert [o.shape[1:] for o in outs] == [t.dims for t in config.outputs]
         assert all(np.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.triton
+def test_run_variants_interleaves_levels_and_counts_agree_when_two_variants():
+    from lookserve.bench.variants import run_variants
+
+    spec = LoadSpec(mode="closed", levels=(1, 2), duration_s=0.5, max_requests=15, warmup_s=0.1)
+    reports = run_variants(["batching_on", "batching_off"], spec, ready_timeout_s=120.0)
+    assert list(reports) == ["batching_on", "batching_off"]
+    for name, report in reports.items():
+        assert report["variant"] == name and [p["level"] for p in report["points"]] == [1, 2]
+        for point in report["points"]:
+            _check_point(point)
+    assert reports["batching_on"]["workload"]["config"]["dynamic_batching"] is not None
+    assert reports["batching_off"]["workload"]["config"]["dynamic_batching"] is None
+    assert all(p["triton"]["embedder"]["mean_batch"] == 1.0 for p in reports["batching_off"]["points"])
+    c = compare(reports["batching_on"], reports["batching_off"])
+    assert [r["level"] for r in c["rows"]] == [1, 2]
