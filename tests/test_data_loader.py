@@ -15,9 +15,12 @@ from lookserve.data import footwear, preview, street2shop, synth
 from lookserve.errors import DataError
 
 
+CONFIG = synth.SynthConfig(n_products=22, n_street=16, n_shoes=6)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return synth.generate(tmp_path_factory.mktemp("loader") / "tiny", synth.SynthConfig.tiny(), seed=11)
+    return synth.generate(tmp_path_factory.mktemp("loader") / "tiny", CONFIG, seed=11)
 
 
 def _img(path: Path, value: int = 128) -> None:
@@ -78,7 +81,7 @@ def test_load_reports_and_skips_rows_when_generated_images_are_deleted(tmp_path,
 
 def test_footwear_load_views_carries_ground_truth_per_image(tiny):
     shoes = footwear.load_views(tiny)
-    assert len(shoes) == synth.SynthConfig.tiny().n_shoes
+    assert len(shoes) == CONFIG.n_shoes
     for imgs in shoes.values():
         assert len(imgs) == 5 and {v.view for v in imgs} == {"front", "back", "left", "right", "sole"}
         assert all(v.path.is_file() for v in imgs)
