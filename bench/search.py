@@ -285,11 +285,7 @@ def bench_exact(spec: SearchSpec, base: np.ndarray, queries: np.ndarray) -> tupl
         truth = exact_topk(base, queries, spec.k)
         batched_s = time.perf_counter() - t0
     subset = queries[: min(spec.exact_single_queries, len(queries))]
-    with threadpool_limits(limits=1, user_api="blas"):
-        exact_single(base, subset[0], spec.k)  # warm
-        t0 = time.perf_counter()
-        single = np.stack([exact_single(base, q, spec.k) for q in subset])
-        single_s = time.perf_counter() - t0
+    single, single_s = _time_exact_single(base, subset, spec.k)
     return truth, {
         "engine": "exact (numpy)",
         "recall": recall_at_k(single, truth[: len(subset)], spec.k),
@@ -299,6 +295,16 @@ def bench_exact(spec: SearchSpec, base: np.ndarray, queries: np.ndarray) -> tupl
         "batched_qps": len(queries) / batched_s,
         "memory_bytes": int(base.nbytes),
     }
+
+
+def _time_exact_single(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        exact_single(base, queries[0], k)  # warm
+        t0 = time.perf_counter()
+        found = np.stack([exact_single(base, q, k) for q in queries])
+        return found, time.perf_counter() - t0
 
 
 # --- the bench ------------------------------------------------------------------------------
@@ -313,7 +319,15 @@ def run_search_bench(spec: SearchSpec) -> dict[str, Any]:
     truth, exact = bench_exact(spec, base, queries)
     log.info("exact: single %.1f q/s, batched %.1f q/s", exact["single_qps"], exact["batched_qps"])
     engines = {"hnswlib": bench_hnswlib, "faiss": bench_faiss}
-    results = [asdict(engines[name](spec, base, queries, truth)) for name in spec.engines]
+    results = []
+    for name in spec.engines:
+        result = asdict(engines[name](spec, base, queries, truth))
+        # exact search timed again right after the engine's queries: the shared machine's load
+        # drifts, and the goal is a ratio of figures taken side by side
+        subset = queries[: min(spec.exact_single_queries, len(queries))]
+        _, seconds = _time_exact_single(base, subset, spec.k)
+        result["exact_single_qps_adjacent"] = len(subset) / seconds
+        results.append(result)
     return {
         "kind": "search",
         "spec": asdict(spec),
@@ -325,14 +339,19 @@ def run_search_bench(spec: SearchSpec) -> dict[str, Any]:
 
 
 def goal(spec: SearchSpec, exact: dict[str, Any], engines: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """hnswlib's single-query QPS at the smallest ef reaching ``target_recall``, as a multiple of exact's."""
-    out: dict[str, Any] = {"target_recall": spec.target_recall, "target_speedup": 50.0}
+    """Each engine's best single-query QPS among the ef values reaching ``target_recall``, as a multiple of exact's."""
+    out: dict[str, Any] = {"target_recall": spec.target_recall, "target_speedup": 50.0,
+                           "baseline": "the faster of exact search's two single-query timings (at the start, and "
+                                       "right after the engine's queries)"}
     for engine in engines:
         reaching = [p for p in engine["points"] if p["recall"] >= spec.target_recall]
         if reaching:
             best = max(reaching, key=lambda p: p["single_qps"])
+            adjacent = engine.get("exact_single_qps_adjacent")
+            baseline = max(exact["single_qps"], adjacent) if adjacent else exact["single_qps"]  # the harder bar
             out[engine["engine"]] = {"ef": best["ef"], "recall": best["recall"], "single_qps": best["single_qps"],
-                                     "speedup_vs_exact": best["single_qps"] / exact["single_qps"]}
+                                     "exact_single_qps": baseline,
+                                     "speedup_vs_exact": best["single_qps"] / baseline}
         else:
             out[engine["engine"]] = {"ef": None, "reason": f"no ef in {list(spec.efs)} reached recall {spec.target_recall}"}
     h = out.get("hnswlib", {})
@@ -356,11 +375,16 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{e['build_s']:.1f}" if i == 0 else "", mem])
     lines.append(markdown_table(["engine", "ef", f"recall@{spec['k']}", "single-thread q/s", "single latency ms",
                                  "batched q/s", "build s", "memory"], rows))
+    for e in report["engines"]:
+        if e.get("exact_single_qps_adjacent"):
+            lines.append(f"Exact search re-timed right after {e['engine']}'s queries: "
+                         f"{e['exact_single_qps_adjacent']:.1f} single-query q/s.\n")
     g = report["goal"]
     h = g.get("hnswlib", {})
     if h.get("ef") is not None:
         lines.append(f"\n**Goal** (hnswlib at recall@{spec['k']} ≥ {g['target_recall']} ≥ {g['target_speedup']:.0f}× exact "
-                     f"single-query q/s): ef={h['ef']}, recall {h['recall']:.4f}, {h['speedup_vs_exact']:.0f}× → "
+                     f"single-query q/s): ef={h['ef']}, recall {h['recall']:.4f}, {h['single_qps']:.0f} q/s vs exact "
+                     f"{h['exact_single_qps']:.1f} q/s (the faster of its two timings) = {h['speedup_vs_exact']:.0f}× → "
                      f"{'met' if g['met'] else 'NOT met'}.\n")
     elif h:
         lines.append(f"\n**Goal** not met: {h['reason']}.\n")
