@@ -700,15 +700,32 @@ class Catalog:
         ``embedder``: the served embedder; its name and version (and model checksum when both
         sides know it) must equal the manifest's. ``served_versions``: the versions Triton
         serves now; the catalog's must be one of them. ``verify``: check every file's sha256.
+        A catalog switched into place while it was being read is read again (once).
         """
+        path = Path(path)
+        for attempt in range(2):
+            before = _read_bytes(path / MANIFEST)
+            try:
+                return cls._open_once(path, before, embedder, served_versions, verify)
+            except (CatalogIntegrityError, FileNotFoundError) as e:
+                if attempt == 0 and before is not None and _read_bytes(path / MANIFEST) != before:
+                    log.info("catalog %s was replaced while opening; reading it again", path)
+                    continue
+                if isinstance(e, FileNotFoundError):
+                    raise CatalogIntegrityError(f"catalog file {e.filename} is missing") from e
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _open_once(cls, path: Path, manifest_bytes: bytes | None, embedder: EmbedderInfo | None,
+                   served_versions: Sequence[str] | None, verify: bool) -> Catalog:
         import hnswlib
 
-        path = Path(path)
         manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
+        if manifest_bytes is None:
             raise CatalogError(f"{path} is not a catalog: {MANIFEST} is missing (build one with lookserve catalog build)")
         try:
-            raw = json.loads(manifest_path.read_text())
+            raw = json.loads(manifest_bytes)
         except json.JSONDecodeError as e:
             raise CatalogIntegrityError(f"{manifest_path} is not valid JSON: {e}") from e
         manifest = Manifest.from_dict(raw)
@@ -848,6 +865,13 @@ class Catalog:
         if not p.is_absolute() and self.manifest.images_root:
             p = Path(self.manifest.images_root) / p
         return p
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def check_embedder(manifest: Manifest, served: EmbedderInfo | None, served_versions: Sequence[str] | None = None) -> None:
