@@ -109,6 +109,7 @@ class _Steps:
         self.config = config
         self._input = "images"
         self._size = contracts.CROP_SIZE
+        self._max_batch = 0  # 0: unknown
 
     def _learn(self, meta) -> None:
         image_in = next((t for t in meta.inputs if t.datatype == "UINT8" and len(t.shape) == 4), None)
@@ -122,6 +123,10 @@ class _Steps:
     def prepare(self, views: Sequence) -> tuple[list[str], np.ndarray, float]:
         if not views:
             raise InvalidInputError("a product needs at least one view image")
+        if self._max_batch and len(views) > self._max_batch:
+            raise InvalidInputError(
+                f"{len(views)} views, but {self.config.model!r} takes at most {self._max_batch} images per request"
+            )
         t0 = time.perf_counter()
         names = [str(v) if isinstance(v, str | os.PathLike) else f"view {i}" for i, v in enumerate(views)]
         batch = np.stack([resize_square(decode_image(v, self.config.limits), self._size) for v in views])
@@ -135,6 +140,7 @@ class ThumbnailPipeline(_Steps):
         super().__init__(config or ThumbnailConfig())
         self.client = client
         self._learn(client.model_metadata(self.config.model, self.config.version))
+        self._max_batch = client.model_config(self.config.model, self.config.version).max_batch_size
 
     def run(self, product: str, views: Sequence) -> ThumbnailResult:
         names, batch, prep_ms = self.prepare(views)

@@ -70,3 +70,14 @@ def test_configs_refuse_when_values_are_out_of_range() -> None:
         LookConfig(k=0)
     with pytest.raises(ConfigError, match="box' or 'mask"):
         LookConfig(crop="polygon")
+
+
+def test_client_modules_import_nothing_heavy_when_loaded() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, lookserve.client.cli, lookserve.client.look, lookserve.client.thumbnails, "
+            "lookserve.client.render, lookserve.client.catalog, lookserve.images; "
+            "print(sorted(m for m in ('cv2', 'tensorflow', 'onnxruntime', 'hnswlib', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

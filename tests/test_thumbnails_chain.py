@@ -119,6 +119,10 @@ def test_thumbnails_equal_onnxruntime_when_classified_through_triton(tmp_path: P
 
     assert [x.to_dict()["views"] for x in asyncio.run(go())] == [x.to_dict()["views"] for x in results]
 
+    too_many = list(products.values())[0] * 4  # 20 views > max_batch_size 16
+    with TritonClient(server.grpc_url) as client, pytest.raises(InvalidInputError, match="at most 16 images"):
+        ThumbnailPipeline(client).run("big", too_many)
+
 
 @pytest.mark.triton
 def test_thumbnails_cli_writes_csv_json_and_sheet_when_given_a_folder(tmp_path: Path, repo: Path, triton_factory, rng) -> None:
