@@ -50,7 +50,7 @@ def _client(url: str, timeout: float):
 # ------------------------------------------------------------------------------------------
 @app.command("look")
 def look(
-    images: list[Path] = typer.Argument(..., help="Street or model photos (JPEG, PNG, WebP, BMP)."),
+    images: list[Path] = typer.Argument(..., help="Street or model photos (JPEG, PNG, WebP, BMP), or folders of them."),
     catalog_dir: Path = _CATALOG,
     out: Path = typer.Option(Path("runs/look"), "--out", "-o", help="Folder for <image>.json and <image>.png."),
     url: str = _URL,
@@ -72,7 +72,11 @@ def look(
     from lookserve.client.catalog import open_for_client
     from lookserve.client.look import FilterConfig, LookConfig, LookPipeline, write_result
     from lookserve.client.render import render_look
+    from lookserve.client.thumbnails import IMAGE_SUFFIXES
 
+    # a folder stands for the images directly inside it
+    images = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
+                                          if p.is_dir() else [p])]
     try:
         config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
                             timeout_s=timeout)
@@ -81,14 +85,20 @@ def look(
             pipe = LookPipeline(client, catalog, config)
             table = Table("image", "items", "top-1 per item", "client ms", "total ms")
             failed: list[tuple[Path, LookserveError]] = []
+            names: dict[Path, str] = {}
+            for p in images:  # unique output names even when stems repeat across folders
+                stem, n = p.stem, 2
+                while stem in names.values():
+                    stem, n = f"{p.stem}-{n}", n + 1
+                names[p] = stem
             for path, result in zip(images, pipe.run_many(images, concurrency=concurrency), strict=True):
                 if isinstance(result, LookserveError):
                     failed.append((path, result))
                     table.add_row(path.name, "[red]error[/red]", "", "", "")
                     continue
-                write_result(result, out / f"{path.stem}.json", include_masks=masks_in_json)
+                write_result(result, out / f"{names[path]}.json", include_masks=masks_in_json)
                 if render:
-                    render_look(result, path, catalog, out / f"{path.stem}.png", k)
+                    render_look(result, path, catalog, out / f"{names[path]}.png", k)
                 tops = "; ".join(f"{i.detection.category}→#{i.matches[0].product_id} ({i.matches[0].similarity:.2f})"
                                  if i.matches else f"{i.detection.category}→-" for i in result.items)
                 table.add_row(path.name, str(len(result.items)), tops or "-", f"{result.timings_ms['client']:.1f}",
