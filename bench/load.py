@@ -184,6 +184,33 @@ def stats_snapshot(client, models: Sequence[str]) -> dict[str, dict[str, Any]]:
     return snap
 
 
+def settled_snapshot(client, models: Sequence[str], expect_first: int | None = None, deadline_s: float = 3.0,
+                     interval_s: float = 0.05) -> dict[str, dict[str, Any]]:
+    """A snapshot taken once Triton's counters stop moving.
+
+    Triton records a request's statistics after its response has left, so a snapshot taken the
+    moment the last answer arrives can miss the last batch. This polls until two snapshots
+    ``interval_s`` apart agree and, when given, the first model's finished requests reached
+    ``expect_first``; after ``deadline_s`` it returns what it has (the mismatch then shows in
+    the point's agreement).
+    """
+    def finished(snap: dict[str, dict[str, Any]]) -> int:
+        first = snap[models[0]]
+        return first["success_count"] + first["fail_count"]
+
+    end = time.monotonic() + deadline_s
+    previous = stats_snapshot(client, models)
+    while True:
+        time.sleep(interval_s)
+        current = stats_snapshot(client, models)
+        if current == previous and (expect_first is None or finished(current) >= expect_first):
+            return current
+        if time.monotonic() > end:
+            log.warning("Triton's statistics for %s did not settle within %.1f s", ", ".join(models), deadline_s)
+            return current
+        previous = current
+
+
 def stats_delta(before: Mapping[str, dict], after: Mapping[str, dict]) -> dict[str, dict[str, Any]]:
     """What happened between two snapshots, with per-request means in milliseconds."""
     out: dict[str, dict[str, Any]] = {}
@@ -317,10 +344,12 @@ def run_point(client, workload: Workload, spec: LoadSpec, level: float) -> dict[
 
     if spec.warmup_s > 0:
         drive(spec.warmup_s, None)
-    before = stats_snapshot(client, workload.models)
+    before = settled_snapshot(client, workload.models)  # the warm-up's last statistics are in
     rec, start = drive(spec.duration_s, spec.max_requests)
-    after = stats_snapshot(client, workload.models)
     ok, failed = len(rec.latencies), sum(rec.errors.values())
+    first_before = before[workload.models[0]]
+    after = settled_snapshot(client, workload.models,
+                             expect_first=first_before["success_count"] + first_before["fail_count"] + ok + failed)
     elapsed = max(rec.last_done - start, 1e-9)
     triton = stats_delta(before, after)
     point: dict[str, Any] = {
