@@ -190,3 +190,12 @@ def test_elbow_k_finds_the_knee_when_sse_drops_then_flattens():
     assert C.choose_k(s, "elbow") == 5
     with pytest.raises(ConfigError, match="rule"):
         C.choose_k(s, "gap")
+
+
+def test_hog_features_tell_a_view_from_its_mirror_when_shape_is_asymmetric():
+    img = np.full((1, 224, 224, 3), 240, np.uint8)
+    img[0, 100:160, 20:200] = 30
+    img[0, 40:100, 140:200] = 30  # a boot shaft on the right: not mirror symmetric
+    f = C.extract_features(img, "hog")
+    g = C.extract_features(img[:, :, ::-1], "hog")
+    assert f.shape == g.shape and not np.allclose(f, g)

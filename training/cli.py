@@ -62,6 +62,8 @@ def train_embedder(
     mining: str = typer.Option("batch-hard", help="random | semi-hard | batch-hard"),
     dim: int = typer.Option(128, help="Embedding dimension."),
     margin: float = typer.Option(None, help="Triplet margin on squared distances (default: the preset's)."),
+    products_per_batch: int = typer.Option(None, help="Products per batch (one category per batch)."),
+    internal_size: int = typer.Option(None, help="Side the network sees after in-graph pooling of the 224 input (224, 112, 56)."),
     steps_per_epoch: int = typer.Option(None, help="Steps per epoch (default: the preset's)."),
     stage1_epochs: int = typer.Option(None, help="Epochs at lr1."),
     stage2_epochs: int = typer.Option(None, help="Epochs at lr2."),
@@ -73,6 +75,7 @@ def train_embedder(
 
     try:
         over = {k: v for k, v in dict(mining=mining, dim=dim, margin=margin, steps_per_epoch=steps_per_epoch,
+                                      products_per_batch=products_per_batch, internal_size=internal_size,
                                       stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs).items() if v is not None}
         cfg = E.EmbedderConfig.preset(size, **over)
         t0 = time.monotonic()
@@ -97,6 +100,7 @@ def compare_mining(
     steps_per_epoch: int = typer.Option(None, help="Steps per epoch (default: the preset's)."),
     stage1_epochs: int = typer.Option(None, help="Epochs at lr1."),
     stage2_epochs: int = typer.Option(None, help="Epochs at lr2."),
+    products_per_batch: int = typer.Option(None, help="Products per batch (one category per batch)."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget PER variant."),
 ) -> None:
     """Train one embedder per mining variant with the same budget; print one comparison table."""
@@ -109,7 +113,7 @@ def compare_mining(
     rows = []
     try:
         over = {k: v for k, v in dict(steps_per_epoch=steps_per_epoch, stage1_epochs=stage1_epochs,
-                                      stage2_epochs=stage2_epochs).items() if v is not None}
+                                      stage2_epochs=stage2_epochs, products_per_batch=products_per_batch).items() if v is not None}
         base = E.EmbedderConfig.preset(size, **over)
         train_data = E.load_triplet_data(data, ("train",), base.internal_size)
         eval_data = E.load_eval_data(data)
@@ -121,7 +125,8 @@ def compare_mining(
                          "final_loss": round(float(sum(res.history["loss"][-50:]) / len(res.history["loss"][-50:])), 4),
                          "top1": round(s.top1, 4), "recall6": round(s.recall6, 4), "recall20": round(s.recall20, 4),
                          "queries": s.n})
-            E.save(res, Path(out) / mining, {"seed": seed, "data": str(data)})
+            E.save(res, Path(out) / mining, {"seed": seed, "data": str(data), "machine": _machine(),
+                                             "eval": {k: vars(v) for k, v in E.evaluate(res.model, eval_data).items()}})
     except LookserveError as e:
         _fail(e)
     t = Table(title="mining variants, same data/seed/steps; held-out (test split) overall")
@@ -184,7 +189,9 @@ def train_views(
     out: Path = OUT,
     seed: int = SEED,
     size: str = SIZE,
-    features: str = typer.Option("random-cnn", help="Clustering features: random-cnn | embedder | histogram."),
+    features: str = typer.Option("hog", help="Clustering features: hog | random-cnn | embedder | histogram."),
+    pca_dims: int = typer.Option(8, help="PCA dimensions before KMeans."),
+    types_from: str = typer.Option("catalogue", help="catalogue: each shoe's type is known metadata (as in the original); clusters: only from the labels file."),
     compare: str = typer.Option("", help="Comma-separated other feature backbones whose silhouette curves go on the same plot."),
     k_min: int = typer.Option(2, help="Smallest k of the sweep."),
     k_max: int = typer.Option(20, help="Largest k of the sweep."),
@@ -205,6 +212,7 @@ def train_views(
         report = V.run(
             data, out, cfg, seed, features, tuple(x for x in compare.split(",") if x), (k_min, k_max), k, labels,
             name_from_ground_truth, embedder_weights, max_minutes * 60 if max_minutes else None, k_rule,
+            pca_dims, types_from,
         )
     except LookserveError as e:
         _fail(e)

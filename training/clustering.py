@@ -3,7 +3,9 @@
 The steps, each a function (and a ``lookserve train views`` stage):
 
 1. :func:`extract_features` — a feature vector per view image from a backbone:
-   ``random-cnn`` (the small CNN with random weights, a 2×2 grid of its last feature map — no
+   ``hog`` (OpenCV's histogram of oriented gradients on a 64×64 grey image — hand-crafted,
+   colour-blind, layout-aware; the default because, with no pretrained CNN available, it clusters
+   views best of those measured), ``random-cnn`` (the small CNN with random weights, a 2×2 grid of its last feature map — no
    pretrained weights exist here), ``embedder`` (the trained street2shop embedder's backbone,
    same grid) or ``histogram`` (per-channel colour histograms; layout-blind, a baseline).
 2. :func:`sweep` — KMeans (scikit-learn) for every k in a range on standardised, PCA-reduced
@@ -42,7 +44,7 @@ from lookserve.training.common import (
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("random-cnn", "embedder", "histogram")
+FEATURES = ("hog", "random-cnn", "embedder", "histogram")
 GROUND_TRUTH_NAMING = "ground-truth (evaluation only)"
 
 
@@ -140,6 +142,17 @@ def shoes_in_split(root: str | os.PathLike, split: str | tuple[str, ...]) -> set
 # --------------------------------------------------------------------------------------------
 # features
 # --------------------------------------------------------------------------------------------
+def hog_features(images: np.ndarray, side: int = 64) -> np.ndarray:
+    """OpenCV HOG (16×16 blocks, 8×8 stride and cells, 9 bins) of the grey image at ``side`` px."""
+    import cv2
+
+    hog = cv2.HOGDescriptor((side, side), (16, 16), (8, 8), (8, 8), 9)
+    return np.array(
+        [hog.compute(cv2.resize(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), (side, side), interpolation=cv2.INTER_AREA)).ravel() for im in images],
+        np.float32,
+    )
+
+
 def histogram_features(images: np.ndarray, bins: int = 16) -> np.ndarray:
     """Per-channel colour histograms (L1-normalised), [N, 3·bins]."""
     n = len(images)
@@ -167,6 +180,8 @@ def extract_features(images: np.ndarray, kind: str, seed: int = 0, embedder_weig
         raise ConfigError(f"unknown feature backbone {kind!r}; expected one of {', '.join(FEATURES)}")
     if kind == "histogram":
         return histogram_features(images)
+    if kind == "hog":
+        return hog_features(images)
     from lookserve.training.common import build_backbone, keras_module, set_seed
 
     keras = keras_module()
@@ -201,7 +216,7 @@ class Sweep:
         return {"ks": list(self.ks), "silhouette": list(self.silhouette), "sse": list(self.sse)}
 
 
-def reduce_features(features: np.ndarray, seed: int = 0, dims: int = 32):
+def reduce_features(features: np.ndarray, seed: int = 0, dims: int = 8):
     """Standardise and PCA-reduce; returns (reduced features, fitted sklearn pipeline)."""
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline

@@ -149,7 +149,7 @@ class DetectorTrainConfig:
 
     model: DetectorConfig = field(default_factory=DetectorConfig)
     batch_size: int = 4
-    steps: int = 1500
+    steps: int = 2000
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 1e-4

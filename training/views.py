@@ -268,7 +268,7 @@ def label_views(
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
     seed: int = 0,
-    features: str = "random-cnn",
+    features: str = "hog",
     compare: tuple[str, ...] = (),
     k_range: tuple[int, int] = (2, 20),
     k: int | None = None,
@@ -278,6 +278,7 @@ def label_views(
     train_views: C.ViewImages | None = None,
     test_views: C.ViewImages | None = None,
     k_rule: str = "silhouette",
+    pca_dims: int = 8,
 ) -> tuple[LabellingResult, np.ndarray]:
     """Clustering stages (1–5 of the module doc) on the train split; returns the result and the
     cluster of every train image. Purity against the true view is computed for the report."""
@@ -287,13 +288,13 @@ def label_views(
     truth = C.read_ground_truth(root)
     tr = train_views or C.load_view_images(root, C.shoes_in_split(root, "train"))
     feats = C.extract_features(tr.images, features, seed, embedder_weights)
-    x, pipe = C.reduce_features(feats, seed)
+    x, pipe = C.reduce_features(feats, seed, pca_dims)
     sweeps = {features: C.sweep(x, range(k_range[0], k_range[1] + 1), seed)}
     for other in compare:
         if other == features:
             continue
         fo = C.extract_features(tr.images, other, seed, embedder_weights)
-        sweeps[other] = C.sweep(C.reduce_features(fo, seed)[0], range(k_range[0], k_range[1] + 1), seed)
+        sweeps[other] = C.sweep(C.reduce_features(fo, seed, pca_dims)[0], range(k_range[0], k_range[1] + 1), seed)
     chosen = k or C.choose_k(sweeps[features], k_rule)
     plot = C.plot_sweep(sweeps, out / "clustering" / "silhouette_sse.png", {features: chosen})
     km = C.kmeans(x, chosen, seed)
@@ -325,7 +326,7 @@ def run(
     out_dir: str | os.PathLike,
     config: ViewConfig,
     seed: int = 0,
-    features: str = "random-cnn",
+    features: str = "hog",
     compare: tuple[str, ...] = (),
     k_range: tuple[int, int] = (2, 20),
     k: int | None = None,
@@ -334,18 +335,30 @@ def run(
     embedder_weights: str | os.PathLike | None = None,
     max_seconds: float | None = None,
     k_rule: str = "silhouette",
+    pca_dims: int = 8,
+    types_from: str = "catalogue",
 ) -> dict[str, Any]:
     """The whole job. Without a labels file (and without the ground-truth option) it stops after
-    the contact sheets: a person names the clusters, then runs it again with ``labels_file``."""
+    the contact sheets: a person names the clusters, then runs it again with ``labels_file``.
+
+    ``types_from``: ``catalogue`` — the footwear type of each shoe is catalogue metadata, as in
+    the original (its supplier CSV had a class column and clustering only found the views); here it
+    is read from the per-shoe ``type`` of the data set's ground truth of the TRAIN split.
+    ``clusters`` — only the types that the labels file gives clusters (propagated over each
+    shoe's views); unknown types are masked out of the loss."""
+    if types_from not in ("catalogue", "clusters"):
+        raise ConfigError(f"types_from must be 'catalogue' or 'clusters', got {types_from!r}")
     out = Path(out_dir)
     t0 = time.monotonic()
     tr = C.load_view_images(root, C.shoes_in_split(root, "train"))
     te = C.load_view_images(root, C.shoes_in_split(root, "test"))
     lab, clusters = label_views(
-        root, out, seed, features, compare, k_range, k, labels_file, name_from_ground_truth, embedder_weights, tr, te, k_rule
+        root, out, seed, features, compare, k_range, k, labels_file, name_from_ground_truth, embedder_weights, tr, te, k_rule,
+        pca_dims,
     )
     report: dict[str, Any] = {
         "features": lab.features,
+        "pca_dims": pca_dims,
         "k": lab.k,
         "k_rule": "given" if k else k_rule,
         "silhouette_at_k": {n: dict(zip(s.ks, s.silhouette, strict=True)).get(lab.k) for n, s in lab.sweeps.items()},
@@ -362,6 +375,10 @@ def run(
     if len(set(lab.labels)) != lab.k:
         raise ConfigError(f"the labels file names {len(lab.labels)} clusters but k = {lab.k}; pass --k {len(lab.labels)}")
     best, types = C.labels_for_images(clusters, tr.shoes, lab.labels)
+    report["types_from"] = types_from
+    if types_from == "catalogue":
+        truth_tr = C.read_ground_truth(root)
+        types = np.array([FOOTWEAR_TYPES.index(truth_tr[p].type) for p in tr.paths], np.int32)
     report["train_images"] = int(len(best))
     report["train_images_with_type"] = int((types >= 0).sum())
     result = train(tr.images, best, types, config, seed, max_seconds)
