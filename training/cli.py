@@ -278,3 +278,40 @@ def eval_detector(
         _fail(e)
     if result is not None:
         _console().print_json(json.dumps(result, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# everything (make train)
+# --------------------------------------------------------------------------------------------
+@app.command("all")
+def train_all(
+    data: Path = typer.Option(Path("runs/data"), "--data", help="Data set root; generated first when missing."),
+    seed: int = SEED,
+    preset: str = typer.Option("small", help="Data preset used when the data set has to be generated."),
+    out_root: Path = typer.Option(Path("runs/weights"), help="Writes <out-root>/{detector,embedder,view_classifier}."),
+    max_minutes: float = typer.Option(20.0, "--max-minutes", help="Time budget per model."),
+    skip_detector: bool = typer.Option(False, help="Train only the embedder and the view classifier."),
+) -> None:
+    """Regenerate the data (if missing) and retrain all three models from one seed.
+
+    The view classifier's clusters are named from the generated ground truth here (evaluation-only
+    naming, said in its report), so the run needs no person; the reference weights were made the same way.
+    """
+    if not (data / "photos" / "photos.txt").exists():
+        from lookserve.data import synth
+
+        _console().print(f"generating the {preset} data set into {data} (seed {seed})")
+        synth.generate(data, synth.SynthConfig.preset(preset), seed)
+    if not skip_detector:
+        train_detector(data=data, out=out_root / "detector", seed=seed, size="small", steps=None, max_minutes=max_minutes)
+    train_embedder(
+        data=data, out=out_root / "embedder", seed=seed, size="small", mining="random", dim=128, margin=None,
+        products_per_batch=16, internal_size=None, steps_per_epoch=None, stage1_epochs=None, stage2_epochs=None,
+        max_minutes=max_minutes,
+    )
+    train_views(
+        data=data, out=out_root / "view_classifier", seed=seed, size="small", features="hog", pca_dims=8,
+        types_from="catalogue", compare="random-cnn,histogram", k_min=2, k_max=15, k=None, k_rule="silhouette",
+        labels=None, name_from_ground_truth=True, embedder_weights=out_root / "embedder", steps=None,
+        max_minutes=max_minutes,
+    )
