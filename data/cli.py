@@ -36,6 +36,7 @@ def synth(
     n_shoes: int = typer.Option(None, "--shoes", help="Override the preset's number of footwear view sets."),
     street_size: int = typer.Option(None, "--street-size", help="Street photo side in pixels (default 384)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty OUT."),
+    workers: int = typer.Option(1, "--workers", help="Processes rendering street photos (same files for any number)."),
 ) -> None:
     """Generate a street2shop-format data set with exact ground truth."""
     import dataclasses
@@ -48,7 +49,7 @@ def synth(
         over = {k: v for k, v in {"n_products": n_products, "n_street": n_street, "n_shoes": n_shoes,
                                   "street_size": street_size}.items() if v is not None}
         config = dataclasses.replace(config, **over)
-        root = S.generate(out, config, seed, overwrite=overwrite, progress=True)
+        root = S.generate(out, config, seed, overwrite=overwrite, progress=True, workers=workers)
     except LookserveError as e:
         _fail(e)
     info = json.loads((root / "dataset.json").read_text())

@@ -372,9 +372,13 @@ def generate(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write a data set to ``out_dir`` (built in a temporary sibling, renamed at the end, so a
-    failed run leaves nothing half-written). Returns ``out_dir``."""
+    failed run leaves nothing half-written). Returns ``out_dir``. ``workers`` > 1 renders the
+    street photos in that many processes — the files are byte-identical to ``workers=1``."""
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: expected >= 1")
     config = config or SynthConfig.small()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -382,7 +386,7 @@ def generate(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _generate_into(tmp, config, seed, progress)
+        _generate_into(tmp, config, seed, progress, workers)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -410,7 +414,36 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=True)
 
 
-def _generate_into(root: Path, config: SynthConfig, seed: int, progress: bool) -> None:
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _street_worker_init(state: dict[str, Any]) -> None:
+    cv2.setNumThreads(1)
+    _WORKER_STATE.update(state)
+
+
+def _street_job(job: tuple[int, str, list[int]]) -> StreetResult:
+    st = _WORKER_STATE
+    i, _, prods = job
+    return render_street(i, st["seed"], [st["by_id"][p] for p in prods], st["patches"], st["config"], st["bank"])
+
+
+def _street_results(plan, seed, by_id, patches, config, bank, workers: int):
+    """Street photos in plan order; with ``workers`` > 1 rendered by worker processes (each photo
+    depends only on its own seed stream, so the files are the same either way). Workers are
+    spawned, not forked: forking a process whose OpenCV thread pool holds a lock can deadlock."""
+    if workers <= 1:
+        for i, _, prods in plan:
+            yield render_street(i, seed, [by_id[p] for p in prods], patches, config, bank)
+        return
+    import multiprocessing as mp
+
+    state = {"seed": seed, "by_id": by_id, "patches": patches, "config": config, "bank": bank}
+    with mp.get_context("spawn").Pool(workers, initializer=_street_worker_init, initargs=(state,)) as pool:
+        yield from pool.imap(_street_job, plan, chunksize=8)
+
+
+def _generate_into(root: Path, config: SynthConfig, seed: int, progress: bool, workers: int = 1) -> None:
     t0 = time.perf_counter()
     (root / "images").mkdir()
     looks = make_catalog(config, seed)
@@ -442,9 +475,9 @@ def _generate_into(root: Path, config: SynthConfig, seed: int, progress: bool) -
             shop_of[lk.id] = ids
             bar.advance(task)
         task = bar.add_task("street photos", total=n_street)
-        for i, split, prods in plan:
+        for (i, split, _prods), res in zip(plan, _street_results(plan, seed, by_id, patches, config, noise_bank, workers),
+                                          strict=True):
             photo_id = i + 1
-            res = render_street(i, seed, [by_id[p] for p in prods], patches, config, noise_bank)
             (root / "images" / f"{photo_id}.jpg").write_bytes(res.jpeg)
             photo_lines.append(f"{photo_id},images/{photo_id}.jpg")
             street_by_split[split].append(photo_id)

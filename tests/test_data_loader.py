@@ -14,7 +14,6 @@ import pytest
 from lookserve.data import footwear, preview, street2shop, synth
 from lookserve.errors import DataError
 
-
 CONFIG = synth.SynthConfig(n_products=22, n_street=16, n_shoes=6)
 
 

@@ -37,17 +37,20 @@ def test_generate_writes_byte_identical_files_when_seed_is_the_same(tiny, tmp_pa
     assert _digest(again) == _digest(tiny)
 
 
-def test_generate_is_byte_identical_across_processes_when_hash_seed_differs(tmp_path):
+def test_generate_writes_the_same_files_when_another_process_renders_with_two_workers(tmp_path):
+    """Same seed → same bytes across processes (another PYTHONHASHSEED) and worker counts."""
     import os
     import subprocess
     import sys
 
-    cfg = "dataclasses.replace(synth.SynthConfig.tiny(), n_street=5, n_shoes=1)"
-    code = f"import dataclasses, sys; from lookserve.data import synth; synth.generate(sys.argv[1], {cfg}, seed=4)"
-    for name, hash_seed in (("a", "1"), ("b", "977")):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], check=True, env=env)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    cfg = dataclasses.replace(synth.SynthConfig.tiny(), n_street=10, n_shoes=1)
+    one = synth.generate(tmp_path / "one", cfg, seed=9)
+    code = ("import dataclasses, sys; from lookserve.data import synth; "
+            "cfg = dataclasses.replace(synth.SynthConfig.tiny(), n_street=10, n_shoes=1); "
+            "synth.generate(sys.argv[1], cfg, seed=9, workers=2)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "two")], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "977"})
+    assert _digest(one) == _digest(tmp_path / "two")
 
 
 def test_generate_writes_different_images_when_seed_differs(tiny, tmp_path):
