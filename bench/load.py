@@ -307,7 +307,8 @@ def _open(workload: Workload, rate: float, poisson: bool, duration_s: float, max
           max_in_flight: int, seed: int) -> tuple[_Recorder, float]:
     rec = _Recorder()
     rng = np.random.default_rng(seed)
-    n_max = max_requests if max_requests is not None else math.ceil(rate * duration_s) + 1
+    # enough arrivals to cover the duration (a Poisson process can run ahead of its mean rate)
+    n_max = max_requests if max_requests is not None else math.ceil(rate * duration_s * (1.5 if poisson else 1.0)) + 10
     gaps = rng.exponential(1 / rate, size=n_max) if poisson else np.full(n_max, 1 / rate)
     gaps[0] = 0.0
     offsets = np.cumsum(gaps)
