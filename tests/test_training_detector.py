@@ -354,3 +354,19 @@ def test_large_detector_builds_resnet50_fpn_and_serves_contract_when_untrained()
     out = det(np.zeros((1, 512, 512, 3), np.uint8))
     assert out["boxes"].shape == (1, 20, 4) and out["masks"].shape == (1, 20, 28, 28)
     assert out["num_detections"].shape == (1, 1)
+
+
+@pytest.mark.tf
+def test_committed_reference_weights_load_and_serve_contract_when_present():
+    from lookserve.contracts import detector_config
+    from lookserve.training.detector import load_model
+
+    weights = Path(__file__).resolve().parents[1] / "training" / "weights" / "detector"
+    if not (weights / "model.weights.h5").is_file():
+        pytest.skip("no committed detector weights")
+    assert (weights / "model.weights.h5").stat().st_size <= 10 * 2**20
+    assert (weights / "MODEL_CARD.md").is_file()
+    det = load_model(weights)
+    out = det(np.zeros((2, 512, 512, 3), np.uint8))
+    for spec in detector_config().outputs:
+        assert out[spec.name].shape == (2, *spec.dims)
