@@ -180,11 +180,20 @@ def model(
         _fail(e)
 
 
+def _read_photos(directory: Path, limit: int = 64) -> list[bytes]:
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit] \
+        if directory.is_dir() else []
+    if not files:
+        raise typer.BadParameter(f"--photos {directory}: no .jpg/.jpeg/.png files there")
+    return [p.read_bytes() for p in files]
+
+
 @app.command()
 def look(
     ctx: typer.Context,
     catalog: Path = typer.Option(..., "--catalog", help="Catalog directory the look chain searches."),
     photo_size: int = typer.Option(640, "--photo-size", min=32, help="Side of the generated street photos (JPEG)."),
+    photos_dir: Path | None = typer.Option(None, "--photos", help="Send these street photos (jpg/png files) instead of generated ones."),
     url: str = URL, repository: Path | None = REPO, model_config_name: str | None = CONFIG_NAME,
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
     warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
@@ -195,7 +204,9 @@ def look(
 
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
-        _run_load(lambda client: chain_workload("look", client, catalog=catalog, size=photo_size, seed=seed), url, repository,
+        photos = _read_photos(photos_dir) if photos_dir is not None else None
+        _run_load(lambda client: chain_workload("look", client, catalog=catalog, size=photo_size, seed=seed, photos=photos),
+                  url, repository,
                   model_config_name, ["detector", "embedder"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
         _fail(e)

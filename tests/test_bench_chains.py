@@ -10,8 +10,7 @@ from test_thumbnails_chain import SIZE, tiny_view_classifier
 from typer.testing import CliRunner
 
 from lookserve import contracts
-from lookserve.bench.load import LoadSpec, chain_workload, read_report, run_load
-from lookserve.client.core import TritonClient
+from lookserve.bench.load import chain_workload, read_report
 from lookserve.errors import ConfigError
 from tinymodels import write_model
 
@@ -39,20 +38,26 @@ def test_bench_thumbnails_counts_one_batched_request_per_product_when_cli_runs(t
 
 
 @pytest.mark.triton
-def test_bench_look_counts_detector_once_per_photo_when_chain_runs(served):  # noqa: F811
-    spec = LoadSpec(mode="constant", levels=(15.0,), duration_s=1.0, max_requests=10, warmup_s=0.2)
-    with TritonClient(served["server"].grpc_url, timeout_s=10) as client:
-        photos = [img_bytes(street_photo(slots, seed=i)) for i, slots in
-                  enumerate([[(230, "tops"), (240, "bags")], [(200, "hats")], [(100, "tops")]])]  # the last is filtered out
-        workload = chain_workload("look", client, catalog=served["catalog"], photos=photos)
-        report = run_load(client, workload, spec, progress=False)
-    point = report["points"][0]
+def test_bench_look_counts_detector_once_per_photo_when_cli_runs_open_loop(served, tmp_path):  # noqa: F811
+    from lookserve.cli import app
+
+    photos = tmp_path / "street"
+    photos.mkdir()
+    for i, slots in enumerate([[(230, "tops"), (240, "bags")], [(200, "hats")], [(100, "tops")]]):  # the last: filtered out
+        (photos / f"{i}.png").write_bytes(img_bytes(street_photo(slots, seed=i)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", "look", "--url", served["server"].grpc_url, "--catalog", str(served["catalog"]),
+                                      "--photos", str(photos), "--mode", "constant", "--levels", "15", "--duration", "1",
+                                      "--max-requests", "10", "--warmup", "0.2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    point = read_report(out / "look.json")["points"][0]
     assert point["errors"] == {}, point["error_examples"]
     assert 0 < point["requests"] <= 10
     assert point["agreement"]["counts_match"] is True
     assert point["triton"]["detector"]["requests"] == point["requests"]
     assert point["triton"]["embedder"]["requests"] <= point["requests"]  # only photos with kept items embed
     assert point["breakdown"]["total_ms"] >= point["breakdown"]["compute_ms"] > 0
+    assert point["latency"]["mean_ms"] >= point["service_latency"]["mean_ms"] - 1e-6  # open loop: from intended time
 
 
 def test_chain_workload_refuses_when_chain_unknown():
