@@ -370,3 +370,15 @@ def test_committed_reference_weights_load_and_serve_contract_when_present():
     out = det(np.zeros((2, 512, 512, 3), np.uint8))
     for spec in detector_config().outputs:
         assert out[spec.name].shape == (2, *spec.dims)
+
+
+@pytest.mark.tf
+def test_train_detector_continues_from_init_weights_when_given(trained, tiny_data, tmp_path):
+    from lookserve.training.detector import train_detector
+
+    out, first = trained
+    cont = train_detector(tiny_data, tmp_path / "c", seed=0, config=tiny_train_config(2), progress=False, init_weights=out)
+    assert cont["first_loss"]["total"] < 0.5 * first["first_loss"]["total"]
+    with pytest.raises(ConfigError, match="another configuration"):
+        train_detector(tiny_data, tmp_path / "d", seed=0, config=tiny_train_config(2, model=tiny_config(head_dim=16)),
+                       progress=False, init_weights=out)

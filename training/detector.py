@@ -717,10 +717,13 @@ def train_detector(
     max_minutes: float | None = None,
     progress: bool = True,
     limit: int | None = None,
+    init_weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train a detector on ``data_dir``'s ``instances_train.json`` and save it into ``out_dir``.
 
-    ``config`` wins over ``size``; ``steps``/``max_minutes`` override the config's. Returns a
+    ``config`` wins over ``size``; ``steps``/``max_minutes`` override the config's.
+    ``init_weights``: a weights directory of the same architecture to continue training from
+    (a fresh optimizer and schedule; e.g. to extend a run that its time budget cut short). Returns a
     summary (steps run, wall seconds, first/last losses) that is also written to
     ``out_dir/training.json`` next to the weights, with a loss plot ``loss.png``.
     """
@@ -738,7 +741,12 @@ def train_detector(
     samples = load_samples(data_dir, "train", mask_size=tcfg.gt_mask_size, limit=limit)
     samples = [s for s in samples if len(s.boxes)] or samples
     log.info("detector: %d training images loaded in %.1fs", len(samples), time.perf_counter() - t_load)
-    det = build_model(cfg)
+    if init_weights is not None:
+        det = load_model(init_weights)
+        if det.config != cfg:
+            raise ConfigError(f"{init_weights} holds a detector of another configuration than the one to train")
+    else:
+        det = build_model(cfg)
     trainer = DetectorTrainer(det, tcfg, seed)
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
@@ -775,6 +783,7 @@ def train_detector(
     summary = {
         "seed": seed,
         "data_dir": str(data_dir),
+        "init_weights": None if init_weights is None else str(init_weights),
         "train_images": len(samples),
         "steps_planned": tcfg.steps,
         "steps_run": len(history),
