@@ -104,6 +104,9 @@ class AugmentConfig:
     hflip: float = 0.5
     vflip: float = 0.5
     equalize: float = 0.5
+    #: probability of a random permutation of the RGB channels (not in the original; used by the
+    #: view classifier, where a shoe's colour says nothing about its view or type)
+    channel_shuffle: float = 0.0
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -119,6 +122,8 @@ def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np
         out = out[:, ::-1]
     if cfg.vflip and rng.random() < cfg.vflip:
         out = out[::-1]
+    if cfg.channel_shuffle and rng.random() < cfg.channel_shuffle:
+        out = out[..., rng.permutation(3)]
     out = np.ascontiguousarray(out)
     if cfg.equalize and rng.random() < cfg.equalize:
         eq = np.stack([cv2.equalizeHist(out[..., c]) for c in range(3)], axis=-1)

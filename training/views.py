@@ -50,7 +50,7 @@ SIZES = ("small", "large")
 
 
 def _no_flip_augment() -> AugmentConfig:
-    return AugmentConfig(dropout=0.01, blur_sigma=1.0, hflip=0.0, vflip=0.0, equalize=0.3)
+    return AugmentConfig(dropout=0.01, blur_sigma=1.0, hflip=0.0, vflip=0.0, equalize=0.3, channel_shuffle=0.8)
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ def build_core(config: ViewConfig):
     bb = build_backbone(config.backbone, config.internal_size, width=config.width, spatial_pool=2, prefix="view")
     inp = keras.Input((config.internal_size, config.internal_size, 3), dtype="float32", name="pooled")
     x = bb(inp)
+    x = layers.Dropout(0.3, name="view_dropout")(x)
     x = layers.Dense(64, activation="relu", name="view_hidden")(x)
     t = layers.Dense(len(FOOTWEAR_TYPES), activation="softmax", name="type_probs")(x)
     b = layers.Dense(1, activation="sigmoid", name="best_view")(x)
@@ -262,6 +263,7 @@ class LabellingResult:
     heldout_purity: float | None
     plot: Path
     sheets_dir: Path
+    compared: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def label_views(
@@ -290,12 +292,22 @@ def label_views(
     feats = C.extract_features(tr.images, features, seed, embedder_weights)
     x, pipe = C.reduce_features(feats, seed, pca_dims)
     sweeps = {features: C.sweep(x, range(k_range[0], k_range[1] + 1), seed)}
+    chosen = k or C.choose_k(sweeps[features], k_rule)
+    tr_truth = [truth[p] for p in tr.paths]
+    compared: dict[str, dict[str, float]] = {}
     for other in compare:
         if other == features:
             continue
         fo = C.extract_features(tr.images, other, seed, embedder_weights)
-        sweeps[other] = C.sweep(C.reduce_features(fo, seed, pca_dims)[0], range(k_range[0], k_range[1] + 1), seed)
-    chosen = k or C.choose_k(sweeps[features], k_rule)
+        xo = C.reduce_features(fo, seed, pca_dims)[0]
+        sweeps[other] = C.sweep(xo, range(k_range[0], k_range[1] + 1), seed)
+        own_k = C.choose_k(sweeps[other], k_rule)
+        # purity against the true view (ground truth read for this comparison only)
+        compared[other] = {
+            "own_k": own_k,
+            "view_purity_at_own_k": C.purity(C.kmeans(xo, own_k, seed).labels_, C.view_index(tr_truth)),
+            f"view_purity_at_k{chosen}": C.purity(C.kmeans(xo, chosen, seed).labels_, C.view_index(tr_truth)),
+        }
     plot = C.plot_sweep(sweeps, out / "clustering" / "silhouette_sse.png", {features: chosen})
     km = C.kmeans(x, chosen, seed)
     clusters = km.labels_
@@ -303,7 +315,6 @@ def label_views(
     C.contact_sheets(tr.images, clusters, sheets, seed=seed)
     joblib.dump({"pipe": pipe, "kmeans": km, "features": features, "seed": seed}, out / "clustering" / "kmeans.joblib")
     atomic_write_json(out / "clustering" / "sweeps.json", {"chosen_k": chosen, "features": features, "sweeps": {n: s.to_dict() for n, s in sweeps.items()}})
-    tr_truth = [truth[p] for p in tr.paths]
     train_purity = C.purity(clusters, C.view_index(tr_truth))
     heldout_purity = None
     te = test_views
@@ -317,7 +328,7 @@ def label_views(
         labels, named_by = C.name_from_ground_truth(clusters, tr_truth), C.GROUND_TRUTH_NAMING
         log.warning("clusters named from the generated ground truth — for evaluation only")
         C.write_labels(out / "clustering" / "labels.json", labels, named_by, chosen, features)
-    res = LabellingResult(features, chosen, sweeps, labels, named_by, train_purity, heldout_purity, plot, sheets)
+    res = LabellingResult(features, chosen, sweeps, labels, named_by, train_purity, heldout_purity, plot, sheets, compared)
     return res, clusters
 
 
@@ -364,6 +375,7 @@ def run(
         "silhouette_at_k": {n: dict(zip(s.ks, s.silhouette, strict=True)).get(lab.k) for n, s in lab.sweeps.items()},
         "best_silhouette": {n: max(s.silhouette) for n, s in lab.sweeps.items()},
         "train_view_purity": lab.train_purity,
+        **{f"compare.{n}": v for n, v in lab.compared.items()},
         "heldout_view_purity": lab.heldout_purity,
         "plot": str(lab.plot),
         "sheets": str(lab.sheets_dir),
