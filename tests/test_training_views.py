@@ -199,3 +199,40 @@ def test_hog_features_tell_a_view_from_its_mirror_when_shape_is_asymmetric():
     f = C.extract_features(img, "hog")
     g = C.extract_features(img[:, :, ::-1], "hog")
     assert f.shape == g.shape and not np.allclose(f, g)
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    from lookserve.data import synth
+
+    return synth.generate(tmp_path_factory.mktemp("synth"), synth.SynthConfig.tiny(), seed=0)
+
+
+@pytest.mark.tf
+def test_run_labels_trains_and_scores_when_given_generated_tiny_data(tiny_synth, tmp_path):
+    report = V.run(tiny_synth, tmp_path, _tiny_cfg(steps=3), seed=0, k_range=(2, 6), name_from_ground_truth=True)
+    assert report["named_by"] == C.GROUND_TRUTH_NAMING
+    assert 0.0 <= report["heldout_view_purity"] <= 1.0 and report["heldout"]["shoes"] > 0
+    assert (tmp_path / "clustering" / "silhouette_sse.png").is_file()
+    assert set(V.evaluate(tiny_synth, tmp_path)) >= {"heldout", "heldout_view_purity", "k"}
+
+
+def test_run_stops_after_contact_sheets_when_no_labels_are_given(tiny_synth, tmp_path):
+    report = V.run(tiny_synth, tmp_path, _tiny_cfg(steps=3), seed=0, k_range=(2, 5))
+    assert "next" in report and "heldout" not in report
+    assert (tmp_path / "clustering" / "sheets" / "labels_template.json").is_file()
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("kind", ["embedder", "view_classifier"])
+def test_committed_reference_weights_load_and_match_the_contract(kind):
+    from pathlib import Path
+
+    from lookserve import contracts
+    from lookserve.training import embedder as E
+
+    weights = Path(__file__).resolve().parents[1] / "training" / "weights" / kind
+    model = (E if kind == "embedder" else V).load_model(weights)
+    cfg = contracts.embedder_config() if kind == "embedder" else contracts.view_classifier_config()
+    out = model(np.zeros((2, 224, 224, 3), np.uint8))
+    assert {t.name: (2, *t.dims) for t in cfg.outputs} == {k: tuple(v.shape) for k, v in out.items()}

@@ -59,7 +59,7 @@ def train_embedder(
     out: Path = OUT,
     seed: int = SEED,
     size: str = SIZE,
-    mining: str = typer.Option("batch-hard", help="random | semi-hard | batch-hard"),
+    mining: str = typer.Option("random", help="random (the original's) | semi-hard | batch-hard"),
     dim: int = typer.Option(128, help="Embedding dimension."),
     margin: float = typer.Option(None, help="Triplet margin on squared distances (default: the preset's)."),
     products_per_batch: int = typer.Option(None, help="Products per batch (one category per batch)."),

@@ -70,9 +70,9 @@ class EmbedderConfig:
     backbone: str = "small"
     width: int = 32
     internal_size: int = 112
-    mining: str = "batch-hard"
+    mining: str = "random"
     margin: float = 0.5
-    products_per_batch: int = 32
+    products_per_batch: int = 16
     steps_per_epoch: int = 50
     stage1_epochs: int = 10
     stage2_epochs: int = 10
@@ -412,7 +412,13 @@ def train(
 ) -> TrainResult:
     """Train from scratch; stops early (keeping the weights so far) after ``max_seconds``."""
     keras = keras_module()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     set_seed(seed)
     model = build_model(config)

@@ -171,7 +171,13 @@ def train(
     """Train on uint8 [N, 224, 224, 3] images (or already pooled to ``internal_size``) with
     best-view targets (0/1) and type indices (−1 = unknown)."""
     keras = keras_module()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if not (len(images) == len(best) == len(types)) or len(images) == 0:
         raise DataError(f"need equal, non-empty images/targets, got {len(images)}, {len(best)}, {len(types)}")
