@@ -1,0 +1,210 @@
+"""``lookserve demo``: the main job end to end, on this machine, in a few minutes.
+
+1. generate a fresh street2shop-format data set (a seed the reference models never saw);
+2. export the committed reference weights (``training/weights``) to ``model_repository/``
+   behind the parity gate — skipped when version 1 was already exported from the same weights;
+3. start real Triton on a free 127.0.0.1 port and load detector, embedder and view classifier;
+4. build the catalog index of the data set's shop photos through the served embedder;
+5. shop the look on street photos (JSON + rendered PNG per photo) and score it against the
+   ground truth; pick thumbnails and footwear types for every shoe and score them;
+6. stop Triton and print where everything is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from lookserve import contracts
+from lookserve.errors import LookserveError
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(no_args_is_help=True)
+
+MODELS = (contracts.DETECTOR, contracts.EMBEDDER, contracts.VIEW_CLASSIFIER)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path = Path("runs/demo")
+    weights_root: Path = Path("training/weights")
+    model_repository: Path = Path("model_repository")
+    seed: int = 7  # the reference models were trained on seed 0
+    products: int = 160
+    street: int = 24
+    shoes: int = 30
+    reexport: bool = False
+    render: int = 6  # street photos rendered to PNG
+
+
+def _needs_export(repository: Path, name: str, weights: Path) -> bool:
+    """True unless ``<name>/1`` holds a complete export of exactly these weights."""
+    from lookserve.export.core import sha256_path
+
+    version = repository / name / "1"
+    info_path = version / "export.json"
+    if not (version / "model.onnx").is_file() or not info_path.is_file():
+        return True
+    try:
+        info = json.loads(info_path.read_text())
+        return info.get("source", {}).get("sha256") != sha256_path(weights)
+    except (OSError, ValueError, LookserveError):
+        return True
+
+
+def export_reference(options: DemoOptions) -> list[str]:
+    """Export the reference weights that are not yet served as version 1; returns those exported."""
+    from lookserve.export.models import export_trained, find_trained
+
+    found = find_trained(options.weights_root)
+    missing = [m for m in MODELS if m not in found]
+    if missing:
+        raise LookserveError(f"no reference weights for {', '.join(missing)} under {options.weights_root} "
+                             "(train them: make train)")
+    done = []
+    for kind in MODELS:
+        if options.reexport or _needs_export(options.model_repository, kind, found[kind]):
+            log.info("exporting %s from %s (parity gate)", kind, found[kind])
+            export_trained(kind, found[kind], options.model_repository, 1, overwrite=True)
+            done.append(kind)
+        else:
+            log.info("%s: version 1 already exported from these weights", kind)
+    return done
+
+
+def run_demo(options: DemoOptions) -> dict:
+    """Run the whole demo and return its figures (also written to ``<out>/summary.json``)."""
+    from lookserve.client.catalog import (
+        TritonEmbedder,
+        build_catalog,
+        load_records,
+        open_for_client,
+    )
+    from lookserve.client.core import TritonClient
+    from lookserve.client.look import LookConfig, LookPipeline, evaluate_pairs, write_result
+    from lookserve.client.render import render_look, render_thumbnails
+    from lookserve.client.thumbnails import (
+        ThumbnailPipeline,
+        evaluate,
+        find_products,
+        write_outputs,
+    )
+    from lookserve.data import street2shop
+    from lookserve.data.synth import SynthConfig, generate
+    from lookserve.server.launcher import ServerOptions, TritonServer, free_port
+
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    data_root = out / "data"
+    config = SynthConfig(n_products=options.products, n_street=options.street, n_shoes=options.shoes,
+                         split_fractions=(0.0, 0.0, 1.0))  # every product held out: nothing to train on here
+    generate(data_root, config, seed=options.seed, overwrite=True, progress=True)
+    timings["generate data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    exported = export_reference(options)
+    timings["export"] = time.perf_counter() - t
+
+    server_options = ServerOptions(model_repository=options.model_repository.resolve(), grpc_port=free_port(),
+                                   load_models=MODELS, work_dir=None)
+    t = time.perf_counter()
+    with TritonServer(server_options) as server:
+        timings["start Triton + load 3 models"] = time.perf_counter() - t
+        with TritonClient(server.grpc_url, timeout_s=60.0) as client:
+            client.wait_ready(deadline_s=60.0)
+            t = time.perf_counter()
+            records = load_records(data_root)
+            catalog_dir = out / "catalog"
+            build_catalog(records, catalog_dir, TritonEmbedder(client), batch_size=32, concurrency=2,
+                          model_repository=options.model_repository, progress=True, images_root=data_root)
+            catalog = open_for_client(catalog_dir, client, options.model_repository)
+            timings["build catalog"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            pipe = LookPipeline(client, catalog, LookConfig(timeout_s=60.0))
+            look_figures = evaluate_pairs(pipe, data_root, split="test", concurrency=2)
+            photos = list(dict.fromkeys(p.street_path for p in street2shop.load(data_root).pairs_of("test")))
+            look_dir = out / "look"
+            for path in photos[: options.render]:
+                result = pipe.run(path)
+                write_result(result, look_dir / f"{path.stem}.json")
+                render_look(result, path, catalog, look_dir / f"{path.stem}.png", pipe.config.k)
+            timings["shop the look"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            thumbs = ThumbnailPipeline(client)
+            products = find_products(data_root)
+            results = [r for r in thumbs.run_many(products, concurrency=2) if not isinstance(r, LookserveError)]
+            thumb_dir = out / "thumbnails"
+            write_outputs(results, thumb_dir)
+            render_thumbnails(results, thumb_dir / "contact_sheet.png")
+            thumb_figures = evaluate(results, data_root / "footwear" / "ground_truth.json", splits=None)
+            timings["thumbnails"] = time.perf_counter() - t
+            versions = {m: client.model_metadata(m).versions for m in MODELS}
+
+    summary = {
+        "data": str(data_root), "seed": options.seed, "exported": exported, "served_versions": versions,
+        "catalog": {"dir": str(catalog_dir), "photos": len(records), "categories": sorted(catalog.categories)},
+        "look": look_figures, "look_outputs": str(look_dir),
+        "thumbnails": {**thumb_figures, "products": len(products), "answered": len(results)},
+        "thumbnail_outputs": str(thumb_dir), "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    look, thumbs = summary["look"], summary["thumbnails"]
+    table = Table("figure", "value", title="lookserve demo (every product held out from training)")
+    table.add_row("models exported now", ", ".join(summary["exported"]) or "none (already up to date)")
+    table.add_row("served versions", ", ".join(f"{m} v{','.join(v)}" for m, v in summary["served_versions"].items()))
+    table.add_row("catalog", f"{summary['catalog']['photos']} shop photos, {len(summary['catalog']['categories'])} categories")
+    table.add_row("look: street photos / pairs", f"{look['street_photos']} / {look['pairs']}")
+    table.add_row("look: item detected", f"{look['detected']:.3f}")
+    table.add_row("look: top-1 product", f"{look['top1_accuracy']:.3f}")
+    k = look["k"]
+    table.add_row(f"look: top-{k} product", f"{look[f'top{k}_accuracy']:.3f}")
+    for key, value in thumbs.items():
+        table.add_row(f"thumbnails: {key}", f"{value:.3f}" if isinstance(value, float) else str(value))
+    for key, value in summary["timings_s"].items():
+        table.add_row(f"time: {key}", f"{value:.1f} s")
+    console.print(table)
+    console.print(f"shop the look: {summary['look_outputs']}/*.png   thumbnails: "
+                  f"{summary['thumbnail_outputs']}/contact_sheet.png   figures: {Path(summary['look_outputs']).parent}/summary.json")
+    console.print("web page: lookserve serve (one terminal), then lookserve ui --catalog "
+                  f"{summary['catalog']['dir']} (another) and open http://127.0.0.1:8501")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(DemoOptions.out, "--out", "-o", help="Folder for the data, catalog and results."),
+    seed: int = typer.Option(DemoOptions.seed, "--seed", help="Seed of the generated data (reference models: 0)."),
+    products: int = typer.Option(DemoOptions.products, "--products", min=11, help="Catalog products."),
+    street: int = typer.Option(DemoOptions.street, "--street", min=1, help="Street photos."),
+    shoes: int = typer.Option(DemoOptions.shoes, "--shoes", min=1, help="Footwear products (5 views each)."),
+    reexport: bool = typer.Option(False, "--reexport", help="Export even when version 1 matches the weights."),
+    weights_root: Path = typer.Option(DemoOptions.weights_root, "--weights-root"),
+    model_repository: Path = typer.Option(DemoOptions.model_repository, "--model-repository"),
+) -> None:
+    """The main job end to end: data → export → Triton → catalog → shop the look + thumbnails."""
+    options = DemoOptions(out=out, weights_root=weights_root, model_repository=model_repository, seed=seed,
+                          products=products, street=street, shoes=shoes, reexport=reexport)
+    try:
+        summary = run_demo(options)
+    except LookserveError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2) from e
+    _print_summary(summary)
