@@ -40,6 +40,8 @@ def load_views(root: str | os.PathLike, with_truth: bool = True) -> dict[str, li
         for i, r in enumerate(recs):
             if not isinstance(r, dict) or not {"path", "shoe_id", "view", "type", "split", "best_view"} <= set(r):
                 raise DataError(f"{gt}: images[{i}] lacks one of path, shoe_id, view, type, split, best_view: {str(r)[:120]}")
+            if not isinstance(r["path"], str):
+                raise DataError(f"{gt}: images[{i}] has a path that is not a string: {r['path']!r:.80}")
             if r["view"] not in VIEWS or r["type"] not in FOOTWEAR_TYPES:
                 raise DataError(f"{gt}: images[{i}] has unknown view {r['view']!r} or type {r['type']!r}")
             truth[r["path"]] = r

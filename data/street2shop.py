@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    except ValueError as e:  # e.g. an integer longer than Python's digit limit
+        raise DataError(f"{path} is not usable JSON: {e}") from e
+    except RecursionError as e:
+        raise DataError(f"{path} is not usable JSON: nested too deeply") from e
 
 
 def read_photos_txt(path: Path) -> dict[int, str]:
@@ -182,6 +187,8 @@ def _bbox(rec: dict, where: str) -> BBox:
         raise DataError(f"{where}: bbox lacks {e}: {b!r}") from e
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: bbox values must be numbers: {b!r}") from e
+    if not all(math.isfinite(v) for v in vals):
+        raise DataError(f"{where}: bbox values must be finite numbers: {b!r}")
     if vals[2] <= 0 or vals[3] <= 0:
         raise DataError(f"{where}: bbox has a non-positive width or height: {b!r}")
     return BBox(*vals)

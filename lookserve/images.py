@@ -141,14 +141,20 @@ def to_rgb(img) -> np.ndarray:
         scale = 255.0 if hi <= 1.0 else 1.0
         grey = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    rgb = img.convert("RGB") if img.mode != "RGB" else img
+    try:
+        if mode == "La":  # premultiplied grey + alpha: Pillow converts it to LA only
+            img = img.convert("LA")
+            mode = "LA"
+        if mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+            mode = "RGBA"
+        if mode in ("RGBA", "LA", "PA", "RGBa"):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        rgb = img.convert("RGB") if img.mode != "RGB" else img
+    except ValueError as e:
+        raise InvalidInputError(f"cannot convert an image of mode {mode} to RGB: {e}") from e
     out = np.asarray(rgb, dtype=np.uint8)
     return np.ascontiguousarray(out)
 
