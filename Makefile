@@ -10,7 +10,12 @@ install: $(STAMP)
 
 # hnswlib compiles with -march=native unless HNSWLIB_NO_NATIVE=1; build it portable and
 # uncached, so a wheel built on one CPU is never reused on another.
+# The web page's browser test drives Debian's chromium (headless); installed when we may.
 $(STAMP): pyproject.toml
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)); } || \
+	  echo "note: chromium not installed (not root or no apt-get): the browser test will be skipped"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install --quiet --no-cache-dir "hnswlib==0.8.0"

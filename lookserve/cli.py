@@ -28,23 +28,29 @@ def _main(
     setup_logging(verbose)
 
 
-# (module, attribute, mount name or None to merge its commands at the top level, help)
+# (module, attribute, mount name or None to merge its commands at the top level, help).
+# Several rows may share a mount name: their commands are merged into one group (the first
+# row's help names it).
 _SUBCOMMANDS: tuple[tuple[str, str, str | None, str], ...] = (
     ("lookserve.server.cli", "app", None, "serve: run Triton"),
     ("lookserve.data.cli", "app", "data", "Generate, load, download and preview street2shop-format data."),
     ("lookserve.training.cli", "app", "train", "Train the detector, the embedder and the view classifier."),
-    ("lookserve.training.cli", "eval_app", "eval", "Evaluate trained models on held-out data."),
+    ("lookserve.training.cli", "eval_app", "eval", "Evaluate trained models and the client chains on held-out data."),
     ("lookserve.export.cli", "app", "export", "Export trained models to ONNX behind a parity gate."),
     ("lookserve.client.cli", "app", None, "look, thumbnails: the client chains"),
     ("lookserve.client.cli", "catalog_app", "catalog", "Build and inspect catalog indexes."),
     ("lookserve.client.models_cli", "app", "models", "Publish, promote and roll back model versions."),
+    ("lookserve.client.cli", "eval_app", "eval", ""),
     ("lookserve.bench.cli", "app", "bench", "Latency and throughput benchmarks."),
+    ("lookserve.bench.swap", "app", "bench", ""),
+    ("lookserve.bench.reliability", "app", "bench", ""),
     ("lookserve.ui.cli", "app", None, "ui: the web page"),
     ("lookserve.demo", "app", None, "demo: the main job end to end"),
 )
 
 
 def _mount() -> None:
+    groups: dict[str, typer.Typer] = {}
     for module_name, attr, name, help_text in _SUBCOMMANDS:
         try:
             module = importlib.import_module(module_name)
@@ -57,11 +63,12 @@ def _mount() -> None:
         sub = getattr(module, attr, None)
         if sub is None:
             continue
-        if name is None:
-            app.registered_commands.extend(sub.registered_commands)
-            app.registered_groups.extend(sub.registered_groups)
-        else:
-            app.add_typer(sub, name=name, help=help_text)
+        target = app if name is None else groups.get(name)
+        if target is None:
+            target = groups[name] = typer.Typer(no_args_is_help=True)
+            app.add_typer(target, name=name, help=help_text)
+        target.registered_commands.extend(sub.registered_commands)
+        target.registered_groups.extend(sub.registered_groups)
 
 
 _mount()

@@ -201,6 +201,12 @@ def train_views(
     name_from_ground_truth: bool = typer.Option(False, "--name-from-ground-truth", help="EVALUATION ONLY: name clusters from the generated ground truth."),
     embedder_weights: Path = typer.Option(Path("training/weights/embedder"), help="Embedder weights for --features embedder."),
     steps: int = typer.Option(None, help="Classifier training steps (default: the preset's)."),
+    internal_size: int = typer.Option(None, help="Side the classifier sees (224, 112, 56; default: the preset's)."),
+    stem: int = typer.Option(None, help="Filters of a learned stride-2 stem (0: none; use with --internal-size 224)."),
+    width: int = typer.Option(None, help="Width of the small backbone (default: the preset's)."),
+    batch_size: int = typer.Option(None, help="Batch size (default: the preset's)."),
+    eval_split: str = typer.Option("val", help="Held-out split the report scores: val (to choose runs) | test."),
+    by_type: bool = typer.Option(True, "--by-type/--no-by-type", help="Ground-truth naming: also name best views per footwear type."),
     max_minutes: float = MAX_MIN,
 ) -> None:
     """Cluster the view images, write contact sheets and (given labels) train the classifier."""
@@ -208,11 +214,13 @@ def train_views(
     from lookserve.training import views as V
 
     try:
-        cfg = V.ViewConfig.preset(size, **({"steps": steps} if steps else {}))
+        over = {k2: v for k2, v in dict(steps=steps, internal_size=internal_size, stem=stem, width=width,
+                                        batch_size=batch_size).items() if v is not None}
+        cfg = V.ViewConfig.preset(size, **over)
         report = V.run(
             data, out, cfg, seed, features, tuple(x for x in compare.split(",") if x), (k_min, k_max), k, labels,
             name_from_ground_truth, embedder_weights, max_minutes * 60 if max_minutes else None, k_rule,
-            pca_dims, types_from,
+            pca_dims, types_from, eval_split, by_type,
         )
     except LookserveError as e:
         _fail(e)
@@ -226,13 +234,14 @@ def train_views(
 def eval_views(
     data: Path = DATA,
     weights: Path = typer.Option(..., "--weights", help="Weights directory of the view classifier."),
+    split: str = typer.Option("test", help="Held-out split: test | val."),
 ) -> None:
-    """Print held-out figures: type accuracy, best-view accuracy, thumbnail choice, view purity."""
+    """Print held-out figures: type accuracy (per image, per shoe), best-view accuracy, thumbnail choice, view purity."""
     from lookserve.errors import LookserveError
     from lookserve.training import views as V
 
     try:
-        report = V.evaluate(data, weights)
+        report = V.evaluate(data, weights, split)
     except LookserveError as e:
         _fail(e)
     _print_views(report)
@@ -249,13 +258,16 @@ def train_detector(
     size: str = SIZE,
     steps: int = typer.Option(None, help="Training steps (default: the preset's)."),
     max_minutes: float = MAX_MIN,
+    init_weights: Path = typer.Option(None, "--init-weights", help="Continue from this weights directory "
+                                      "(same architecture; fresh optimizer and schedule)."),
 ) -> None:
     """Train the Mask R-CNN detector (see lookserve.training.detector.train_detector)."""
     from lookserve.errors import LookserveError
     from lookserve.training.detector import train_detector as _train
 
     try:
-        result = _train(data, out, seed=seed, size=size, steps=steps, max_minutes=max_minutes)
+        result = _train(data, out, seed=seed, size=size, steps=steps, max_minutes=max_minutes,
+                        init_weights=init_weights)
     except LookserveError as e:
         _fail(e)
     if result is not None:
@@ -313,5 +325,6 @@ def train_all(
         data=data, out=out_root / "view_classifier", seed=seed, size="small", features="hog", pca_dims=8,
         types_from="catalogue", compare="random-cnn,histogram", k_min=2, k_max=15, k=None, k_rule="silhouette",
         labels=None, name_from_ground_truth=True, embedder_weights=out_root / "embedder", steps=None,
+        internal_size=None, stem=None, width=None, batch_size=None, eval_split="val", by_type=True,
         max_minutes=max_minutes,
     )
