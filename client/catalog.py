@@ -18,6 +18,11 @@ checksum (:class:`CatalogIntegrityError`) and, given the served embedder, its ve
 (:class:`CatalogVersionMismatch`). A :class:`Catalog` is never mutated after opening — searches
 only read — and a new index replaces an old one by reference (:class:`CatalogRef`), because
 hnswlib is not safe for ``add_items`` concurrent with ``knn_query``.
+
+A *catalog root* holds one catalog per embedder version (``catalog-v1``, ``catalog-v2``, …) and a
+``current`` symlink naming the one clients use, replaced atomically (:func:`set_current`). A
+:class:`CatalogWatcher` is a :class:`CatalogRef` that follows that pointer: a running client picks
+up a new (embedder version, index) pair without a restart (see :mod:`lookserve.client.swap`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -51,6 +57,7 @@ from lookserve.errors import (
     ConfigError,
     DataError,
     InvalidInputError,
+    LookserveError,
 )
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits, decode_image, resize_square
 from lookserve.taxonomy import CATEGORIES
@@ -59,6 +66,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CURRENT = "current"  # in a catalog root: symlink to the catalog clients use
 DATABASE = "products.sqlite"
 SPACE = "cosine"
 
@@ -700,9 +708,11 @@ class Catalog:
         ``embedder``: the served embedder; its name and version (and model checksum when both
         sides know it) must equal the manifest's. ``served_versions``: the versions Triton
         serves now; the catalog's must be one of them. ``verify``: check every file's sha256.
-        A catalog switched into place while it was being read is read again (once).
+        A catalog switched into place while it was being read is read again (once). A symlink
+        (e.g. a root's ``current`` pointer) or a catalog root is resolved first, so the opened
+        catalog stays bound to one directory when the pointer moves.
         """
-        path = Path(path)
+        path = resolve_catalog(path)
         for attempt in range(2):
             before = _read_bytes(path / MANIFEST)
             try:
@@ -903,7 +913,8 @@ def check_embedder(manifest: Manifest, served: EmbedderInfo | None, served_versi
 def open_for_client(path: str | os.PathLike, client, model_repository: str | os.PathLike | None = None,
                     verify: bool = True) -> Catalog:
     """Open a catalog and check that ``client``'s server serves its embedder version."""
-    manifest_path = Path(path) / MANIFEST
+    path = resolve_catalog(path)
+    manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CatalogError(f"{path} is not a catalog: {MANIFEST} is missing")
     name = json.loads(manifest_path.read_text()).get("embedder", {}).get("name", contracts.EMBEDDER)
@@ -930,6 +941,159 @@ class CatalogRef:
         with self._lock:
             old, self._catalog = self._catalog, catalog
         return old
+
+    def refresh(self) -> Catalog:
+        """The newest catalog the reference knows of (a :class:`CatalogWatcher` looks again now)."""
+        return self.get()
+
+
+# ------------------------------------------------------------------------------------------
+# A catalog root: catalog-v<N> directories and the ``current`` pointer
+# ------------------------------------------------------------------------------------------
+def catalog_dir_name(version: str | int) -> str:
+    """The directory of the catalog built with embedder version ``version`` in a catalog root."""
+    return f"catalog-v{version}"
+
+
+def resolve_catalog(path: str | os.PathLike) -> Path:
+    """A catalog directory from a path: a symlink is resolved; a catalog root (no manifest, a
+    ``current`` pointer) gives the catalog its pointer names; anything else is returned as is."""
+    path = Path(path)
+    if path.is_symlink():
+        return path.resolve()
+    if not (path / MANIFEST).exists() and (path / CURRENT).is_symlink():
+        return read_current(path)
+    return path
+
+
+def read_current(root: str | os.PathLike) -> Path:
+    """The catalog directory ``<root>/current`` points to (one readlink: cheap enough per request)."""
+    root = Path(root)
+    try:
+        name = os.readlink(root / CURRENT)
+    except FileNotFoundError as e:
+        raise CatalogError(
+            f"{root} has no {CURRENT} pointer; point it at a catalog with lookserve models catalog-current "
+            f"--catalog-root {root} NAME"
+        ) from e
+    except OSError as e:
+        raise CatalogError(f"{root / CURRENT} is not a symlink to a catalog: {e}") from e
+    target = Path(name) if os.path.isabs(name) else root / name
+    if not (target / MANIFEST).is_file():
+        raise CatalogError(f"{root / CURRENT} points to {target}, which is not a catalog ({MANIFEST} is missing)")
+    return target
+
+
+def set_current(root: str | os.PathLike, name: str | os.PathLike) -> Path:
+    """Point ``<root>/current`` at the catalog ``name`` (a directory inside ``root``), atomically:
+    a new symlink is made beside it and renamed over the old one, so a reader sees the old
+    target or the new one, never neither. Returns the catalog directory."""
+    root = Path(root)
+    name = Path(name)
+    if name.is_absolute() or len(name.parts) != 1:
+        if name.parent.resolve() != root.resolve():
+            raise CatalogError(f"{name} is not inside the catalog root {root}; the pointer names a sibling directory")
+        name = Path(name.name)
+    target = root / name
+    if not (target / MANIFEST).is_file():
+        raise CatalogError(f"{target} is not a catalog ({MANIFEST} is missing); build it first")
+    tmp = root / f".{CURRENT}.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(str(name), tmp)
+    try:
+        os.replace(tmp, root / CURRENT)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(root)
+    log.info("catalog pointer %s now names %s", root / CURRENT, name)
+    return target
+
+
+class CatalogWatcher(CatalogRef):
+    """A :class:`CatalogRef` that follows a catalog root's ``current`` pointer.
+
+    Every :meth:`get` (once per request) looks at the pointer when ``interval_s`` has passed
+    since the last look — one ``readlink``. When it names another catalog, one thread opens and
+    verifies it (with ``client``: also that the server serves its embedder version) while the
+    others keep using the old one, then swaps it in; requests in flight finish on the catalog
+    they started with. A catalog that fails to open is logged and skipped (the old one keeps
+    serving) until its manifest changes.
+
+        watcher = CatalogWatcher("catalogs", client)
+        pipeline = LookPipeline(client, watcher)   # picks up lookserve models swap-embedder
+    """
+
+    def __init__(self, root: str | os.PathLike, client=None, interval_s: float = 0.5,
+                 model_repository: str | os.PathLike | None = None, verify: bool = True,
+                 on_swap=None) -> None:
+        if interval_s < 0:
+            raise ConfigError(f"interval_s must be ≥ 0, got {interval_s}")
+        self.root = Path(root)
+        self.client = client
+        self.interval_s = interval_s
+        self.model_repository = model_repository
+        self.verify = verify
+        self.on_swap = on_swap  # called with (old, new) catalogs after a swap
+        self._target = read_current(self.root)
+        super().__init__(self._open(self._target))
+        self._poll_lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._bad: tuple[str, float] | None = None
+        self.swaps = 0
+
+    def _open(self, target: Path) -> Catalog:
+        if self.client is not None:
+            return open_for_client(target, self.client, self.model_repository, verify=self.verify)
+        return Catalog.open(target, verify=self.verify)
+
+    def get(self) -> Catalog:
+        if time.monotonic() - self._checked >= self.interval_s:
+            self.poll()
+        return self._catalog
+
+    def refresh(self) -> Catalog:
+        self.poll(blocking=True)
+        return self._catalog
+
+    def poll(self, blocking: bool = False) -> bool:
+        """Look at the pointer now; True when a new catalog was swapped in."""
+        if not self._poll_lock.acquire(blocking=blocking):
+            return False  # another thread is looking (or opening); use the current catalog
+        try:
+            self._checked = time.monotonic()
+            try:
+                target = read_current(self.root)
+            except CatalogError as e:
+                log.warning("catalog pointer unreadable, keeping %s: %s", self._catalog.path, e)
+                return False
+            if target == self._target:
+                return False
+            try:
+                stamp = (str(target), (target / MANIFEST).stat().st_mtime)
+            except OSError:
+                return False
+            if stamp == self._bad:
+                return False
+            try:
+                catalog = self._open(target)
+            except (CatalogError, InvalidInputError) as e:
+                self._bad = stamp
+                log.error("the catalog pointer names %s, which cannot serve: %s; keeping %s", target, e, self._catalog.path)
+                return False
+            except LookserveError as e:  # a server error must not break the requests using the old catalog
+                log.warning("could not check %s against the server (%s); will look again", target, e)
+                return False
+            old = self.swap(catalog)
+            self._target = target
+            self._bad = None
+            self.swaps += 1
+            log.info("catalog swapped: %s (embedder v%s) -> %s (embedder v%s)", old.path, old.embedder.version,
+                     catalog.path, catalog.embedder.version)
+            if self.on_swap is not None:
+                self.on_swap(old, catalog)
+            return True
+        finally:
+            self._poll_lock.release()
 
 
 def bench_search(n: int, dim: int = 128, queries: int = 2000, params: IndexParams = IndexParams(), seed: int = 0,
@@ -996,8 +1160,8 @@ def describe(catalog: Catalog) -> dict:
 
 
 __all__ = [
-    "Catalog", "CatalogRef", "CategoryInfo", "Embedder", "EmbedderInfo", "IndexParams", "Manifest", "Match",
-    "PhotoRecord", "TritonEmbedder", "bench_search", "build_catalog", "check_embedder", "describe", "embed_records", "exact_search",
+    "CURRENT", "Catalog", "CatalogRef", "CatalogWatcher", "CategoryInfo", "Embedder", "EmbedderInfo", "IndexParams", "Manifest", "Match",
+    "PhotoRecord", "TritonEmbedder", "bench_search", "build_catalog", "catalog_dir_name", "check_embedder", "describe", "embed_records", "exact_search",
     "load_records", "model_file_sha256", "open_for_client", "recall_at_k", "records_from_csv",
-    "records_from_street2shop", "switch_into_place", "tune_ef", "write_catalog",
+    "read_current", "records_from_street2shop", "resolve_catalog", "set_current", "switch_into_place", "tune_ef", "write_catalog",
 ]

@@ -11,7 +11,12 @@
 
 The embedder is always asked for the catalog's version, and the version that answered is
 checked again: a catalog built by another embedder version is an error
-(:class:`CatalogVersionMismatch`), never a mixed result. The sync (:class:`LookPipeline`) and
+(:class:`CatalogVersionMismatch`), never a mixed result. A result records both sides of the
+pair: ``model_versions[embedder]`` (the version that answered) and ``catalog_embedder`` (the
+version in the manifest of the catalog it searched). Given a
+:class:`~lookserve.client.catalog.CatalogWatcher` instead of a catalog, the chain follows a
+catalog root's ``current`` pointer (embedder hot swap); a request whose catalog's embedder
+version was retired between its start and its embedding moves, whole, to the current pair. The sync (:class:`LookPipeline`) and
 asyncio (:class:`AsyncLookPipeline`) chains share every step but the two requests.
 """
 
@@ -127,6 +132,7 @@ class LookResult:
     model_versions: dict[str, str]
     timings_ms: dict[str, float]
     catalog: str
+    catalog_embedder: dict[str, str] = field(default_factory=dict)  # name, version of the catalog's manifest
 
     def to_dict(self, include_masks: bool = True) -> dict[str, Any]:
         return {
@@ -140,6 +146,7 @@ class LookResult:
             "model_versions": dict(self.model_versions),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "catalog": self.catalog,
+            "catalog_embedder": dict(self.catalog_embedder),
         }
 
     def to_json(self, include_masks: bool = True, indent: int | None = 2) -> str:
@@ -285,6 +292,16 @@ class _Steps:
         job.versions[job.catalog.embedder.name] = result.model_version
         return np.asarray(result.outputs[self._embedder_output], dtype=np.float32)
 
+    def moved_catalog(self, job: _Job) -> Catalog | None:
+        """After the job's embedder version failed: the current catalog, if it now pairs with
+        another embedder version (the version was retired by a hot swap), else None."""
+        fresh = self._catalog.refresh()
+        if fresh is job.catalog or fresh.embedder.version == job.catalog.embedder.version:
+            return None
+        log.info("embedder version %s is gone; request moves to catalog %s (version %s)", job.catalog.embedder.version,
+                 fresh.path, fresh.embedder.version)
+        return fresh
+
     def version_error(self, job: _Job, e: errors.ServerError) -> CatalogVersionMismatch:
         c = job.catalog.embedder
         return CatalogVersionMismatch(
@@ -317,6 +334,7 @@ class _Steps:
             source=job.source, width=job.image.shape[1], height=job.image.shape[0], items=tuple(items),
             dropped=tuple(dropped), model_versions=dict(job.versions), timings_ms=dict(job.timings),
             catalog=str(job.catalog.path),
+            catalog_embedder={"name": job.catalog.embedder.name, "version": str(job.catalog.embedder.version)},
         )
 
 
@@ -343,12 +361,17 @@ class LookPipeline(_Steps):
         vectors = None
         if crops is not None:
             t0 = time.perf_counter()
-            try:
-                emb = self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops},
-                                        outputs=[self._embedder_output], version=self.embedder_version(job.catalog),
-                                        timeout_s=self.config.timeout_s)
-            except (errors.ModelNotFound, errors.ModelNotReady) as e:
-                raise self.version_error(job, e) from e
+            for attempt in range(2):
+                try:
+                    emb = self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops},
+                                            outputs=[self._embedder_output], version=self.embedder_version(job.catalog),
+                                            timeout_s=self.config.timeout_s)
+                    break
+                except (errors.ModelNotFound, errors.ModelNotReady) as e:
+                    fresh = self.moved_catalog(job) if attempt == 0 else None
+                    if fresh is None:
+                        raise self.version_error(job, e) from e
+                    job.catalog = fresh
             job.timings["embed"] = (time.perf_counter() - t0) * 1e3
             vectors = self.check_embedder(job, emb)
         return self.finish(job, kept, dropped, vectors)
@@ -394,12 +417,18 @@ class AsyncLookPipeline(_Steps):
         vectors = None
         if crops is not None:
             t0 = time.perf_counter()
-            try:
-                emb = await self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops},
-                                              outputs=[self._embedder_output], version=self.embedder_version(job.catalog),
-                                              timeout_s=self.config.timeout_s)
-            except (errors.ModelNotFound, errors.ModelNotReady) as e:
-                raise self.version_error(job, e) from e
+            for attempt in range(2):
+                try:
+                    emb = await self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops},
+                                                  outputs=[self._embedder_output],
+                                                  version=self.embedder_version(job.catalog),
+                                                  timeout_s=self.config.timeout_s)
+                    break
+                except (errors.ModelNotFound, errors.ModelNotReady) as e:
+                    fresh = await asyncio.to_thread(self.moved_catalog, job) if attempt == 0 else None
+                    if fresh is None:
+                        raise self.version_error(job, e) from e
+                    job.catalog = fresh
             job.timings["embed"] = (time.perf_counter() - t0) * 1e3
             vectors = self.check_embedder(job, emb)
         return self.finish(job, kept, dropped, vectors)

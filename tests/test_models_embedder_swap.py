@@ -1,0 +1,353 @@
+"""The embedder hot swap coupled with the catalog, on real Triton under load.
+
+Client threads (and a separate client process) run the look chain continuously through a
+:class:`CatalogWatcher` while ``swap_embedder`` publishes v2, loads both versions, builds
+catalog-v2 with v2, flips the ``current`` pointer, waits for the clients and unloads v1.
+Every result must pair the embedder version that answered with the catalog built by it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+
+from lookserve import contracts, errors
+from lookserve.client import catalog as catalog_module
+from lookserve.client.catalog import (
+    Catalog,
+    CatalogWatcher,
+    EmbedderInfo,
+    PhotoRecord,
+    TritonEmbedder,
+    build_catalog,
+    read_current,
+    set_current,
+    write_catalog,
+)
+from lookserve.client.core import TritonClient
+from lookserve.client.look import LookPipeline
+from lookserve.client.models import ModelRepository
+from lookserve.client.swap import SwapOptions, swap_embedder
+from lookserve.images import decode_image, resize_square
+from tinymodels import projection_embedder, run_onnx, write_model
+
+FAST = SwapOptions(quiet_s=0.5, max_wait_s=20.0, poll_s=0.05, batch_size=4, concurrency=2)
+PHOTO_SLOTS = [(230, "tops"), (220, "bags")]
+
+
+# ------------------------------------------------------------------------------------------
+# Without a server: the pointer and the watcher
+# ------------------------------------------------------------------------------------------
+def _offline_catalog(root: Path, version: str, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    records = [PhotoRecord(i, "tops", f"{i}.png", None) for i in range(20)]
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    write_catalog(root / f"catalog-v{version}", records, vectors, EmbedderInfo("embedder", version))
+    return root / f"catalog-v{version}"
+
+
+def test_watcher_follows_the_pointer_when_it_is_flipped(tmp_path: Path) -> None:
+    _offline_catalog(tmp_path, "1", 0)
+    _offline_catalog(tmp_path, "2", 1)
+    set_current(tmp_path, "catalog-v1")
+    swaps = []
+    watcher = CatalogWatcher(tmp_path, interval_s=0.0, on_swap=lambda old, new: swaps.append((old.path.name, new.path.name)))
+    held = watcher.get()
+    assert held.embedder.version == "1"
+    set_current(tmp_path, "catalog-v2")
+    assert os.readlink(tmp_path / "current") == "catalog-v2"
+    assert watcher.get().embedder.version == "2"
+    assert swaps == [("catalog-v1", "catalog-v2")]
+    # a catalog taken before the flip stays bound to its own directory
+    assert held.path.name == "catalog-v1" and held.embedder.version == "1"
+    # a root opens as the catalog its pointer names, resolved to the real directory
+    assert Catalog.open(tmp_path).path == (tmp_path / "catalog-v2").resolve()
+
+
+def test_watcher_keeps_the_old_catalog_when_the_pointer_names_a_damaged_one(tmp_path: Path) -> None:
+    _offline_catalog(tmp_path, "1", 0)
+    bad = _offline_catalog(tmp_path, "2", 1)
+    set_current(tmp_path, "catalog-v1")
+    watcher = CatalogWatcher(tmp_path, interval_s=0.0)
+    with open(bad / "vectors_tops.npy", "r+b") as f:  # damage a file after its checksum was recorded
+        f.seek(200)
+        f.write(b"\xff\xff\xff\xff")
+    set_current(tmp_path, "catalog-v2")
+    assert watcher.get().embedder.version == "1"
+    assert watcher.poll() is False and watcher.swaps == 0
+
+
+def test_set_current_refuses_and_keeps_the_pointer_when_the_target_is_not_a_catalog(tmp_path: Path) -> None:
+    _offline_catalog(tmp_path, "1", 0)
+    set_current(tmp_path, "catalog-v1")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(errors.CatalogError, match="not a catalog"):
+        set_current(tmp_path, "empty")
+    with pytest.raises(errors.CatalogError, match="not inside the catalog root"):
+        set_current(tmp_path, tmp_path.parent / "elsewhere")
+    assert read_current(tmp_path).name == "catalog-v1"
+    with pytest.raises(errors.CatalogError, match="no current pointer"):
+        read_current(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------------------------
+# On real Triton
+# ------------------------------------------------------------------------------------------
+def _served(tmp_path: Path, triton_factory) -> dict:
+    """detector + embedder v1 served; catalogs/catalog-v1 built through v1 and made current;
+    a v2 candidate file (another projection) outside the repository."""
+    repo = tmp_path / "repo"
+    write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()), tiny_detector)
+    write_model(repo, replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=()),
+                lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=1))
+    candidate = projection_embedder(tmp_path / "candidate" / "model.onnx", size=CROP, dim=DIM, seed=2)
+    server = triton_factory(repo, models=["detector", "embedder"])
+    rng = np.random.default_rng(7)
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    records = []
+    for i, category in enumerate(["tops"] * 8 + ["bags"] * 6 + ["hats"] * 4):
+        path = shop / f"{i}.png"
+        Image.fromarray(shop_photo(rng)).save(path)
+        records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}"))
+    root = tmp_path / "catalogs"
+    with TritonClient(server.grpc_url) as client:
+        build_catalog(records, root / "catalog-v1", TritonEmbedder(client, version="1"), batch_size=6,
+                      model_repository=repo, images_root=shop)
+    set_current(root, "catalog-v1")
+    street = tmp_path / "street.png"
+    Image.fromarray(street_photo(PHOTO_SLOTS)).save(street)
+    return {"server": server, "repo": repo, "root": root, "records": records, "candidate": candidate,
+            "shop": shop, "street": street}
+
+
+class _Clients:
+    """Threads running the look chain through one CatalogWatcher; bounded loops."""
+
+    def __init__(self, url: str, root: Path, street: Path, threads: int = 3) -> None:
+        self.client = TritonClient(url, timeout_s=20)
+        self.watcher = CatalogWatcher(root, self.client, interval_s=0.05)
+        self.pipeline = LookPipeline(self.client, self.watcher)
+        self.street = street
+        self.stop = threading.Event()
+        self.results: list[tuple[float, float, str, str, str, int]] = []  # start, end, answered, catalog's, path, items
+        self.failures: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                r = self.pipeline.run(self.street)
+            except errors.LookserveError as e:
+                self.failures.append(e)
+                continue
+            self.results.append((t0, time.monotonic(), r.model_versions.get("embedder", ""),
+                                 r.catalog_embedder["version"], r.catalog, len(r.items)))
+
+    def __enter__(self) -> _Clients:
+        for t in self.threads:
+            t.start()
+        time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+        self.client.close()
+
+
+def _manifest_version(catalog_path: str, cache: dict) -> str:
+    if catalog_path not in cache:
+        cache[catalog_path] = json.loads((Path(catalog_path) / "manifest.json").read_text())["embedder"]["version"]
+    return cache[catalog_path]
+
+
+def _assert_never_mixed(rows) -> None:
+    """Each result's answering embedder version == the version in the manifest of the catalog it searched."""
+    cache: dict = {}
+    for _, _, answered, recorded, path, items in rows:
+        assert items == len(PHOTO_SLOTS)
+        assert answered == recorded == _manifest_version(path, cache), (answered, recorded, path)
+
+
+@pytest.mark.triton
+def test_swap_embedder_moves_clients_to_v2_without_failures_or_mixed_results_when_under_load(
+    tmp_path: Path, triton_factory
+) -> None:
+    s = _served(tmp_path, triton_factory)
+    url = s["server"].grpc_url
+    with TritonClient(url, repository_key=s["server"].repository_key) as admin, _Clients(url, s["root"], s["street"]) as load:
+        report = swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=FAST,
+                               images_root=s["shop"])
+        t_done = time.monotonic()
+        time.sleep(0.4)
+        loaded = ModelRepository(s["repo"]).loaded_versions(admin, "embedder")
+    assert load.failures == []
+    _assert_never_mixed(load.results)
+    assert {r[2] for r in load.results} == {"1", "2"}
+    assert all(r[2] == "2" for r in load.results if r[0] > t_done)  # clients ended on v2
+    assert (report.old_version, report.new_version, report.serving, report.drained) == (1, 2, (2,), True)
+    assert [st.name for st in report.steps] == ["publish", "load_both", "build", "flip", "drain", "unload"]
+    assert loaded == (2,)
+    assert ModelRepository(s["repo"]).serving_versions("embedder") == (2,)
+    assert read_current(s["root"]).name == "catalog-v2"
+    assert load.watcher.swaps == 1
+    # catalog-v2 holds v2's embeddings (and they differ from v1's)
+    r = s["records"][0]
+    crop = resize_square(decode_image(r.path), CROP)[None]
+    (v2,) = run_onnx(s["candidate"], {"crops": crop})
+    (v1,) = run_onnx(s["repo"] / "embedder" / "1" / "model.onnx", {"crops": crop})
+    stored = Catalog.open(s["root"] / "catalog-v2").vectors(r.category)[0]
+    np.testing.assert_allclose(stored, v2[0], atol=1e-5)
+    assert not np.allclose(v1[0], v2[0], atol=1e-2)
+    assert [e.action for e in ModelRepository(s["repo"]).history("embedder")] == ["publish", "promote", "retire"]
+    assert json.loads((s["root"] / "swaps.jsonl").read_text().splitlines()[-1])["new_version"] == 2
+
+
+_CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from lookserve.client.catalog import CatalogWatcher
+    from lookserve.client.core import TritonClient
+    from lookserve.client.look import LookPipeline
+    from lookserve.errors import LookserveError
+
+    url, root, street, out, stop = sys.argv[1:6]
+    with TritonClient(url, timeout_s=20) as client, open(out, "a", buffering=1) as f:
+        pipeline = LookPipeline(client, CatalogWatcher(root, client, interval_s=0.05))
+        deadline = time.monotonic() + 90
+        while not os.path.exists(stop) and time.monotonic() < deadline:
+            try:
+                r = pipeline.run(street)
+                f.write(json.dumps({"answered": r.model_versions.get("embedder"), "catalog": r.catalog,
+                                    "recorded": r.catalog_embedder["version"], "items": len(r.items)}) + "\\n")
+            except LookserveError as e:
+                f.write(json.dumps({"error": str(e)}) + "\\n")
+    """
+)
+
+
+def _lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _wait_for(predicate, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.triton
+def test_swap_embedder_is_picked_up_by_a_running_client_process_when_no_restart_happens(
+    tmp_path: Path, triton_factory
+) -> None:
+    s = _served(tmp_path, triton_factory)
+    url = s["server"].grpc_url
+    script, out, stop = tmp_path / "client.py", tmp_path / "client.jsonl", tmp_path / "stop"
+    script.write_text(_CLIENT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), url, str(s["root"]), str(s["street"]), str(out), str(stop)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert _wait_for(lambda: len(_lines(out)) >= 3, 60), "the client process never answered"
+        with TritonClient(url, repository_key=s["server"].repository_key) as admin:
+            report = swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=FAST,
+                                   images_root=s["shop"])
+        n = len(_lines(out))
+        assert _wait_for(lambda: len(_lines(out)) >= n + 3, 30)
+        stop.touch()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, proc.stdout.read().decode(errors="replace")[-2000:]
+    rows = _lines(out)
+    assert [r for r in rows if "error" in r] == []
+    _assert_never_mixed([(0, 0, r["answered"], r["recorded"], r["catalog"], r["items"]) for r in rows])
+    assert rows[0]["answered"] == "1" and rows[-1]["answered"] == "2"
+    assert report.serving == (2,) and report.old_requests_after_flip >= 0
+
+
+@pytest.mark.triton
+def test_swap_embedder_leaves_v1_and_its_catalog_serving_when_the_new_version_is_bad(
+    tmp_path: Path, triton_factory
+) -> None:
+    s = _served(tmp_path, triton_factory)
+    url = s["server"].grpc_url
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    # a file Triton cannot load, put in place behind publish's back
+    (s["repo"] / "embedder" / "3").mkdir()
+    (s["repo"] / "embedder" / "3" / "model.onnx").write_bytes(b"corrupt")
+    models = ModelRepository(s["repo"])
+    config_before = (s["repo"] / "embedder" / "config.pbtxt").read_text()
+    with TritonClient(url, repository_key=s["server"].repository_key) as admin, _Clients(url, s["root"], s["street"]) as load:
+        with pytest.raises(errors.PublishError, match="not a valid ONNX model"):
+            swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=bad, options=FAST)
+        with pytest.raises(errors.PublishError, match="swap aborted.*version 1 and catalog-v1 keep serving"):
+            swap_embedder(admin, s["repo"], s["root"], s["records"], version=3, options=FAST)
+        time.sleep(0.3)
+        loaded = models.loaded_versions(admin, "embedder")
+    assert load.failures == []
+    _assert_never_mixed(load.results)
+    assert {r[2] for r in load.results} == {"1"} and len(load.results) > 3
+    assert loaded == (1,)
+    assert (s["repo"] / "embedder" / "config.pbtxt").read_text() == config_before
+    assert read_current(s["root"]).name == "catalog-v1"
+    assert not (s["root"] / "catalog-v3").exists()
+
+
+@pytest.mark.triton
+def test_swap_embedder_retires_v2_and_keeps_the_old_pair_when_the_catalog_build_is_interrupted(
+    tmp_path: Path, triton_factory, monkeypatch
+) -> None:
+    s = _served(tmp_path, triton_factory)
+    url = s["server"].grpc_url
+    models = ModelRepository(s["repo"])
+    real_embed = TritonEmbedder.embed
+    calls = {"n": 0}
+
+    def interrupted(self, crops):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the probe, one batch, then Ctrl-C
+            raise KeyboardInterrupt
+        return real_embed(self, crops)
+
+    options = replace(FAST, concurrency=1)
+    with TritonClient(url, repository_key=s["server"].repository_key) as admin, _Clients(url, s["root"], s["street"]) as load:
+        monkeypatch.setattr(catalog_module.TritonEmbedder, "embed", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=options)
+        monkeypatch.setattr(catalog_module.TritonEmbedder, "embed", real_embed)
+        time.sleep(0.3)
+        loaded_after_failure = models.loaded_versions(admin, "embedder")
+        pointer_after_failure = read_current(s["root"]).name
+        partial = (s["root"] / "catalog-v2.partial").is_dir()
+        # the rerun (version 2 is published already) resumes the build and completes the swap
+        report = swap_embedder(admin, s["repo"], s["root"], s["records"], version=2, options=options,
+                               images_root=s["shop"])
+    assert load.failures == []
+    _assert_never_mixed(load.results)
+    assert loaded_after_failure == (1,) and pointer_after_failure == "catalog-v1" and partial
+    assert report.serving == (2,) and read_current(s["root"]).name == "catalog-v2"
+    assert {r[2] for r in load.results} == {"1", "2"}
