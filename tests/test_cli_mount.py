@@ -24,3 +24,13 @@ def test_top_level_lists_every_job_when_help_is_asked() -> None:
     for command in ("serve", "demo", "look", "thumbnails", "data", "train", "eval", "export", "catalog",
                     "models", "bench"):
         assert f" {command} " in text, command
+
+
+def test_console_script_imports_no_tensorflow_or_onnxruntime_when_mounting_every_command() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, lookserve.cli, lookserve.demo; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
