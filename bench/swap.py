@@ -1,0 +1,419 @@
+"""``lookserve bench swap``: latency of the look chain under continuous load across model swaps.
+
+One run, on a private tritonserver serving a *copy* of a model repository (the original is never
+touched):
+
+1. a catalog root is built with the serving embedder (``catalog-v<N>``, ``current`` pointer);
+2. closed-loop client threads run the look chain (detector → embedder → search) through a
+   :class:`~lookserve.client.catalog.CatalogWatcher`, recording every request's send time,
+   latency, outcome and versions (detector, embedder that answered, embedder of the catalog);
+3. while they run, the operator's actions happen one after another, each timed: detector
+   ``publish`` + ``promote`` of a new version, detector ``rollback``, then the embedder swap
+   (:func:`lookserve.client.swap.swap_embedder`: publish, load both, build the new catalog with
+   the new version, flip the pointer, drain, unload the old version);
+4. the report splits latency into windows *during* an operation and *outside* them (p50/p99),
+   counts failed and mixed-version requests, and plots latency over time with the operations
+   shaded and the pointer flip marked.
+
+The new versions default to copies of the serving files republished under a new number (the
+swap machinery and its cost are the same; pass ``--detector-onnx``/``--embedder-onnx`` for real
+new versions).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from lookserve.errors import LookserveError
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(no_args_is_help=True, help="Latency across model swaps.")
+
+
+@app.callback()
+def _group() -> None:
+    """Latency across model swaps."""
+
+
+# ------------------------------------------------------------------------------------------
+# Load: closed-loop threads through the look chain, every request recorded with its time
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    t: float  # send time, seconds since the run's start
+    latency_ms: float
+    ok: bool
+    error: str = ""
+    detector: str = ""
+    embedder: str = ""  # version that answered
+    catalog: str = ""  # embedder version in the searched catalog's manifest
+    items: int = 0
+
+
+class LookLoad:
+    def __init__(self, pipeline, photos: list[bytes], concurrency: int, t0: float, max_s: float) -> None:
+        self.pipeline, self.photos, self.t0 = pipeline, photos, t0
+        self.samples: list[Sample] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.deadline = time.perf_counter() + max_s  # bounded whatever happens
+        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"swap-load-{i}", daemon=True)
+                        for i in range(concurrency)]
+
+    def _run(self, worker: int) -> None:
+        i = worker
+        while not self.stop.is_set() and time.perf_counter() < self.deadline:
+            photo = self.photos[i % len(self.photos)]
+            i += len(self.threads)
+            sent = time.perf_counter()
+            try:
+                r = self.pipeline.run(photo)
+                s = Sample(sent - self.t0, (time.perf_counter() - sent) * 1e3, True,
+                           detector=r.model_versions.get(self.pipeline.config.detector, ""),
+                           embedder=r.model_versions.get(r.catalog_embedder.get("name", "embedder"), ""),
+                           catalog=r.catalog_embedder.get("version", ""), items=len(r.items))
+            except LookserveError as e:
+                s = Sample(sent - self.t0, (time.perf_counter() - sent) * 1e3, False, error=f"{type(e).__name__}: {e}"[:300])
+            with self.lock:
+                self.samples.append(s)
+
+    def start(self) -> LookLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def finish(self) -> list[Sample]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+        return sorted(self.samples, key=lambda s: s.t)
+
+
+# ------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------
+def _summary(samples: list[Sample]) -> dict[str, Any]:
+    import numpy as np
+
+    ok = [s.latency_ms for s in samples if s.ok]
+    lat = np.asarray(ok) if ok else None
+    return {
+        "requests": len(samples),
+        "failed": sum(not s.ok for s in samples),
+        "mixed_version": sum(1 for s in samples if s.ok and s.embedder and s.embedder != s.catalog),
+        "p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
+        "max_ms": float(lat.max()) if lat is not None else None,
+    }
+
+
+def windows_report(samples: list[Sample], events: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
+    """Latency inside each operation's window, all windows together, and outside them."""
+    measured = [s for s in samples if s.t >= warmup_s]
+    spans = [(e["start"], e["end"]) for e in events]
+
+    def inside(s: Sample) -> bool:
+        return any(a <= s.t <= b for a, b in spans)
+
+    return {
+        "all": _summary(measured),
+        "outside_swaps": _summary([s for s in measured if not inside(s)]),
+        "during_swaps": _summary([s for s in measured if inside(s)]),
+        "per_operation": [{"operation": e["name"], "start_s": round(e["start"], 3), "end_s": round(e["end"], 3),
+                           **_summary([s for s in measured if e["start"] <= s.t <= e["end"]])} for e in events],
+    }
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lookserve.bench.report import save_figure
+
+    samples = report["samples"]
+    t = np.asarray(samples["t"])
+    lat = np.asarray(samples["latency_ms"])
+    ok = np.asarray(samples["ok"], bool)
+    emb = np.asarray(samples["embedder"])
+    fig, ax = plt.subplots(figsize=(13, 5))
+    colours = {"1": "tab:blue", "2": "tab:green"}
+    for version in sorted(set(emb[ok])):
+        sel = ok & (emb == version)
+        ax.scatter(t[sel], lat[sel], s=6, alpha=0.5, color=colours.get(version, "tab:gray"),
+                   label=f"ok, embedder v{version}" if version else "ok, nothing detected")
+    if (~ok).any():
+        ax.scatter(t[~ok], lat[~ok], s=30, marker="x", color="red", label="failed")
+    # rolling p99 over 4-second windows, every half second
+    if len(t):
+        mids, p99 = [], []
+        for a in np.arange(0, t.max() + 0.5, 0.5):
+            sel = ok & (t >= a - 2) & (t < a + 2)
+            if sel.sum() >= 5:
+                mids.append(a)
+                p99.append(np.percentile(lat[sel], 99))
+        ax.plot(mids, p99, color="black", lw=1.2, label="p99 (4 s window)")
+    palette = {"detector publish": "tab:gray", "detector promote": "tab:orange", "detector rollback": "tab:purple",
+               "embedder swap": "tab:green"}
+    for e in report["events"]:
+        if e["name"] in palette:
+            ax.axvspan(e["start"], e["end"], color=palette[e["name"]], alpha=0.12)
+            ax.text(e["start"], 0.98, f" {e['name']}", transform=ax.get_xaxis_transform(), fontsize=8, va="top",
+                    color=palette[e["name"]])
+    steps = {"load_both": "tab:olive", "build": "tab:cyan", "flip": "tab:red", "drain": "tab:pink", "unload": "tab:brown"}
+    for n, e in enumerate(x for x in report["events"] if x["name"] in steps):
+        ax.axvline(e["start"], color=steps[e["name"]], ls="--", lw=1)
+        ax.text(e["start"], 0.90 - 0.05 * (n % 3), f" {e['name']}", transform=ax.get_xaxis_transform(), fontsize=8,
+                color=steps[e["name"]])
+    ax.axvspan(0, report["config"]["warmup_s"], color="gray", alpha=0.08)
+    ax.set_yscale("log")
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("look latency (ms)")
+    w = report["windows"]
+    ax.set_title(f"look chain under closed-loop load (concurrency {report['config']['concurrency']}) across swaps — "
+                 f"p99 outside {w['outside_swaps']['p99_ms']:.0f} ms, during {w['during_swaps']['p99_ms']:.0f} ms; "
+                 f"failed {w['all']['failed']}, mixed {w['all']['mixed_version']}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize=8)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from lookserve.bench.report import markdown_table
+
+    w = report["windows"]
+    rows = [[name, w[key]["requests"], w[key]["failed"], w[key]["mixed_version"], w[key]["p50_ms"], w[key]["p99_ms"],
+             w[key]["max_ms"]] for name, key in (("outside swaps", "outside_swaps"), ("during swaps", "during_swaps"),
+                                                 ("all (after warm-up)", "all"))]
+    rows += [[f"during {o['operation']} ({o['start_s']:.1f}–{o['end_s']:.1f} s)", o["requests"], o["failed"],
+              o["mixed_version"], o["p50_ms"], o["p99_ms"], o["max_ms"]] for o in w["per_operation"]]
+    c = report["config"]
+    steps = "; ".join(f"{s['name']} {s['ended'] - s['started']:.2f} s" for s in report["embedder_swap"]["steps"])
+    lines = [
+        "# Latency across model swaps (look chain)",
+        "",
+        f"`{report['command']}`" if report.get("command") else "",
+        "",
+        f"Closed loop, concurrency {c['concurrency']}, {c['photos']} street photos, warm-up {c['warmup_s']} s excluded; "
+        f"catalog of {c['catalog_photos']} shop photos. Device: {report['environment'].get('host_cpu', '')} "
+        f"({report['environment'].get('cpu_affinity')} cores usable, load average {report['environment'].get('load_average_1_5_15')}), GPUs: {report['environment'].get('gpus') or 'none'}.",
+        "",
+        markdown_table(["window", "requests", "failed", "mixed-version", "p50 ms", "p99 ms", "max ms"], rows),
+        f"Embedder swap v{report['embedder_swap']['old_version']} → v{report['embedder_swap']['new_version']}: {steps}; "
+        f"{report['embedder_swap']['old_requests_after_flip']} requests answered by the old version after the flip.",
+        "",
+        f"Versions seen: detector {report['versions_seen']['detector']}, embedder {report['versions_seen']['embedder']}; "
+        f"requests that reached the embedder: {report['versions_seen']['embedded']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------
+def _copy_repository(source: Path, dest: Path, models: tuple[str, ...]) -> None:
+    """Config, config variants and version folders of ``models``: the run may add versions freely."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for m in models:
+        src = source / m
+        if not (src / "config.pbtxt").is_file():
+            raise typer.BadParameter(f"{src} has no config.pbtxt; export the models first (lookserve export all)")
+        (dest / m).mkdir(parents=True)
+        shutil.copy2(src / "config.pbtxt", dest / m / "config.pbtxt")
+        for p in src.iterdir():
+            if p.is_dir() and (p.name.isdigit() or p.name == "configs"):
+                shutil.copytree(p, dest / m / p.name)
+
+
+def _street_photos(root: Path, split: str, n: int) -> list[bytes]:
+    from lookserve.data import street2shop
+
+    paths = list(dict.fromkeys(p.street_path for p in street2shop.load(root).pairs_of(split)))[:n]
+    return [p.read_bytes() for p in paths]
+
+
+def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: str = "test", catalog_split: str | None = None,
+                   concurrency: int = 2, photos: int = 16, warmup_s: float = 5.0, gap_s: float = 8.0,
+                   detector_onnx: Path | None = None, embedder_onnx: Path | None = None, quiet_s: float = 2.0,
+                   max_s: float = 420.0, progress: bool = True) -> dict[str, Any]:
+    from lookserve.bench.report import environment
+    from lookserve.client.catalog import (
+        CatalogWatcher,
+        TritonEmbedder,
+        build_catalog,
+        catalog_dir_name,
+        load_records,
+        set_current,
+    )
+    from lookserve.client.core import TritonClient
+    from lookserve.client.look import LookConfig, LookPipeline
+    from lookserve.client.models import ModelRepository
+    from lookserve.client.swap import SwapOptions, swap_embedder
+    from lookserve.server.launcher import ServerOptions, TritonServer
+
+    models = ("detector", "embedder")
+    repo = work / "repository"
+    _copy_repository(repository, repo, models)
+    repo_models = ModelRepository(repo)
+    det_old = repo_models.serving_versions("detector")[-1]
+    emb_old = repo_models.serving_versions("embedder")[-1]
+    detector_onnx = detector_onnx or repo / "detector" / str(det_old) / "model.onnx"
+    embedder_onnx = embedder_onnx or repo / "embedder" / str(emb_old) / "model.onnx"
+    # the candidates live outside the repository (publish copies them in)
+    cand = work / "candidates"
+    cand.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(detector_onnx, cand / "detector.onnx")
+    shutil.copyfile(embedder_onnx, cand / "embedder.onnx")
+    records = load_records(photos_root, splits=[catalog_split] if catalog_split else None)
+    street = _street_photos(photos_root, split, photos)
+    if not street:
+        raise LookserveError(f"no {split} street photos under {photos_root}")
+    events: list[dict[str, Any]] = []
+    options = ServerOptions(model_repository=repo.resolve(), grpc_port=0, load_models=models, work_dir=work / "triton",
+                            exit_timeout_s=10, ready_timeout_s=180.0)
+    with TritonServer(options) as server, \
+            TritonClient(server.grpc_url, repository_key=server.repository_key, timeout_s=60) as admin, \
+            TritonClient(server.grpc_url, timeout_s=60) as client:
+        admin.wait_ready(60)
+        root = work / "catalogs"
+        if root.exists():
+            shutil.rmtree(root)
+        build_catalog(records, root / catalog_dir_name(emb_old), TritonEmbedder(admin, version=str(emb_old)),
+                      batch_size=32, concurrency=2, model_repository=repo, progress=progress, images_root=photos_root)
+        set_current(root, catalog_dir_name(emb_old))
+        pipeline = LookPipeline(client, CatalogWatcher(root, client, interval_s=0.1), LookConfig(timeout_s=60))
+        t0 = time.perf_counter()
+        load = LookLoad(pipeline, street, concurrency, t0, max_s).start()
+
+        def mark(name: str, fn):
+            start = time.perf_counter() - t0
+            log.info("%.1f s: %s", start, name)
+            try:
+                return fn()
+            finally:
+                events.append({"name": name, "start": start, "end": time.perf_counter() - t0})
+
+        swap_report = None
+        try:
+            time.sleep(warmup_s + gap_s)
+            det_new = mark("detector publish", lambda: repo_models.publish("detector", cand / "detector.onnx")).version
+            time.sleep(gap_s)
+            mark("detector promote", lambda: repo_models.promote(admin, "detector", det_new))
+            time.sleep(gap_s)
+            mark("detector rollback", lambda: repo_models.rollback(admin, "detector"))
+            time.sleep(gap_s)
+            step_start: dict[str, float] = {}
+
+            def on_step(step: str, phase: str) -> None:
+                now = time.perf_counter() - t0
+                if phase == "start":
+                    step_start[step] = now
+                else:
+                    events.append({"name": step, "start": step_start[step], "end": now})
+
+            swap_report = mark("embedder swap", lambda: swap_embedder(
+                admin, repo, root, records, onnx_path=cand / "embedder.onnx",
+                options=SwapOptions(quiet_s=quiet_s, max_wait_s=60.0, batch_size=32, concurrency=2),
+                images_root=photos_root, progress=progress, on_step=on_step))
+            time.sleep(gap_s)
+        finally:
+            samples = load.finish()
+    events.sort(key=lambda e: e["start"])
+    # windows: each operator action (the embedder swap's steps are inside its window)
+    ops = [e for e in events if e["name"] in ("detector publish", "detector promote", "detector rollback", "embedder swap")]
+    report = {
+        "config": {"repository": str(repository), "photos_root": str(photos_root), "split": split,
+                   "catalog_split": catalog_split, "concurrency": concurrency, "photos": len(street),
+                   "warmup_s": warmup_s, "gap_s": gap_s, "quiet_s": quiet_s,
+                   "catalog_photos": len(records), "detector_onnx": str(detector_onnx), "embedder_onnx": str(embedder_onnx)},
+        "environment": environment(),
+        "events": events,
+        "windows": windows_report(samples, ops, warmup_s),
+        "embedder_swap": swap_report.to_dict() if swap_report else None,
+        "versions_seen": {
+            "detector": sorted({s.detector for s in samples if s.ok}),
+            "embedder": sorted({s.embedder for s in samples if s.ok and s.embedder}),
+            "embedded": sum(1 for s in samples if s.ok and s.embedder),
+        },
+        "errors": sorted({s.error for s in samples if not s.ok})[:20],
+        "samples": {"t": [round(s.t, 4) for s in samples], "latency_ms": [round(s.latency_ms, 3) for s in samples],
+                    "ok": [s.ok for s in samples], "detector": [s.detector for s in samples],
+                    "embedder": [s.embedder for s in samples], "catalog": [s.catalog for s in samples]},
+    }
+    return report
+
+
+def write_report(report: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    from lookserve.bench.report import atomic_write_json, atomic_write_text
+
+    return [atomic_write_json(out / f"{stem}.json", report), atomic_write_text(out / f"{stem}.md", markdown(report)),
+            plot(report, out / f"{stem}.png")]
+
+
+def _command_line(ctx: typer.Context) -> str:
+    words = ["lookserve", "bench", "swap"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == "":
+            continue
+        words += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(words)
+
+
+@app.command("swap")
+def swap(
+    ctx: typer.Context,
+    photos: Path = typer.Option(..., "--photos", help="street2shop-format data: shop photos for the catalog, street photos for the load."),
+    repository: Path = typer.Option(Path("model_repository"), "--repository", help="Model repository to copy and serve (not modified)."),
+    work: Path = typer.Option(Path("runs/bench-swap"), "--work", help="Scratch folder (repository copy, catalogs, Triton's log)."),
+    split: str = typer.Option("test", "--split", help="Split of the street photos sent."),
+    catalog_split: str | None = typer.Option(None, "--catalog-split", help="Only products of this split in the catalog."),
+    concurrency: int = typer.Option(2, "--concurrency", min=1, help="Closed-loop client threads."),
+    n_photos: int = typer.Option(16, "--n-photos", min=1, help="Street photos cycled through."),
+    warmup: float = typer.Option(5.0, "--warmup", min=0.0, help="Seconds of load before measuring."),
+    gap: float = typer.Option(8.0, "--gap", min=0.5, help="Seconds of undisturbed load between operations."),
+    quiet: float = typer.Option(2.0, "--quiet", min=0.1, help="Drain: seconds without old-version requests before unloading."),
+    detector_onnx: Path | None = typer.Option(None, "--detector-onnx", help="New detector version (default: the serving file again)."),
+    embedder_onnx: Path | None = typer.Option(None, "--embedder-onnx", help="New embedder version (default: the serving file again)."),
+    max_s: float = typer.Option(420.0, "--max-s", min=10.0, help="Hard bound on the load's duration."),
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for the JSON, Markdown and PNG outputs."),
+    stem: str = typer.Option("swap_look", "--stem", help="Output file name stem."),
+) -> None:
+    """Look-chain latency under continuous load across detector promote/rollback and the embedder+catalog swap."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    try:
+        report = run_swap_bench(repository, photos, work, split=split, catalog_split=catalog_split,
+                                concurrency=concurrency, photos=n_photos, warmup_s=warmup, gap_s=gap,
+                                detector_onnx=detector_onnx, embedder_onnx=embedder_onnx, quiet_s=quiet, max_s=max_s)
+    except LookserveError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    report["command"] = _command_line(ctx)
+    paths = write_report(report, out, stem)
+    console.print(markdown(report))
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app()
