@@ -232,3 +232,30 @@ def test_load_triplet_data_names_the_problem_when_photos_txt_is_missing(tmp_path
 
     with pytest.raises(DataError, match="photos.txt"):
         E.load_triplet_data(tmp_path, ("train",), 112)
+
+
+# --- warm start -----------------------------------------------------------------------------
+@pytest.mark.tf
+def test_train_starts_from_init_weights_when_given(tmp_path):
+    first = E.train(_tiny_data(), _tiny_config(stage1_epochs=1, stage2_epochs=0), seed=0, progress=False)
+    E.save(first, tmp_path / "w")
+    # a negligible learning rate: the warm-started kernels stay those of the saved model
+    cfg = _tiny_config(mining="semi-hard", stage1_epochs=1, stage2_epochs=0, lr1=1e-12, lr2=1e-12)
+    warm = E.train(_tiny_data(), cfg, seed=5, progress=False, init_weights=tmp_path / "w")
+    cold = E.train(_tiny_data(), cfg, seed=5, progress=False)
+    k_first = E.core_of(first.model).get_layer("emb_proj").get_weights()[0]
+    np.testing.assert_allclose(E.core_of(warm.model).get_layer("emb_proj").get_weights()[0], k_first, atol=1e-6)
+    assert not np.allclose(E.core_of(cold.model).get_layer("emb_proj").get_weights()[0], k_first, atol=1e-3)
+
+
+@pytest.mark.tf
+def test_train_refuses_init_weights_when_architecture_differs(tmp_path):
+    first = E.train(_tiny_data(), _tiny_config(stage1_epochs=1, stage2_epochs=0), seed=0, progress=False)
+    E.save(first, tmp_path / "w")
+    with pytest.raises(ConfigError, match="dim"):
+        E.train(_tiny_data(), _tiny_config(dim=8), seed=0, progress=False, init_weights=tmp_path / "w")
+
+
+def test_load_eval_data_names_the_problem_when_split_is_unknown(tmp_path):
+    with pytest.raises(ConfigError, match="split"):
+        E.load_eval_data(tmp_path, split="train")

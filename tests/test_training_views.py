@@ -236,3 +236,81 @@ def test_committed_reference_weights_load_and_match_the_contract(kind):
     cfg = contracts.embedder_config() if kind == "embedder" else contracts.view_classifier_config()
     out = model(np.zeros((2, 224, 224, 3), np.uint8))
     assert {t.name: (2, *t.dims) for t in cfg.outputs} == {k: tuple(v.shape) for k, v in out.items()}
+
+
+# --- per-type naming, closure relabelling, product-level type -------------------------------
+def test_name_from_ground_truth_by_type_marks_zip_sides_as_closure_views_when_half_are_best():
+    # cluster 0: side views — lace-up shoes always best, zip shoes best only on the zip side
+    # cluster 1: front views — best for lace-up, never for zip
+    views = ["left"] * 8 + ["front"] * 8
+    types = ["lace-up"] * 4 + ["zip"] * 4 + ["lace-up"] * 4 + ["zip"] * 4
+    best = [1, 1, 1, 1, 1, 0, 1, 0] + [1, 1, 1, 1, 0, 0, 0, 0]
+    clusters = np.array([0] * 8 + [1] * 8)
+    doc = C.name_from_ground_truth_by_type(clusters, _truths(views, types, best, list("abcdefgh") * 2))
+    assert doc.closure_types == ("zip",) and doc.named_by == C.GROUND_TRUTH_NAMING
+    assert doc.labels[0].best_for(FOOTWEAR_TYPES.index("zip")) is True
+    assert doc.labels[1].best_for(FOOTWEAR_TYPES.index("lace-up")) is True
+    assert doc.labels[1].best_for(FOOTWEAR_TYPES.index("zip")) is False
+    assert doc.labels[1].best_for(-1) == doc.labels[1].best_view
+
+
+def test_labels_doc_round_trips_when_it_names_best_views_per_type(tmp_path):
+    labels = {0: C.ClusterLabel(True, None, (("zip", False),)), 1: C.ClusterLabel(False, "buckle")}
+    C.write_labels(tmp_path / "l.json", labels, "person", 2, "hog", ("zip",))
+    doc = C.read_labels_doc(tmp_path / "l.json")
+    assert (doc.labels, doc.named_by, doc.closure_types) == (labels, "person", ("zip",))
+    best = C.best_targets(np.array([0, 0, 1]), np.array([FOOTWEAR_TYPES.index("zip"), 0, -1]), labels)
+    np.testing.assert_array_equal(best, [0.0, 1.0, 0.0])
+
+
+def test_read_labels_doc_names_the_problem_when_per_type_answer_is_bad(tmp_path):
+    (tmp_path / "l.json").write_text(json.dumps({"clusters": {"0": {"best_view": True, "best_view_by_type": {"clog": True}}}}))
+    with pytest.raises(ConfigError, match="best_view_by_type"):
+        C.read_labels_doc(tmp_path / "l.json")
+
+
+def test_closure_relabel_keeps_the_view_where_the_type_is_surest_when_shoe_has_a_closure_type():
+    zip_i, lace_i = FOOTWEAR_TYPES.index("zip"), FOOTWEAR_TYPES.index("lace-up")
+    # images: "brightness" = the type head's confidence in zip for this fake core
+    images = np.array([0.2, 0.9, 0.5, 0.1, 0.7, 0.3], np.float32).reshape(-1, 1, 1, 1) * np.ones((1, 2, 2, 3), np.float32)
+    shoes = np.array(["z", "z", "z", "l", "l", "l"])
+    types = np.array([zip_i] * 3 + [lace_i] * 3)
+    best = np.array([1, 1, 0, 1, 1, 0], np.float32)
+
+    def core(x, training=False):
+        p = np.full((len(x), len(FOOTWEAR_TYPES)), 0.0, np.float32)
+        p[:, zip_i] = x[:, 0, 0, 0]
+        p[:, lace_i] = x[:, 0, 0, 0]
+        return {"type_probs": p}
+
+    out = V.closure_relabel(core, images, best, types, shoes, ("zip",))
+    np.testing.assert_array_equal(out, [0, 1, 0, 1, 1, 0])  # lace-up shoe untouched
+
+
+def test_score_predictions_sums_log_probabilities_per_shoe_when_views_disagree():
+    shoes = np.array(["a"] * 3)
+    truths = _truths(["left", "front", "sole"], ["zip"] * 3, [True, False, False], list(shoes))
+    zip_i, buckle_i = FOOTWEAR_TYPES.index("zip"), FOOTWEAR_TYPES.index("buckle")
+    tp = np.full((3, 6), 0.004)
+    tp[0, zip_i], tp[0, buckle_i] = 0.9, 0.001  # the view that shows the zip rules buckle out
+    tp[1, buckle_i], tp[1, zip_i] = 0.9, 0.08  # two others lean to buckle, never rule zip out
+    tp[2, buckle_i], tp[2, zip_i] = 0.9, 0.08
+    tp /= tp.sum(1, keepdims=True)
+    s = V.score_predictions(tp, np.array([0.9, 0.2, 0.1]), shoes, truths)
+    assert s.type_accuracy_shoe_logsum == 1.0 and s.type_accuracy_shoe == 0.0
+    assert V.product_type(tp) == zip_i and s.type_accuracy_cue_views == 1.0
+
+
+@pytest.mark.tf
+def test_build_model_with_stem_sees_full_resolution_and_keeps_the_contract():
+    model = V.build_model(_tiny_cfg(internal_size=224, stem=4))
+    assert "downsample" not in [layer.name for layer in model.layers]
+    out = model(np.zeros((2, 224, 224, 3), np.uint8))
+    assert tuple(out["type_probs"].shape) == (2, 6) and tuple(out["best_view"].shape) == (2, 1)
+
+
+def test_view_config_refuses_bad_stem_and_relabel_fraction():
+    with pytest.raises(ConfigError, match="stem"):
+        V.ViewConfig(stem=-1)
+    with pytest.raises(ConfigError, match="relabel_fraction"):
+        V.ViewConfig(relabel_fraction=1.0)

@@ -67,28 +67,34 @@ def train_embedder(
     steps_per_epoch: int = typer.Option(None, help="Steps per epoch (default: the preset's)."),
     stage1_epochs: int = typer.Option(None, help="Epochs at lr1."),
     stage2_epochs: int = typer.Option(None, help="Epochs at lr2."),
+    lr1: float = typer.Option(None, help="Learning rate of stage 1 (default: the preset's)."),
+    lr2: float = typer.Option(None, help="Learning rate of stage 2 (default: the preset's)."),
+    init: Path = typer.Option(None, "--init", help="Warm start from this embedder weights directory (same architecture)."),
+    eval_split: str = typer.Option("val", help="Held-out split scored after training: val (to choose runs) | test."),
     max_minutes: float = MAX_MIN,
 ) -> None:
-    """Train the triplet embedder on the train split, then print held-out retrieval figures."""
+    """Train the triplet embedder on the train split, then print held-out (val by default) retrieval figures."""
     from lookserve.errors import LookserveError
     from lookserve.training import embedder as E
 
     try:
         over = {k: v for k, v in dict(mining=mining, dim=dim, margin=margin, steps_per_epoch=steps_per_epoch,
                                       products_per_batch=products_per_batch, internal_size=internal_size,
-                                      stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs).items() if v is not None}
+                                      stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs,
+                                      lr1=lr1, lr2=lr2).items() if v is not None}
         cfg = E.EmbedderConfig.preset(size, **over)
         t0 = time.monotonic()
         train_data = E.load_triplet_data(data, ("train",), cfg.internal_size)
-        res = E.train(train_data, cfg, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None)
-        scores = E.evaluate(res.model, E.load_eval_data(data))
-        E.save(res, out, {"seed": seed, "data": str(data), "machine": _machine(),
-                          "eval": {k: vars(v) for k, v in scores.items()}, "total_seconds": round(time.monotonic() - t0, 1)})
+        res = E.train(train_data, cfg, seed=seed, max_seconds=max_minutes * 60 if max_minutes else None, init_weights=init)
+        scores = E.evaluate(res.model, E.load_eval_data(data, split=eval_split))
+        E.save(res, out, {"seed": seed, "data": str(data), "machine": _machine(), "init": str(init) if init else None,
+                          "eval_split": eval_split, "eval": {k: vars(v) for k, v in scores.items()},
+                          "total_seconds": round(time.monotonic() - t0, 1)})
     except LookserveError as e:
         _fail(e)
     c = _console()
     c.print(f"trained {res.steps} steps in {res.seconds:.0f} s ({cfg.mining}); weights in {out}")
-    c.print(_retrieval_table("held-out (test split) street→shop retrieval", scores))
+    c.print(_retrieval_table(f"held-out ({eval_split} split) street→shop retrieval", scores))
 
 
 @app.command("embedder-mining")
@@ -146,6 +152,7 @@ def eval_embedder(
     data: Path = DATA,
     weights: Path = typer.Option(..., "--weights", help="Weights directory (model.weights.h5 + config.json)."),
     gallery: str = typer.Option("test", help="test: the held-out products' shop photos; all: every split's as distractors."),
+    split: str = typer.Option("test", help="Held-out split of the queries: test | val."),
 ) -> None:
     """Print held-out retrieval figures: top-1 (the original's accuracy), recall@6, recall@20."""
     from lookserve.errors import LookserveError
@@ -153,10 +160,10 @@ def eval_embedder(
 
     try:
         model = E.load_model(weights)
-        scores = E.evaluate(model, E.load_eval_data(data, gallery))
+        scores = E.evaluate(model, E.load_eval_data(data, gallery, split))
     except LookserveError as e:
         _fail(e)
-    _console().print(_retrieval_table(f"held-out (test split) street→shop retrieval, gallery={gallery}", scores))
+    _console().print(_retrieval_table(f"held-out ({split} split) street→shop retrieval, gallery={gallery}", scores))
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +214,9 @@ def train_views(
     batch_size: int = typer.Option(None, help="Batch size (default: the preset's)."),
     eval_split: str = typer.Option("val", help="Held-out split the report scores: val (to choose runs) | test."),
     by_type: bool = typer.Option(True, "--by-type/--no-by-type", help="Ground-truth naming: also name best views per footwear type."),
+    lr1: float = typer.Option(None, help="Learning rate of stage 1 (default: the preset's)."),
+    lr2: float = typer.Option(None, help="Learning rate of stage 2 (default: the preset's)."),
+    init: Path = typer.Option(None, "--init", help="Continue from this view-classifier weights directory (same architecture)."),
     max_minutes: float = MAX_MIN,
 ) -> None:
     """Cluster the view images, write contact sheets and (given labels) train the classifier."""
@@ -215,12 +225,12 @@ def train_views(
 
     try:
         over = {k2: v for k2, v in dict(steps=steps, internal_size=internal_size, stem=stem, width=width,
-                                        batch_size=batch_size).items() if v is not None}
+                                        batch_size=batch_size, lr1=lr1, lr2=lr2).items() if v is not None}
         cfg = V.ViewConfig.preset(size, **over)
         report = V.run(
             data, out, cfg, seed, features, tuple(x for x in compare.split(",") if x), (k_min, k_max), k, labels,
             name_from_ground_truth, embedder_weights, max_minutes * 60 if max_minutes else None, k_rule,
-            pca_dims, types_from, eval_split, by_type,
+            pca_dims, types_from, eval_split, by_type, init,
         )
     except LookserveError as e:
         _fail(e)
@@ -319,12 +329,13 @@ def train_all(
     train_embedder(
         data=data, out=out_root / "embedder", seed=seed, size="small", mining="random", dim=128, margin=None,
         products_per_batch=16, internal_size=None, steps_per_epoch=None, stage1_epochs=None, stage2_epochs=None,
-        max_minutes=max_minutes,
+        lr1=None, lr2=None, init=None, eval_split="val", max_minutes=max_minutes,
     )
     train_views(
         data=data, out=out_root / "view_classifier", seed=seed, size="small", features="hog", pca_dims=8,
         types_from="catalogue", compare="random-cnn,histogram", k_min=2, k_max=15, k=None, k_rule="silhouette",
         labels=None, name_from_ground_truth=True, embedder_weights=out_root / "embedder", steps=None,
         internal_size=None, stem=None, width=None, batch_size=None, eval_split="val", by_type=True,
+        lr1=None, lr2=None, init=None,
         max_minutes=max_minutes,
     )

@@ -359,12 +359,44 @@ def contact_sheets(
 
 @dataclass(frozen=True)
 class ClusterLabel:
+    """A person's name for one cluster: best view or not, its type when the cluster is type-pure,
+    and optionally a per-footwear-type best-view answer (``best_by_type``: ((type, bool), ...)),
+    as the original named clusters "best view" / "not best view" per footwear type."""
+
     best_view: bool
     type: str | None
+    best_by_type: tuple[tuple[str, bool], ...] = ()
+
+    def best_for(self, type_index: int) -> bool:
+        """Best view for a shoe of type ``type_index`` (−1 = unknown: the cluster's answer)."""
+        if type_index >= 0:
+            for t, b in self.best_by_type:
+                if t == FOOTWEAR_TYPES[type_index]:
+                    return b
+        return self.best_view
+
+
+@dataclass(frozen=True)
+class LabelsDoc:
+    """A labels file: cluster names, who named them, and the footwear types whose best view is
+    only the view that shows their closure (``closure_types``: one best view per shoe, picked by
+    the classifier's own type head among the views its cluster names call best; see
+    :func:`lookserve.training.views.closure_relabel`)."""
+
+    labels: dict[int, ClusterLabel]
+    named_by: str
+    closure_types: tuple[str, ...] = ()
 
 
 def read_labels(path: str | os.PathLike) -> tuple[dict[int, ClusterLabel], str]:
     """A labels file → ({cluster: ClusterLabel}, named_by); every problem named."""
+    doc = read_labels_doc(path)
+    return doc.labels, doc.named_by
+
+
+def read_labels_doc(path: str | os.PathLike) -> LabelsDoc:
+    """A labels file → :class:`LabelsDoc`. Besides ``best_view`` and ``type`` a cluster may carry
+    ``best_view_by_type`` ({type: bool}); the file may list ``closure_types``."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -386,8 +418,18 @@ def read_labels(path: str | os.PathLike) -> tuple[dict[int, ClusterLabel], str]:
         t = v.get("type")
         if t is not None and t not in FOOTWEAR_TYPES:
             raise ConfigError(f"labels file {path}: cluster {key} has type {t!r}; expected one of {', '.join(FOOTWEAR_TYPES)} or null")
-        out[c] = ClusterLabel(v["best_view"], t)
-    return out, str(doc.get("named_by", "person"))
+        by_type = v.get("best_view_by_type") or {}
+        if not isinstance(by_type, dict) or any(
+            k not in FOOTWEAR_TYPES or not isinstance(b, bool) for k, b in by_type.items()
+        ):
+            raise ConfigError(
+                f"labels file {path}: cluster {key} best_view_by_type must map types ({', '.join(FOOTWEAR_TYPES)}) to true/false"
+            )
+        out[c] = ClusterLabel(v["best_view"], t, tuple(sorted(by_type.items())))
+    closure = doc.get("closure_types") or []
+    if not isinstance(closure, list) or any(t not in FOOTWEAR_TYPES for t in closure):
+        raise ConfigError(f"labels file {path}: closure_types must be a list of types from {', '.join(FOOTWEAR_TYPES)}")
+    return LabelsDoc(out, str(doc.get("named_by", "person")), tuple(closure))
 
 
 def name_from_ground_truth(
@@ -405,18 +447,64 @@ def name_from_ground_truth(
     return out
 
 
-def write_labels(path: str | os.PathLike, labels: dict[int, ClusterLabel], named_by: str, k: int, features: str) -> Path:
+def name_from_ground_truth_by_type(
+    clusters: np.ndarray, truths: list[ViewTruth], type_purity: float = 0.8, min_members: int = 3, ambiguous: float = 0.25
+) -> LabelsDoc:
+    """FOR EVALUATION ONLY: as :func:`name_from_ground_truth`, plus a best-view answer per
+    footwear type in each cluster (from the members of that type, when at least ``min_members``)
+    — what a person naming "best view" per footwear type would write. A (cluster, type) whose
+    members are neither mostly best nor mostly not (best fraction within ``ambiguous`` of 0.5,
+    e.g. the side views of zip shoes: only the side showing the zip is best) is named best and its
+    type listed in ``closure_types``: one best view per such shoe, the one showing the closure —
+    but only when the cluster's other types are clearly named (a cluster that mixes views is
+    ambiguous for every type, and that is no property of one type)."""
+    base = name_from_ground_truth(clusters, truths, type_purity)
+    out: dict[int, ClusterLabel] = {}
+    closure: set[str] = set()
+    for c, lab in base.items():
+        members = [truths[i] for i in np.flatnonzero(clusters == c)]
+        by_type = {}
+        for t in FOOTWEAR_TYPES:
+            mt = [m for m in members if m.type == t]
+            others = [m for m in members if m.type != t]
+            if len(mt) < min_members:
+                continue
+            frac = sum(m.best for m in mt) / len(mt)
+            frac_others = sum(m.best for m in others) / len(others) if others else 0.5
+            if abs(frac - 0.5) < ambiguous and abs(frac_others - 0.5) >= ambiguous:
+                closure.add(t)
+                b = True
+            else:
+                b = frac > 0.5
+            if b != lab.best_view:
+                by_type[t] = b
+        out[c] = ClusterLabel(lab.best_view, lab.type, tuple(sorted(by_type.items())))
+    return LabelsDoc(out, GROUND_TRUTH_NAMING, tuple(t for t in FOOTWEAR_TYPES if t in closure))
+
+
+def write_labels(
+    path: str | os.PathLike, labels: dict[int, ClusterLabel], named_by: str, k: int, features: str,
+    closure_types: tuple[str, ...] = (),
+) -> Path:
     path = Path(path)
-    atomic_write_json(
-        path,
-        {
-            "named_by": named_by,
-            "k": k,
-            "features": features,
-            "clusters": {str(c): {"best_view": lab.best_view, "type": lab.type} for c, lab in sorted(labels.items())},
-        },
-    )
+    clusters = {}
+    for c, lab in sorted(labels.items()):
+        clusters[str(c)] = {"best_view": lab.best_view, "type": lab.type}
+        if lab.best_by_type:
+            clusters[str(c)]["best_view_by_type"] = dict(lab.best_by_type)
+    doc = {"named_by": named_by, "k": k, "features": features, "clusters": clusters}
+    if closure_types:
+        doc["closure_types"] = list(closure_types)
+    atomic_write_json(path, doc)
     return path
+
+
+def best_targets(clusters: np.ndarray, types: np.ndarray, labels: dict[int, ClusterLabel]) -> np.ndarray:
+    """Per image best-view target (0/1) from its cluster's name for its shoe's type (−1: the cluster's)."""
+    missing = sorted(set(np.unique(clusters).tolist()) - set(labels))
+    if missing:
+        raise ConfigError(f"the labels file does not name clusters {missing}")
+    return np.array([1.0 if labels[int(c)].best_for(int(t)) else 0.0 for c, t in zip(clusters, types, strict=True)], np.float32)
 
 
 def labels_for_images(clusters: np.ndarray, shoes: np.ndarray, labels: dict[int, ClusterLabel]) -> tuple[np.ndarray, np.ndarray]:

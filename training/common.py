@@ -175,13 +175,18 @@ def pooling_factor(internal_size: int) -> int:
     return SERVED_SIZE // internal_size
 
 
-def build_backbone(name: str, internal_size: int, width: int = 32, spatial_pool: int = 0, prefix: str = "bb"):
+def build_backbone(
+    name: str, internal_size: int, width: int = 32, spatial_pool: int = 0, prefix: str = "bb", stem: int = 0
+):
     """A feature extractor: float [B, s, s, 3] in [0, 255] → float [B, F].
 
     ``small``: four conv-BN-ReLU stages (``width``·{1, 2, 4, 8} filters, stride 2 each, a
     separable second conv) — ~0.3 M parameters at width 32. ``resnet50``: Keras' ResNet50
     without pretrained weights (none exist here), for GPU. ``spatial_pool`` > 0 keeps a coarse
     ``p×p`` grid of the last feature map instead of a global average (layout-sensitive).
+    ``stem`` > 0 (``small`` only) puts a learned stride-2 ``stem``-filter conv in front of the
+    four stages: the network sees the full ``internal_size`` (fine details such as laces survive)
+    for about the cost of the stages at half that side.
     """
     keras = keras_module()
     from keras import layers
@@ -190,6 +195,12 @@ def build_backbone(name: str, internal_size: int, width: int = 32, spatial_pool:
         raise ConfigError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     inp = keras.Input((internal_size, internal_size, 3), dtype="float32", name=f"{prefix}_input")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name=f"{prefix}_scale")(inp)
+    if stem < 0 or (stem and name != "small"):
+        raise ConfigError(f"stem must be 0, or > 0 with the small backbone; got stem={stem} with {name!r}")
+    if stem:
+        x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name=f"{prefix}_stem")(x)
+        x = layers.BatchNormalization(name=f"{prefix}_stem_bn")(x)
+        x = layers.ReLU(name=f"{prefix}_stem_r")(x)
     if name == "small":
         for i, mult in enumerate((1, 2, 4, 8)):
             f = width * mult

@@ -409,8 +409,12 @@ def train(
     seed: int = 0,
     max_seconds: float | None = None,
     progress: bool = True,
+    init_weights: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Train from scratch; stops early (keeping the weights so far) after ``max_seconds``."""
+    """Train from scratch — or, with ``init_weights`` (a weights directory of the same
+    architecture), continue from those weights with a fresh optimizer and schedule, e.g. to
+    warm-start semi-hard / batch-hard mining from a random-mining model. Stops early (keeping
+    the weights so far) after ``max_seconds``."""
     keras = keras_module()
     from rich.progress import (
         BarColumn,
@@ -422,6 +426,14 @@ def train(
 
     set_seed(seed)
     model = build_model(config)
+    if init_weights is not None:
+        init_cfg = load_config(init_weights)
+        arch = ("dim", "backbone", "width", "internal_size")
+        diff = [f"{a}: {getattr(init_cfg, a)} vs {getattr(config, a)}" for a in arch if getattr(init_cfg, a) != getattr(config, a)]
+        if diff:
+            raise ConfigError(f"init weights {init_weights} have another architecture ({'; '.join(diff)})")
+        model.load_weights(str(Path(init_weights) / "model.weights.h5"))
+        log.info("warm start from %s", init_weights)
     tmodel = build_training_model(model, config)
     spe = config.steps_per_epoch
     total = spe * (config.stage1_epochs + config.stage2_epochs)
@@ -540,10 +552,13 @@ def evaluate(model, data: TripletData, pooled: bool = False) -> dict[str, Retrie
     return evaluate_embeddings(q, data.street_product, data.street_category, g, data.shop_product, data.shop_category)
 
 
-def load_eval_data(root: str | os.PathLike, gallery: str = "test") -> TripletData:
-    """Queries: street crops of test-split products at 224 px. ``gallery``: ``test`` (shop photos
-    of the test products, the held-out catalog) or ``all`` (every split's shop photos as distractors)."""
-    q = load_triplet_data(root, ("test",), SERVED_SIZE)
+def load_eval_data(root: str | os.PathLike, gallery: str = "test", split: str = "test") -> TripletData:
+    """Queries: street crops of held-out products (``split``: test, or val to choose between runs)
+    at 224 px. ``gallery``: ``test`` (shop photos of the same held-out products, the held-out
+    catalog) or ``all`` (every split's shop photos as distractors)."""
+    if split not in ("val", "test"):
+        raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
+    q = load_triplet_data(root, (split,), SERVED_SIZE)
     if gallery == "test":
         return q
     if gallery != "all":

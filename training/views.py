@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,19 @@ class ViewConfig:
     lr2: float = 5e-4
     stage1_fraction: float = 0.6
     augment: AugmentConfig = field(default_factory=_no_flip_augment)
+    #: filters of a learned stride-2 stem (0: none). With ``internal_size`` 224 the network sees
+    #: the full-resolution image (closure details survive) at about the cost of 112 px stages.
+    stem: int = 0
+    #: when the labels name ``closure_types``: the fraction of the steps after which each such
+    #: shoe keeps one best view, the one its type head is surest of (:func:`closure_relabel`)
+    relabel_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         pooling_factor(self.internal_size)
+        if self.stem < 0:
+            raise ConfigError(f"stem must be >= 0, got {self.stem}")
+        if not 0.0 < self.relabel_fraction < 1.0:
+            raise ConfigError(f"relabel_fraction must be in (0, 1), got {self.relabel_fraction}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.augment.hflip or self.augment.vflip:
@@ -97,7 +108,9 @@ def build_core(config: ViewConfig):
     keras = keras_module()
     from keras import layers
 
-    bb = build_backbone(config.backbone, config.internal_size, width=config.width, spatial_pool=2, prefix="view")
+    bb = build_backbone(
+        config.backbone, config.internal_size, width=config.width, spatial_pool=2, prefix="view", stem=config.stem
+    )
     inp = keras.Input((config.internal_size, config.internal_size, 3), dtype="float32", name="pooled")
     x = bb(inp)
     x = layers.Dropout(0.3, name="view_dropout")(x)
@@ -167,9 +180,15 @@ def train(
     seed: int = 0,
     max_seconds: float | None = None,
     progress: bool = True,
+    relabel: Callable[[Any, np.ndarray], np.ndarray] | None = None,
+    init_weights: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train on uint8 [N, 224, 224, 3] images (or already pooled to ``internal_size``) with
-    best-view targets (0/1) and type indices (−1 = unknown)."""
+    best-view targets (0/1) and type indices (−1 = unknown).
+
+    ``relabel(core, images)`` → new best-view targets, called once after
+    ``config.relabel_fraction`` of the steps (see :func:`closure_relabel`). ``init_weights``: a
+    weights directory of the same architecture to continue from (fresh optimizer and schedule)."""
     keras = keras_module()
     from rich.progress import (
         BarColumn,
@@ -185,6 +204,14 @@ def train(
     if images.shape[1] == SERVED_SIZE and config.internal_size != SERVED_SIZE:
         images = pool_uint8(images, pooling_factor(config.internal_size))
     model = build_model(config)
+    if init_weights is not None:
+        init_cfg = load_config(init_weights)
+        arch = ("backbone", "width", "internal_size", "stem")
+        diff = [f"{a}: {getattr(init_cfg, a)} vs {getattr(config, a)}" for a in arch if getattr(init_cfg, a) != getattr(config, a)]
+        if diff:
+            raise ConfigError(f"init weights {init_weights} have another architecture ({'; '.join(diff)})")
+        model.load_weights(str(Path(init_weights) / "model.weights.h5"))
+        log.info("warm start from %s", init_weights)
     core = core_of(model)
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [max(1, int(config.steps * config.stage1_fraction))], [config.lr1, config.lr2]
@@ -197,6 +224,8 @@ def train(
     history: dict[str, list[float]] = {"loss": []}
     t0 = time.monotonic()
     steps = 0
+    relabel_at = max(1, int(config.steps * config.relabel_fraction)) if relabel is not None else -1
+    best = np.asarray(best, np.float32)
     with Progress(
         TextColumn("[bold]view classifier[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=True,
@@ -214,10 +243,46 @@ def train(
                 bar.update(task, description=f"loss {np.mean(history['loss'][-50:]):.4f}")
                 log.info("step %d/%d loss %.4f", steps, config.steps, float(np.mean(history["loss"][-50:])))
             bar.advance(task)
+            if steps == relabel_at or (
+                relabel is not None and relabel_at > steps and max_seconds is not None
+                and time.monotonic() - t0 > config.relabel_fraction * max_seconds
+            ):
+                new = np.asarray(relabel(core, images), np.float32)
+                log.info("relabelled after %d steps: %d best-view targets changed", steps, int((new != best).sum()))
+                best, relabel_at = new, -1
+                history["relabel_step"] = [float(steps)]
             if max_seconds is not None and time.monotonic() - t0 > max_seconds:
                 log.warning("time budget %.0f s reached after %d of %d steps", max_seconds, steps, config.steps)
                 break
     return TrainResult(model, config, history, time.monotonic() - t0, steps)
+
+
+def closure_relabel(
+    core, images: np.ndarray, best: np.ndarray, types: np.ndarray, shoes: np.ndarray, closure_types: tuple[str, ...],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """For shoes of a type whose best view is only the view showing its closure (a zip shows on
+    one side only): among the shoe's views that its labels call best, keep best = 1 only on the
+    one where the classifier's type head gives the shoe's (catalogue) type the highest
+    probability — the view on which the closure is seen. Other shoes keep their targets."""
+    idx_types = {FOOTWEAR_TYPES.index(t) for t in closure_types}
+    cand = np.flatnonzero((best > 0.5) & np.isin(types, list(idx_types)))
+    out = best.copy()
+    if len(cand) == 0:
+        return out
+    probs = []
+    for i in range(0, len(cand), batch_size):
+        chunk = images[cand[i : i + batch_size]].astype(np.float32)
+        probs.append(np.asarray(core(chunk, training=False)["type_probs"]))
+    p = np.concatenate(probs)[np.arange(len(cand)), types[cand]]
+    by_shoe: dict[str, list[int]] = {}
+    for j, i in enumerate(cand.tolist()):
+        by_shoe.setdefault(str(shoes[i]), []).append(j)
+    for js in by_shoe.values():
+        keep = js[int(np.argmax(p[js]))]
+        for j in js:
+            out[cand[j]] = 1.0 if j == keep else 0.0
+    return out
 
 
 def predict(model, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -235,9 +300,13 @@ class ViewScores:
     images: int
     shoes: int
     type_accuracy: float  # per image
-    type_accuracy_shoe: float  # mean of the shoe's views' probabilities
+    type_accuracy_shoe: float  # mean of the shoe's views' probabilities (the thumbnail client's rule)
     best_view_accuracy: float  # per image, threshold 0.5
     thumbnail_accuracy: float  # per shoe: argmax best_view is a true best view
+    #: per shoe: argmax of the SUM of the views' log-probabilities (independent views' evidence)
+    type_accuracy_shoe_logsum: float = float("nan")
+    #: per image, on the views that show a type cue (not the sole; the back only for back-strap)
+    type_accuracy_cue_views: float = float("nan")
 
 
 def score_predictions(type_probs: np.ndarray, best_prob: np.ndarray, shoes: np.ndarray, truths: list[C.ViewTruth]) -> ViewScores:
@@ -246,13 +315,34 @@ def score_predictions(type_probs: np.ndarray, best_prob: np.ndarray, shoes: np.n
     type_acc = float(np.mean(type_probs.argmax(1) == true_type))
     best_acc = float(np.mean((best_prob >= 0.5) == true_best))
     shoe_ids = sorted(set(shoes.tolist()))
-    thumb_hits, shoe_type_hits = 0, 0
+    thumb_hits, shoe_type_hits, logsum_hits = 0, 0, 0
+    logp = np.log(np.clip(type_probs, 1e-12, 1.0))
     for s in shoe_ids:
         m = np.flatnonzero(shoes == s)
         thumb_hits += bool(true_best[m[np.argmax(best_prob[m])]])
         shoe_type_hits += int(type_probs[m].mean(0).argmax() == true_type[m[0]])
+        logsum_hits += int(logp[m].sum(0).argmax() == true_type[m[0]])
     n = len(shoe_ids)
-    return ViewScores(len(shoes), n, type_acc, shoe_type_hits / n, best_acc, thumb_hits / n)
+    cue = np.array([shows_type_cue(t) for t in truths], bool)
+    cue_acc = float(np.mean(type_probs.argmax(1)[cue] == true_type[cue])) if cue.any() else float("nan")
+    return ViewScores(len(shoes), n, type_acc, shoe_type_hits / n, best_acc, thumb_hits / n, logsum_hits / n, cue_acc)
+
+
+def shows_type_cue(t: C.ViewTruth) -> bool:
+    """Whether a view can show its shoe's type at all (generated data's rule; for the report):
+    never the sole; the back only for back-strap shoes; a zip only on its best side."""
+    if t.view == "sole":
+        return False
+    if t.view == "back":
+        return t.type == "back-strap"
+    if t.type == "zip":
+        return t.best
+    return not (t.view == "front" and t.type == "back-strap")
+
+
+def product_type(type_probs: np.ndarray) -> int:
+    """A product's type from its views' ``type_probs`` [V, 6]: argmax of the summed log-probabilities."""
+    return int(np.log(np.clip(np.asarray(type_probs, np.float64), 1e-12, 1.0)).sum(0).argmax())
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +360,7 @@ class LabellingResult:
     plot: Path
     sheets_dir: Path
     compared: dict[str, dict[str, float]] = field(default_factory=dict)
+    closure_types: tuple[str, ...] = ()
 
 
 def label_views(
@@ -287,9 +378,13 @@ def label_views(
     test_views: C.ViewImages | None = None,
     k_rule: str = "silhouette",
     pca_dims: int = 8,
+    by_type: bool = True,
 ) -> tuple[LabellingResult, np.ndarray]:
     """Clustering stages (1–5 of the module doc) on the train split; returns the result and the
-    cluster of every train image. Purity against the true view is computed for the report."""
+    cluster of every train image. Purity against the true view is computed for the report.
+    ``test_views``: the held-out images whose view purity is reported (the val split while
+    choosing between runs). ``by_type``: the ground-truth naming (evaluation only) also names
+    best views per footwear type, as a person naming the clusters per type would."""
     import joblib
 
     out = Path(out_dir)
@@ -327,14 +422,22 @@ def label_views(
     if te is not None:
         fte = C.extract_features(te.images, features, seed, embedder_weights)
         heldout_purity = C.purity(km.predict(pipe.transform(fte).astype(np.float32)), C.view_index([truth[p] for p in te.paths]))
-    labels, named_by = None, None
+    labels, named_by, closure = None, None, ()
     if labels_file is not None:
-        labels, named_by = C.read_labels(labels_file)
+        doc = C.read_labels_doc(labels_file)
+        labels, named_by, closure = doc.labels, doc.named_by, doc.closure_types
     elif name_from_ground_truth:
-        labels, named_by = C.name_from_ground_truth(clusters, tr_truth), C.GROUND_TRUTH_NAMING
+        if by_type:
+            doc = C.name_from_ground_truth_by_type(clusters, tr_truth)
+            labels, closure = doc.labels, doc.closure_types
+        else:
+            labels = C.name_from_ground_truth(clusters, tr_truth)
+        named_by = C.GROUND_TRUTH_NAMING
         log.warning("clusters named from the generated ground truth — for evaluation only")
-        C.write_labels(out / "clustering" / "labels.json", labels, named_by, chosen, features)
-    res = LabellingResult(features, chosen, sweeps, labels, named_by, train_purity, heldout_purity, plot, sheets, compared)
+        C.write_labels(out / "clustering" / "labels.json", labels, named_by, chosen, features, closure)
+    res = LabellingResult(
+        features, chosen, sweeps, labels, named_by, train_purity, heldout_purity, plot, sheets, compared, closure
+    )
     return res, clusters
 
 
@@ -354,6 +457,9 @@ def run(
     k_rule: str = "silhouette",
     pca_dims: int = 8,
     types_from: str = "catalogue",
+    eval_split: str = "val",
+    by_type: bool = True,
+    init_weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """The whole job. Without a labels file (and without the ground-truth option) it stops after
     the contact sheets: a person names the clusters, then runs it again with ``labels_file``.
@@ -362,16 +468,21 @@ def run(
     the original (its supplier CSV had a class column and clustering only found the views); here it
     is read from the per-shoe ``type`` of the data set's ground truth of the TRAIN split.
     ``clusters`` — only the types that the labels file gives clusters (propagated over each
-    shoe's views); unknown types are masked out of the loss."""
+    shoe's views); unknown types are masked out of the loss.
+
+    ``eval_split``: the held-out split whose figures the report gives — ``val`` (default) to
+    choose between runs; the test split is for :func:`evaluate` of the chosen weights only."""
     if types_from not in ("catalogue", "clusters"):
         raise ConfigError(f"types_from must be 'catalogue' or 'clusters', got {types_from!r}")
+    if eval_split not in ("val", "test"):
+        raise ConfigError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
     out = Path(out_dir)
     t0 = time.monotonic()
     tr = C.load_view_images(root, C.shoes_in_split(root, "train"))
-    te = C.load_view_images(root, C.shoes_in_split(root, "test"))
+    te = C.load_view_images(root, C.shoes_in_split(root, eval_split))
     lab, clusters = label_views(
         root, out, seed, features, compare, k_range, k, labels_file, name_from_ground_truth, embedder_weights, tr, te, k_rule,
-        pca_dims,
+        pca_dims, by_type,
     )
     report: dict[str, Any] = {
         "features": lab.features,
@@ -386,22 +497,32 @@ def run(
         "plot": str(lab.plot),
         "sheets": str(lab.sheets_dir),
         "named_by": lab.named_by,
+        "heldout_split": eval_split,
+        "closure_types": list(lab.closure_types),
     }
     if lab.labels is None:
         report["next"] = f"name the clusters in {lab.sheets_dir}/labels_template.json, save it as labels.json and rerun with --labels"
         return report
     if len(set(lab.labels)) != lab.k:
         raise ConfigError(f"the labels file names {len(lab.labels)} clusters but k = {lab.k}; pass --k {len(lab.labels)}")
-    best, types = C.labels_for_images(clusters, tr.shoes, lab.labels)
+    _, types = C.labels_for_images(clusters, tr.shoes, lab.labels)
     report["types_from"] = types_from
     if types_from == "catalogue":
         truth_tr = C.read_ground_truth(root)
         types = np.array([FOOTWEAR_TYPES.index(truth_tr[p].type) for p in tr.paths], np.int32)
+    best = C.best_targets(clusters, types, lab.labels)
     report["train_images"] = int(len(best))
     report["train_images_with_type"] = int((types >= 0).sum())
-    result = train(tr.images, best, types, config, seed, max_seconds)
+    relabel = None
+    if lab.closure_types:
+        def relabel(core, imgs):  # noqa: E306 - closes over this run's targets
+            return closure_relabel(core, imgs, best, types, tr.shoes, lab.closure_types)
+    result = train(tr.images, best, types, config, seed, max_seconds, relabel=relabel, init_weights=init_weights)
+    report["init_weights"] = str(init_weights) if init_weights else None
     save_weights(result.model, config.to_dict(), out, KIND)
-    atomic_write_json(out / "train_log.json", {"seconds": round(result.seconds, 1), "steps": result.steps, "loss": [round(v, 5) for v in result.history["loss"]]})
+    atomic_write_json(out / "train_log.json", {"seconds": round(result.seconds, 1), "steps": result.steps,
+                                               "relabel_step": result.history.get("relabel_step"),
+                                               "loss": [round(v, 5) for v in result.history["loss"]]})
     truth = C.read_ground_truth(root)
     tp, bp = predict(result.model, te.images)
     report["heldout"] = dataclass_to_dict(score_predictions(tp, bp, te.shoes, [truth[p] for p in te.paths]))
@@ -411,17 +532,22 @@ def run(
     return report
 
 
-def evaluate(root: str | os.PathLike, weights_dir: str | os.PathLike) -> dict[str, Any]:
-    """Held-out (test-split) figures of a trained classifier, plus view purity of its clustering
-    when ``clustering/kmeans.joblib`` is beside the weights."""
+def evaluate(root: str | os.PathLike, weights_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
+    """Held-out (``split``: test by default, or val) figures of a trained classifier, plus view
+    purity of its clustering when ``clustering/kmeans.joblib`` is beside the weights."""
     import joblib
 
+    if split not in ("val", "test"):
+        raise ConfigError(f"split must be 'val' or 'test', got {split!r}")
     truth = C.read_ground_truth(root)
-    te = C.load_view_images(root, C.shoes_in_split(root, "test"))
+    shoes = C.shoes_in_split(root, split)
+    if not shoes:
+        raise DataError(f"{root} has no footwear in the {split} split")
+    te = C.load_view_images(root, shoes)
     model = load_model(weights_dir)
     tp, bp = predict(model, te.images)
     te_truth = [truth[p] for p in te.paths]
-    out: dict[str, Any] = {"heldout": dataclass_to_dict(score_predictions(tp, bp, te.shoes, te_truth))}
+    out: dict[str, Any] = {"split": split, "heldout": dataclass_to_dict(score_predictions(tp, bp, te.shoes, te_truth))}
     kj = Path(weights_dir) / "clustering" / "kmeans.joblib"
     if kj.is_file():
         st = joblib.load(kj)
