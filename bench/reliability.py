@@ -1,0 +1,934 @@
+"""``lookserve bench reliability``: faults survived and bad inputs refused, with nothing lost.
+
+One run starts a private tritonserver on 127.0.0.1 serving a small synthetic embedder (and a
+"slow" twin of it whose dynamic batcher holds every request for seconds), builds a catalog
+through it, and then runs phases, each bounded in requests and seconds:
+
+``steady``          closed-loop load, the baseline (errors by kind, p50/p99, throughput)
+``deadline``        requests to the slow model with a short deadline → ``DeadlineExceeded`` in time
+``sigkill``         SIGKILL of tritonserver under load, restart; the same client objects recover
+``stub_kill``       SIGKILL of the python-backend stubs under load; the watchdog reloads the model
+``bad_publish``     a corrupt ONNX file published, a corrupt version promoted, under load
+``catalog_tamper``  catalog files flipped, truncated, deleted, the manifest altered → refused
+``interrupted_build`` a catalog rebuild SIGKILLed mid-way (a separate process) over the live catalog
+``bad_images``      a seeded corpus of hostile images (random, mutated, truncated, bombs, odd
+                    modes) through decode → Triton, while a good load runs beside it
+``bad_json``        mutated street2shop JSON, footwear ground truth and catalog manifests
+
+For every phase the report gives what was done, what the clients saw (outcomes by exception
+type), the accounting (sent = ok + failed with a lookserve error + anything else, which must be
+0) and the command that reproduces that phase alone.
+
+    lookserve bench reliability --out bench/results
+    python -m lookserve.bench.reliability reliability --phase sigkill
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from lookserve.errors import LookserveError
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(no_args_is_help=True, help="Faults and bad inputs under load.")
+
+PHASES = ("steady", "deadline", "sigkill", "stub_kill", "bad_publish", "catalog_tamper", "interrupted_build",
+          "bad_images", "bad_json")
+SIZE, DIM = 32, 16  # the synthetic embedder's crop size and embedding dimension
+SLOW = "embedder_slow"
+
+
+@app.callback()
+def _group() -> None:
+    """Faults and bad inputs under load."""
+
+
+@dataclass(frozen=True)
+class ReliabilitySpec:
+    concurrency: int = 4
+    steady_s: float = 8.0  # the steady phase's duration
+    fault_s: float = 1.5  # load before a fault, and after recovery
+    down_s: float = 1.5  # how long the server stays dead in the sigkill phase
+    max_requests: int = 20_000  # per load, whatever happens
+    max_phase_s: float = 60.0  # per load, whatever happens
+    timeout_s: float = 2.0  # the clients' per-request deadline
+    retries: int = 3  # attempts on UNAVAILABLE
+    slow_deadline_s: float = 0.3
+    bad_images: int = 240
+    bad_json: int = 120
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------
+# Load: closed-loop threads, every request accounted for
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    t: float  # send time, seconds since the phase's start
+    latency_s: float
+    kind: str  # "ok" or the exception's class name
+    typed: bool  # ok, or failed with a lookserve error
+    version: str = ""
+    message: str = ""
+
+
+class Load:
+    """``concurrency`` threads, each with its own :class:`TritonClient` kept for the whole phase
+    (recovery without re-creating clients), sending one crop at a time to ``model``."""
+
+    def __init__(self, url: str, spec: ReliabilitySpec, model: str = "embedder", t0: float | None = None) -> None:
+        from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
+
+        self.spec = spec
+        self.model = model
+        self.t0 = t0 if t0 is not None else time.monotonic()
+        options = ClientOptions(url=url, timeout_s=spec.timeout_s,
+                                retry=RetryPolicy(attempts=spec.retries, base_s=0.05, max_s=0.25))
+        self.clients = [TritonClient(options) for _ in range(spec.concurrency)]
+        self.outcomes: list[Outcome] = []
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._end = time.monotonic() + spec.max_phase_s
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"rel-load-{i}")
+                         for i in range(spec.concurrency)]
+
+    def _run(self, worker: int) -> None:
+        import numpy as np
+
+        crops = np.random.default_rng(worker).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+        client = self.clients[worker]
+        while not self._stop.is_set() and time.monotonic() < self._end:
+            with self._lock:
+                if self.sent >= self.spec.max_requests:
+                    return
+                self.sent += 1
+            start = time.monotonic()
+            try:
+                r = client.infer(self.model, {"crops": crops})
+                o = Outcome(start - self.t0, time.monotonic() - start, "ok", True, r.model_version)
+            except LookserveError as e:
+                o = Outcome(start - self.t0, time.monotonic() - start, type(e).__name__, True, message=str(e)[:200])
+            except Exception as e:  # noqa: BLE001 - counted as untyped: the report fails on any
+                o = Outcome(start - self.t0, time.monotonic() - start, type(e).__name__, False, message=str(e)[:200])
+            with self._lock:
+                self.outcomes.append(o)
+            if o.kind != "ok":
+                time.sleep(0.02)  # a failing client does not spin
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.spec.timeout_s * self.spec.retries + 10)
+        for c in self.clients:
+            c.close()
+
+    def summary(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        import numpy as np
+
+        chosen = [o for o in self.outcomes if (since is None or o.t >= since) and (until is None or o.t < until)]
+        ok = np.array([o.latency_s for o in chosen if o.kind == "ok"]) * 1e3
+        kinds = Counter(o.kind for o in chosen)
+        return {
+            "requests": len(chosen),
+            "by_kind": dict(sorted(kinds.items())),
+            "untyped": sum(not o.typed for o in chosen),
+            "p50_ms": round(float(np.percentile(ok, 50)), 2) if ok.size else None,
+            "p99_ms": round(float(np.percentile(ok, 99)), 2) if ok.size else None,
+            "max_failed_latency_s": round(max((o.latency_s for o in chosen if o.kind != "ok"), default=0.0), 3),
+        }
+
+    def accounting(self) -> dict[str, Any]:
+        kinds = Counter(o.kind for o in self.outcomes)
+        ok = kinds.pop("ok", 0)
+        typed = sum(1 for o in self.outcomes if o.typed and o.kind != "ok")
+        untyped = sum(1 for o in self.outcomes if not o.typed)
+        return {"sent": self.sent, "ok": ok, "failed_typed": typed, "untyped": untyped,
+                "accounted": self.sent == ok + typed + untyped == len(self.outcomes)}
+
+
+# ------------------------------------------------------------------------------------------
+# Setting up: a repository with the synthetic embedder and its slow twin, a catalog
+# ------------------------------------------------------------------------------------------
+def _write_repository(root: Path) -> Path:
+    import onnx
+
+    from lookserve import contracts
+    from lookserve.bench.variants import synthetic_embedder
+    from lookserve.modelconfig import DynamicBatching
+
+    base = replace(contracts.embedder_config(dim=DIM, crop_size=SIZE), warmup=())
+    slow = replace(base, name=SLOW, dynamic_batching=DynamicBatching(max_queue_delay_microseconds=3_000_000,
+                                                                     preferred_batch_sizes=(32,)))
+    model = synthetic_embedder(size=SIZE, dim=DIM)
+    for config in (base, slow):
+        (root / config.name / "1").mkdir(parents=True, exist_ok=True)
+        onnx.save(model, root / config.name / "1" / "model.onnx")
+        config.write(root / config.name / "config.pbtxt")
+    return root
+
+
+def _shop_records(folder: Path, n: int, seed: int) -> list:
+    import numpy as np
+    from PIL import Image
+
+    from lookserve.client.catalog import PhotoRecord
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        records.append(PhotoRecord(1000 + i, ("tops", "bags", "hats")[i % 3], path.name, path, f"product {i}"))
+    return records
+
+
+@dataclass
+class Env:
+    work: Path
+    repo: Path
+    server: Any
+    catalog: Path
+    records: list
+    spec: ReliabilitySpec
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return self.server.grpc_url
+
+
+@contextlib.contextmanager
+def environment(work: Path, spec: ReliabilitySpec) -> Iterator[Env]:
+    from lookserve.client.catalog import IndexParams, TritonEmbedder, build_catalog
+    from lookserve.client.core import TritonClient
+    from lookserve.server.launcher import ServerOptions, TritonServer
+
+    repo = _write_repository(work / "repo")
+    server = TritonServer(ServerOptions(repo, grpc_port=0, load_models=("embedder", SLOW), work_dir=work / "triton",
+                                        exit_timeout_s=3, ready_timeout_s=120))
+    server.start()
+    try:
+        records = _shop_records(work / "shop", 48, spec.seed)
+        with TritonClient(server.grpc_url, timeout_s=30) as client:
+            build_catalog(records, work / "catalog", TritonEmbedder(client), IndexParams(M=8, ef_construction=64),
+                          batch_size=8, concurrency=2, model_repository=repo, images_root=work / "shop")
+        yield Env(work, repo, server, work / "catalog", records, spec)
+    finally:
+        server.stop()
+
+
+def _phase(name: str, what: str, load: Load | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"phase": name, "what": what}
+    if load is not None:
+        out["accounting"] = load.accounting()
+        out["client_saw"] = load.summary()["by_kind"]
+    out.update(extra)
+    return out
+
+
+def _passed(result: dict[str, Any]) -> bool:
+    checks = result.get("checks", {})
+    acc = result.get("accounting", {"accounted": True, "untyped": 0})
+    return bool(acc["accounted"] and acc["untyped"] == 0 and all(checks.values()))
+
+
+# ------------------------------------------------------------------------------------------
+# Phases
+# ------------------------------------------------------------------------------------------
+def phase_steady(env: Env) -> dict[str, Any]:
+    s = env.spec
+    with Load(env.url, s) as load:
+        time.sleep(s.steady_s)
+    summary = load.summary()
+    acc = load.accounting()
+    return _phase("steady", f"closed-loop load: {s.concurrency} clients, {s.steady_s:.0f} s, one 32×32 crop per request",
+                  load, latency=summary, throughput_rps=round(acc["ok"] / s.steady_s, 1),
+                  checks={"no errors": acc["failed_typed"] == 0})
+
+
+def phase_deadline(env: Env) -> dict[str, Any]:
+    import numpy as np
+
+    from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
+    from lookserve.errors import DeadlineExceeded
+
+    s = env.spec
+    crops = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+    outcomes, latencies = Counter(), []
+    untyped = 0
+    n = 8
+    with TritonClient(ClientOptions(url=env.url, timeout_s=s.slow_deadline_s, retry=RetryPolicy(attempts=s.retries))) as c:
+        for _ in range(n):
+            start = time.monotonic()
+            try:
+                c.infer(SLOW, {"crops": crops})
+                outcomes["ok"] += 1
+            except LookserveError as e:
+                outcomes[type(e).__name__] += 1
+            except Exception as e:  # noqa: BLE001 - counted
+                outcomes[type(e).__name__] += 1
+                untyped += 1
+            latencies.append(time.monotonic() - start)
+        after = c.infer("embedder", {"crops": crops}).model_version
+    return _phase(
+        "deadline", f"{n} requests with a {s.slow_deadline_s} s deadline to a model whose batcher holds requests 3 s",
+        client_saw=dict(outcomes),
+        accounting={"sent": n, "ok": outcomes["ok"], "failed_typed": n - outcomes["ok"] - untyped, "untyped": untyped,
+                    "accounted": sum(outcomes.values()) == n},
+        max_latency_s=round(max(latencies), 3),
+        checks={"all DeadlineExceeded": outcomes[DeadlineExceeded.__name__] == n,
+                "within deadline + 0.5 s": max(latencies) < s.slow_deadline_s + 0.5,
+                "server still answers": after == "1"},
+    )
+
+
+def phase_sigkill(env: Env) -> dict[str, Any]:
+    s = env.spec
+    t0 = time.monotonic()
+    with Load(env.url, s, t0=t0) as load:
+        time.sleep(s.fault_s)
+        killed = time.monotonic() - t0
+        env.server.kill()
+        time.sleep(s.down_s)
+        restarted = time.monotonic() - t0
+        env.server.start()
+        ready = time.monotonic() - t0
+        time.sleep(s.fault_s)
+    down = load.summary(killed + 0.05, restarted)
+    after = load.summary(ready + 0.5)
+    bound = s.timeout_s * s.retries + 1.0
+    return _phase(
+        "sigkill", f"SIGKILL of tritonserver (and its stubs) under load, dead {s.down_s} s, restarted on the same port",
+        load, events={"killed_s": round(killed, 3), "restarted_s": round(restarted, 3), "ready_s": round(ready, 3)},
+        while_down=down, after_recovery=after, restart_to_ready_s=round(ready - restarted, 2),
+        timeline=[asdict(o) for o in sorted(load.outcomes, key=lambda o: o.t)][:5000],
+        checks={"failures while down are ServerUnavailable": set(down["by_kind"]) <= {"ServerUnavailable"},
+                f"no call hung (< {bound:.1f} s)": down["max_failed_latency_s"] < bound,
+                "same clients recover": after["requests"] > 0 and set(after["by_kind"]) == {"ok"}},
+    )
+
+
+def phase_stub_kill(env: Env) -> dict[str, Any]:
+    import psutil
+
+    from lookserve.client.core import TritonClient
+    from lookserve.server.watchdog import StubWatchdog, stubs_of
+
+    s = env.spec
+    t0 = time.monotonic()
+    with TritonClient(env.url, repository_key=env.server.repository_key, timeout_s=30) as admin, \
+            StubWatchdog(env.server.pid, admin, interval_s=0.5) as watchdog, Load(env.url, s, t0=t0) as load:
+        time.sleep(s.fault_s)
+        stubs = [st for st in stubs_of(env.server.pid).values() if st.model == "embedder"]
+        killed = time.monotonic() - t0
+        for st in stubs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(st.pid).kill()
+        end = time.monotonic() + 30
+        while "embedder" not in watchdog.healed and time.monotonic() < end:
+            time.sleep(0.1)
+        healed = time.monotonic() - t0
+        time.sleep(s.fault_s)
+    after = load.summary(healed + 0.5)
+    window = load.summary(killed - s.timeout_s, healed + 0.5)  # requests in flight at the kill included
+    return _phase(
+        "stub_kill", f"SIGKILL of the embedder's {len(stubs)} python-backend stub(s) under load; StubWatchdog (0.5 s) reloads it",
+        load, events={"killed_s": round(killed, 3), "healed_s": round(healed, 3)}, during=window, after_recovery=after,
+        time_to_heal_s=round(healed - killed, 2),
+        timeline=[asdict(o) for o in sorted(load.outcomes, key=lambda o: o.t)][:5000],
+        checks={"watchdog reloaded the model": watchdog.healed == ["embedder"],
+                "failures are typed server errors": set(window["by_kind"]) <= {"ok", "InternalServerError", "ModelNotReady",
+                                                                               "ServerUnavailable"},
+                "clients recover": after["requests"] > 0 and set(after["by_kind"]) == {"ok"}},
+    )
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def phase_bad_publish(env: Env) -> dict[str, Any]:
+    from lookserve.client.core import TritonClient
+    from lookserve.client.models import ModelRepository
+    from lookserve.errors import PublishError
+
+    s = env.spec
+    models = ModelRepository(env.repo)
+    bad = env.work / "bad.onnx"
+    bad.write_bytes(b"\x08\x07 this is not an onnx model")
+    seen: dict[str, str] = {}
+    before = _tree(env.repo / "embedder")
+    with TritonClient(env.url, repository_key=env.server.repository_key, timeout_s=60) as admin, Load(env.url, s) as load:
+        time.sleep(s.fault_s / 2)
+        try:
+            models.publish("embedder", bad)
+            seen["publish corrupt file"] = "accepted"
+        except PublishError as e:
+            seen["publish corrupt file"] = f"PublishError: {e}"[:240]
+        unchanged = _tree(env.repo / "embedder") == before
+        version_dir = env.repo / "embedder" / "2"  # a damaged version on disk, bypassing publish's checks
+        version_dir.mkdir()
+        (version_dir / "model.onnx").write_bytes(b"corrupt")
+        config_before = (env.repo / "embedder" / "config.pbtxt").read_text()
+        try:
+            models.promote(admin, "embedder", 2)
+            seen["promote corrupt version"] = "accepted"
+        except LookserveError as e:
+            seen["promote corrupt version"] = f"{type(e).__name__}: {e}"[:240]
+        time.sleep(s.fault_s / 2)
+        config_kept = (env.repo / "embedder" / "config.pbtxt").read_text() == config_before
+        shutil.rmtree(version_dir)
+    versions = Counter(o.version for o in load.outcomes if o.kind == "ok")
+    acc = load.accounting()
+    return _phase(
+        "bad_publish", "under load: publish a corrupt ONNX file; promote a corrupt version directory written past publish",
+        load, client_saw_versions=dict(versions), refusals=seen,
+        checks={"corrupt publish refused": seen["publish corrupt file"].startswith("PublishError"),
+                "repository unchanged by the refused publish": unchanged,
+                "corrupt promote refused": seen["promote corrupt version"].startswith("PublishError"),
+                "config kept": config_kept, "no failed request": acc["failed_typed"] == 0,
+                "only version 1 answered": set(versions) == {"1"}},
+    )
+
+
+def _tamper_cases() -> dict[str, Callable[[Path], None]]:
+    def flip(name: str) -> Callable[[Path], None]:
+        def f(d: Path) -> None:
+            data = bytearray((d / name).read_bytes())
+            data[len(data) // 2] ^= 0x01
+            (d / name).write_bytes(bytes(data))
+        return f
+
+    def truncate(name: str) -> Callable[[Path], None]:
+        return lambda d: (d / name).write_bytes((d / name).read_bytes()[: (d / name).stat().st_size // 2])
+
+    def manifest(change: Callable[[dict], None]) -> Callable[[Path], None]:
+        def f(d: Path) -> None:
+            m = json.loads((d / "manifest.json").read_text())
+            change(m)
+            (d / "manifest.json").write_text(json.dumps(m))
+        return f
+
+    return {
+        "index byte flipped": flip("index_tops.bin"),
+        "index truncated": truncate("index_tops.bin"),
+        "vectors deleted": lambda d: (d / "vectors_bags.npy").unlink(),
+        "database byte flipped": flip("products.sqlite"),
+        "manifest truncated": truncate("manifest.json"),
+        "manifest: embedder version 7": manifest(lambda m: m["embedder"].update(version="7")),
+        "manifest: count changed": manifest(lambda m: m["categories"]["tops"].update(count=3)),
+        "manifest: checksum swapped": manifest(lambda m: m["files"]["index_tops.bin"].update(
+            sha256=m["files"]["index_bags.bin"]["sha256"])),
+        "not a catalog (empty folder)": lambda d: [p.unlink() for p in d.iterdir()],
+    }
+
+
+def phase_catalog_tamper(env: Env) -> dict[str, Any]:
+    import numpy as np
+
+    from lookserve.client.catalog import Catalog, open_for_client
+    from lookserve.client.core import TritonClient
+    from lookserve.errors import CatalogError
+
+    live = Catalog.open(env.catalog)
+    queries = np.random.default_rng(env.spec.seed).normal(size=(5, DIM)).astype(np.float32)
+    answer = live.search_labels("tops", queries, 3)[0].tolist()
+    cases: dict[str, dict[str, str]] = {}
+    untyped = 0
+    with TritonClient(env.url, timeout_s=10) as client:
+        for name, damage in _tamper_cases().items():
+            copy = env.work / "tampered" / name.replace(" ", "_").replace(":", "")
+            shutil.copytree(env.catalog, copy)
+            damage(copy)
+            try:
+                open_for_client(copy, client, env.repo)
+                cases[name] = {"outcome": "accepted", "message": ""}
+            except CatalogError as e:
+                cases[name] = {"outcome": type(e).__name__, "message": str(e)[:240]}
+            except Exception as e:  # noqa: BLE001 - counted as untyped
+                untyped += 1
+                cases[name] = {"outcome": f"untyped {type(e).__name__}", "message": str(e)[:240]}
+        still = open_for_client(env.catalog, client, env.repo).search_labels("tops", queries, 3)[0].tolist()
+    refused = sum(c["outcome"] != "accepted" and not c["outcome"].startswith("untyped") for c in cases.values())
+    return _phase(
+        "catalog_tamper", f"{len(cases)} damaged copies of the live catalog opened for a client (checksums, versions)",
+        client_saw=dict(Counter(c["outcome"] for c in cases.values())), cases=cases,
+        accounting={"sent": len(cases), "ok": 0, "failed_typed": refused, "untyped": untyped,
+                    "accounted": refused + untyped + sum(c["outcome"] == "accepted" for c in cases.values()) == len(cases)},
+        checks={"every damaged copy refused": refused == len(cases),
+                "live catalog intact and answering the same": still == answer},
+    )
+
+
+_BUILD_SCRIPT = """
+import sys
+from pathlib import Path
+from lookserve.client.catalog import PhotoRecord, TritonEmbedder, build_catalog, IndexParams
+from lookserve.client.core import TritonClient
+url, out, shop, n = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+cats = ("tops", "bags", "hats")
+records = [PhotoRecord(1000 + i, cats[i % 3], f"{i}.png", shop / f"{i}.png", f"product {i}") for i in range(n)]
+with TritonClient(url, timeout_s=30) as client:
+    build_catalog(records, out, TritonEmbedder(client), IndexParams(M=8, ef_construction=64), batch_size=2,
+                  concurrency=1, images_root=shop)
+"""
+
+
+def phase_interrupted_build(env: Env) -> dict[str, Any]:
+    from lookserve.client.catalog import Catalog, partial_dir_for
+
+    before = _tree(env.catalog)
+    partial = partial_dir_for(env.catalog)
+    n = len(env.records)
+    process = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, env.url, str(env.catalog), str(env.work / "shop"), str(n)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and process.poll() is None and len(list(partial.glob("batch-*.npz"))) < 3:
+        time.sleep(0.01)
+    finished_first = process.poll() is not None
+    if not finished_first:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(30)
+    killed_with = len(list(partial.glob("batch-*.npz")))
+    intact = _tree(env.catalog) == before
+    opened = Catalog.open(env.catalog).manifest.counts["photos"]
+    leftovers = sorted(p.name for p in env.catalog.parent.iterdir() if ".tmp-" in p.name)
+    resumed = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, env.url, str(env.catalog), str(env.work / "shop"), str(n)],
+                             capture_output=True, text=True, timeout=120)
+    rebuilt = Catalog.open(env.catalog).manifest.counts["photos"]
+    return _phase(
+        "interrupted_build", "a catalog rebuild over the live catalog (another process, embedding through Triton) "
+        f"SIGKILLed once 3 of its {(n + 1) // 2} batches were on disk; then the same build run again",
+        client_saw={"old catalog after the kill": "intact" if intact else "CHANGED",
+                    "embedded batches kept for the rerun": killed_with},
+        accounting={"sent": 1, "ok": 1 if intact else 0, "failed_typed": 0, "untyped": 0 if intact else 1, "accounted": True},
+        temp_dirs_left=leftovers, resumed_exit_code=resumed.returncode,
+        checks={"killed mid-way": not finished_first and killed_with >= 1, "old catalog byte-identical": intact,
+                "old catalog opens": opened == n, "rerun completes": resumed.returncode == 0 and rebuilt == n,
+                "partial embeddings cleaned after the rerun": not partial.exists()},
+    )
+
+
+# --- bad inputs --------------------------------------------------------------------------------
+def image_corpus(n: int, seed: int) -> list[tuple[str, bytes, bool]]:
+    """(kind, bytes, must_decode) — seeded hostile and odd images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+
+    def enc(img, fmt="PNG", **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    valid = {
+        "jpeg": enc(rgb, "JPEG"), "png": enc(rgb), "webp": enc(rgb, "WEBP"), "bmp": enc(rgb, "BMP"),
+        "gif": enc(rgb.quantize(8), "GIF"), "tiff": enc(rgb, "TIFF"),
+    }
+    odd = {  # must decode: these are ordinary photos
+        "mode L": enc(rgb.convert("L")), "mode LA": enc(rgb.convert("LA")), "mode RGBA": enc(rgb.convert("RGBA")),
+        "mode P": enc(rgb.quantize(16)), "mode 1": enc(rgb.convert("1")),
+        "mode I;16": enc(Image.fromarray(rng.integers(0, 65536, (24, 32), dtype=np.uint16))),
+        "CMYK jpeg": enc(rgb.convert("CMYK"), "JPEG"), "EXIF-rotated jpeg": enc(rgb, "JPEG", exif=exif),
+        "1x1 png": enc(Image.new("RGB", (1, 1), (9, 9, 9))), "animated webp": enc(rgb, "WEBP", save_all=True,
+                                                                                   append_images=[rgb.convert("L").convert("RGB")]),
+    }
+    bombs = {
+        "20000x1 png": enc(Image.new("L", (20_000, 1))), "9000x9000 1-bit png": enc(Image.new("1", (9_000, 9_000))),
+        "33 MB file": b"\x89PNG\r\n\x1a\n" + bytes(33 * 1024 * 1024),
+    }
+    corpus = [(k, v, True) for k, v in odd.items()] + [(k, v, False) for k, v in bombs.items()]
+    corpus += [("gif (not allowed)", valid["gif"], False), ("tiff (not allowed)", valid["tiff"], False), ("empty", b"", False)]
+    names = sorted(valid)
+    while len(corpus) < n:
+        kind = rng.choice(["random", "truncated", "flipped", "spliced"])
+        base = valid[names[rng.integers(len(names))]]
+        if kind == "random":
+            data = rng.integers(0, 256, int(rng.integers(1, 4096)), dtype=np.uint8).tobytes()
+        elif kind == "truncated":
+            data = base[: int(rng.integers(0, len(base)))]
+        elif kind == "flipped":
+            b = bytearray(base)
+            for i in rng.integers(0, len(b), int(rng.integers(1, 8))):
+                b[i] ^= int(rng.integers(1, 256))
+            data = bytes(b)
+        else:
+            i = int(rng.integers(0, len(base)))
+            data = base[:i] + rng.integers(0, 256, int(rng.integers(1, 32)), dtype=np.uint8).tobytes() + base[i + 8:]
+        corpus.append((str(kind), data, False))
+    return corpus
+
+
+def phase_bad_images(env: Env) -> dict[str, Any]:
+    from lookserve.client.core import TritonClient
+    from lookserve.errors import InvalidInputError
+    from lookserve.images import decode_image, resize_square
+
+    s = env.spec
+    corpus = image_corpus(s.bad_images, s.seed)
+    outcomes: Counter = Counter()
+    by_kind: dict[str, Counter] = {}
+    must_but_failed: list[str] = []
+    untyped = 0
+    with TritonClient(env.url, timeout_s=10) as client, Load(env.url, replace(s, concurrency=2)) as good:
+        for kind, data, must in corpus:
+            try:
+                crop = resize_square(decode_image(data), SIZE)
+                client.infer("embedder", {"crops": crop[None]})
+                result = "decoded and served"
+            except InvalidInputError:
+                result = "InvalidInputError"
+            except LookserveError as e:
+                result = type(e).__name__
+            except Exception as e:  # noqa: BLE001 - counted as untyped
+                result = f"untyped {type(e).__name__}"
+                untyped += 1
+            if must and result != "decoded and served":
+                must_but_failed.append(f"{kind}: {result}")
+            outcomes[result] += 1
+            by_kind.setdefault(kind.split(" (")[0] if kind in ("random", "truncated", "flipped", "spliced") else
+                               ("odd mode/size" if must else kind), Counter())[result] += 1
+    good_acc = good.accounting()
+    n = len(corpus)
+    served = outcomes["decoded and served"]
+    return _phase(
+        "bad_images", f"{n} seeded hostile or odd images (random bytes, truncated/flipped/spliced JPEG PNG WebP BMP GIF "
+        "TIFF, bombs, GIF/TIFF outside the allow-list, L/LA/P/1/I;16/CMYK/RGBA/EXIF/1×1/animated) decoded and sent to "
+        "Triton, while 2 clients send good requests",
+        client_saw=dict(outcomes), by_kind={k: dict(v) for k, v in sorted(by_kind.items())},
+        accounting={"sent": n, "ok": served, "failed_typed": n - served - untyped, "untyped": untyped,
+                    "accounted": sum(outcomes.values()) == n},
+        good_load=good_acc | {"by_kind": good.summary()["by_kind"]},
+        checks={"odd modes and sizes decode (not errors)": not must_but_failed,
+                "bombs refused": all(by_kind.get(k, Counter()).get("InvalidInputError") for k in
+                                     ("20000x1 png", "9000x9000 1-bit png", "33 MB file")),
+                "good requests unaffected": good_acc["failed_typed"] == 0 and good_acc["untyped"] == 0 and good_acc["ok"] > 0},
+        must_decode_failures=must_but_failed,
+    )
+
+
+def _mutate_json(doc: Any, rng) -> str:
+    """One structural change at a random path, or damaged text."""
+    values = [None, True, -1, 0, 2**70, 1e400, float("nan"), "", "x" * 40, [], {}, [1, [2, [3]]], {"photo": "1"}]
+    if rng.random() < 0.3:
+        text = json.dumps(doc)
+        i = int(rng.integers(0, len(text)))
+        return text[:i] if rng.random() < 0.5 else text[:i] + "\x00}{" + text[i + 3:]
+    doc = json.loads(json.dumps(doc))
+    paths: list[tuple] = []
+
+    def walk(d, prefix=()):
+        paths.append(prefix)
+        if isinstance(d, dict):
+            for k, v in d.items():
+                walk(v, (*prefix, k))
+        elif isinstance(d, list):
+            for i, v in enumerate(d):
+                walk(v, (*prefix, i))
+
+    walk(doc)
+    path = paths[int(rng.integers(len(paths)))]
+    value = values[int(rng.integers(len(values)))]
+    if not path:
+        return json.dumps(value, allow_nan=True)
+    parent = doc
+    for p in path[:-1]:
+        parent = parent[p]
+    if rng.random() < 0.25:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return json.dumps(doc, allow_nan=True)
+
+
+def _mutate_all(targets, per_target: int, rng, results: dict[str, Counter], examples: dict[str, str]) -> None:
+    for name, path, doc, load, documented in targets:
+        counts = results.setdefault(name, Counter())
+        for _ in range(per_target):
+            path.write_text(_mutate_json(doc, rng), encoding="utf-8", errors="surrogatepass")
+            try:
+                load()
+                counts["loaded"] += 1
+            except documented:
+                counts[documented.__name__] += 1
+            except Exception as e:  # noqa: BLE001 - counted: anything but the documented error
+                key = f"undocumented {type(e).__name__}"
+                counts[key] += 1
+                examples.setdefault(f"{name}: {key}", str(e)[:160])
+        path.write_text(json.dumps(doc))
+
+
+def phase_bad_json(env: Env) -> dict[str, Any]:
+    import numpy as np
+
+    from lookserve.client.catalog import Catalog
+    from lookserve.data import footwear, street2shop
+    from lookserve.errors import CatalogError, DataError
+
+    s = env.spec
+    rng = np.random.default_rng(s.seed)
+    root = env.work / "s2s"
+    (root / "photos").mkdir(parents=True)
+    (root / "photos" / "photos.txt").write_text("".join(f"{i},images/{i}.jpg\n" for i in (1, 2, 100, 101)))
+    (root / "images").mkdir()
+    for i in (1, 2, 100, 101):
+        (root / "images" / f"{i}.jpg").write_bytes(b"")
+    (root / "meta" / "json").mkdir(parents=True)
+    bb = {"left": 1, "top": 2, "width": 10, "height": 12}
+    docs = {root / "meta/json/train_pairs_tops.json": [{"photo": 1, "product": 10, "bbox": bb}, {"photo": 2, "product": 11, "bbox": bb}],
+            root / "meta/json/retrieval_tops.json": [{"product": 10, "photo": 100}, {"product": 11, "photo": 101}]}
+    for p, d in docs.items():
+        p.write_text(json.dumps(d))
+    fw = env.work / "fw"
+    (fw / "footwear" / "views" / "s1").mkdir(parents=True)
+    (fw / "footwear" / "views" / "s1" / "a.jpg").write_bytes(b"")
+    gt = {"images": [{"path": "views/s1/a.jpg", "shoe_id": "s1", "view": "front", "type": "lace-up", "split": "train",
+                      "best_view": True}]}
+    cat_copy = env.work / "catalog-json"
+    shutil.copytree(env.catalog, cat_copy)
+    manifest = json.loads((cat_copy / "manifest.json").read_text())
+
+    targets: list[tuple[str, Path, Any, Callable[[], Any], type]] = [
+        ("street2shop pairs", next(iter(docs)), docs[next(iter(docs))], lambda: street2shop.load(root), DataError),
+        ("street2shop retrieval", list(docs)[1], docs[list(docs)[1]], lambda: street2shop.load(root), DataError),
+        ("footwear ground truth", fw / "footwear" / "ground_truth.json", gt, lambda: footwear.load_views(fw), DataError),
+        ("catalog manifest", cat_copy / "manifest.json", manifest, lambda: Catalog.open(cat_copy), CatalogError),
+    ]
+    results: dict[str, Counter] = {}
+    examples: dict[str, str] = {}
+    per_target = max(1, s.bad_json // len(targets))
+    quiet = logging.getLogger("lookserve.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # rows skipped for missing images are expected here
+    try:
+        _mutate_all(targets, per_target, rng, results, examples)
+    finally:
+        quiet.setLevel(level)
+    n = per_target * len(targets)
+    untyped = sum(v for c in results.values() for k, v in c.items() if k.startswith("undocumented"))
+    loaded = sum(c["loaded"] for c in results.values())
+    return _phase(
+        "bad_json", f"{n} mutated JSON documents ({per_target} each: street2shop pairs and retrieval files, footwear "
+        "ground truth, catalog manifest) through their loaders; only DataError / CatalogError may escape",
+        client_saw={k: dict(v) for k, v in results.items()}, untyped_examples=examples,
+        accounting={"sent": n, "ok": loaded, "failed_typed": n - loaded - untyped, "untyped": untyped, "accounted": True},
+        checks={"only documented errors": untyped == 0},
+    )
+
+
+RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
+    "steady": phase_steady, "deadline": phase_deadline, "sigkill": phase_sigkill, "stub_kill": phase_stub_kill,
+    "bad_publish": phase_bad_publish, "catalog_tamper": phase_catalog_tamper,
+    "interrupted_build": phase_interrupted_build, "bad_images": phase_bad_images, "bad_json": phase_bad_json,
+}
+
+
+def run_reliability(work: Path, spec: ReliabilitySpec, phases: Sequence[str] = PHASES,
+                    progress: bool = True) -> dict[str, Any]:
+    """Run ``phases`` on a private Triton under ``work``; returns the report (see the module doc)."""
+    from lookserve.bench.report import environment as env_info
+
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise typer.BadParameter(f"unknown phase(s) {sorted(unknown)}; choose from {', '.join(PHASES)}")
+    started = time.monotonic()
+    results = []
+    with environment(work, spec) as env, _bar(progress, len(phases)) as advance:
+        for name in phases:
+            t = time.monotonic()
+            log.info("reliability phase %s", name)
+            result = RUNNERS[name](env)
+            result["duration_s"] = round(time.monotonic() - t, 1)
+            result["passed"] = _passed(result)
+            results.append(result)
+            advance(name)
+    return {"spec": asdict(spec), "phases": results, "passed": all(r["passed"] for r in results),
+            "duration_s": round(time.monotonic() - started, 1), "environment": env_info()}
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, total: int):
+    if not enabled:
+        yield lambda name: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("reliability", total=total)
+        yield lambda name: bar.update(task, advance=1, description=f"reliability: {name} done")
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+def markdown(report: dict[str, Any]) -> str:
+    from lookserve.bench.report import markdown_table
+
+    spec = report["spec"]
+    lines = [
+        "# Reliability: faults survived, bad inputs refused, nothing lost",
+        "",
+        f"Overall: **{'PASSED' if report['passed'] else 'FAILED'}** in {report['duration_s']} s. Private tritonserver on "
+        f"127.0.0.1 (synthetic {SIZE}×{SIZE}→{DIM} embedder, python-based onnxruntime backend); clients: "
+        f"{spec['concurrency']} threads, deadline {spec['timeout_s']} s, {spec['retries']} attempts on UNAVAILABLE. "
+        "Accounting: every request (or input) sent is ok or failed with its documented lookserve error "
+        "(typed); `untyped` counts anything else (another exception type) and must be 0. Each phase's checks are listed "
+        "under it; the reproduce line runs that phase alone.",
+        "",
+    ]
+    rows = []
+    for r in report["phases"]:
+        a = r.get("accounting", {})
+        rows.append([r["phase"], "pass" if r["passed"] else "**FAIL**", a.get("sent"), a.get("ok"), a.get("failed_typed"),
+                     a.get("untyped"), "yes" if a.get("accounted") else "**no**", r["duration_s"]])
+    lines.append(markdown_table(["phase", "result", "sent", "ok", "failed (typed)", "untyped", "all accounted", "s"], rows))
+    for r in report["phases"]:
+        lines += [f"## {r['phase']}", "", r["what"] + ".", "",
+                  "Client saw: `" + json.dumps(r.get("client_saw", {}), sort_keys=True) + "`", ""]
+        for key in ("latency", "throughput_rps", "events", "while_down", "after_recovery", "restart_to_ready_s", "during",
+                    "time_to_heal_s", "max_latency_s", "client_saw_versions", "refusals", "good_load", "by_kind",
+                    "must_decode_failures", "temp_dirs_left", "untyped_examples"):
+            if key in r:
+                lines.append(f"- {key.replace('_', ' ')}: `{json.dumps(r[key], sort_keys=True, default=str)}`")
+        if "cases" in r:
+            lines += ["", markdown_table(["damage", "refused with", "message"],
+                                         [[k, v["outcome"], v["message"].replace("|", "/")] for k, v in r["cases"].items()])]
+        lines += ["", "Checks: " + "; ".join(f"{k}: {'yes' if v else '**NO**'}" for k, v in r.get("checks", {}).items()),
+                  "", f"Reproduce: `{r['command']}`", ""]
+    lines += [f"Full run: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lookserve.bench.report import save_figure
+
+    timed = [r for r in report["phases"] if r.get("timeline")]
+    if not timed:
+        return None
+    fig, axes = plt.subplots(len(timed), 1, figsize=(9, 3.2 * len(timed)), squeeze=False)
+    for ax, r in zip(axes[:, 0], timed, strict=True):
+        kinds = sorted({o["kind"] for o in r["timeline"]}, key=lambda k: (k != "ok", k))
+        for kind in kinds:
+            pts = [o for o in r["timeline"] if o["kind"] == kind]
+            ax.scatter([o["t"] for o in pts], [o["latency_s"] * 1e3 for o in pts], s=6, label=f"{kind} ({len(pts)})")
+        for name, t in r.get("events", {}).items():
+            ax.axvline(t, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(name.removesuffix("_s"), (t, 1), xycoords=("data", "axes fraction"), fontsize=8, rotation=90,
+                        va="top", ha="right")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds since the phase started")
+        ax.set_ylabel("request latency (ms)")
+        ax.set_title(f"{r['phase']}: {r['what']}"[:110], fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def write_report(report: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    from lookserve.bench.report import atomic_write_json, atomic_write_text
+
+    paths = [atomic_write_json(out / f"{stem}.json", report), atomic_write_text(out / f"{stem}.md", markdown(report))]
+    png = plot(report, out / f"{stem}.png")
+    return paths + ([png] if png else [])
+
+
+def _command(spec: ReliabilitySpec, phases: Sequence[str], out: Path, stem: str) -> str:
+    words = ["lookserve", "bench", "reliability"]
+    defaults = ReliabilitySpec()
+    for key, value in asdict(spec).items():
+        if value != getattr(defaults, key):
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    for p in phases if tuple(phases) != PHASES else ():
+        words += ["--phase", p]
+    words += ["--out", shlex.quote(str(out)), "--stem", shlex.quote(stem)]
+    return " ".join(words)
+
+
+@app.command("reliability")
+def reliability(
+    phase: list[str] = typer.Option([], "--phase", help=f"Run only these phases (repeatable): {', '.join(PHASES)}."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=32, help="Closed-loop client threads."),
+    steady_s: float = typer.Option(8.0, "--steady-s", min=1.0, max=120.0, help="Seconds of the steady phase."),
+    fault_s: float = typer.Option(1.5, "--fault-s", min=0.5, max=30.0, help="Seconds of load before a fault and after recovery."),
+    down_s: float = typer.Option(1.5, "--down-s", min=0.2, max=30.0, help="Seconds the killed server stays down."),
+    max_requests: int = typer.Option(20_000, "--max-requests", min=1, help="Bound on the requests of one load."),
+    timeout_s: float = typer.Option(2.0, "--timeout-s", min=0.1, max=60.0, help="Client deadline per request."),
+    bad_images: int = typer.Option(240, "--bad-images", min=20, max=5000, help="Size of the bad-image corpus."),
+    bad_json: int = typer.Option(120, "--bad-json", min=4, max=5000, help="Mutated JSON documents in all."),
+    seed: int = typer.Option(0, "--seed"),
+    work: Path | None = typer.Option(None, "--work", help="Scratch folder (default: a temp folder, removed)."),
+    out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for the JSON, Markdown and PNG outputs."),
+    stem: str = typer.Option("reliability", "--stem", help="Output file name stem."),
+) -> None:
+    """Faults (SIGKILL, stub crash, slow server, bad publish, tampered catalog, killed build) and bad inputs
+    under load on a private Triton; every request accounted for. Exit code 1 if a check failed."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    spec = ReliabilitySpec(concurrency=concurrency, steady_s=steady_s, fault_s=fault_s, down_s=down_s,
+                           max_requests=max_requests, timeout_s=timeout_s, bad_images=bad_images, bad_json=bad_json,
+                           seed=seed)
+    phases = tuple(dict.fromkeys(phase)) or PHASES
+    scratch = work or Path(tempfile.mkdtemp(prefix="lookserve-reliability-"))
+    try:
+        report = run_reliability(scratch, spec, phases)
+    except LookserveError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from e
+    finally:
+        if work is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    report["command"] = _command(spec, phases, out, stem)
+    for r in report["phases"]:
+        r["command"] = _command(spec, (r["phase"],), out, f"{stem}_{r['phase']}")
+    paths = write_report(report, out, stem)
+    from rich.markdown import Markdown
+
+    console.print(Markdown(markdown(report).split("\n## ")[0]))
+    for p in paths:
+        console.print(f"wrote {p}")
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    app()
