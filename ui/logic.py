@@ -131,13 +131,13 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
     if not street:
         notes.append(f"no street photos under {root}")
     footwear: dict[str, list[Path]] = {}
-    for candidate in (root, root / "footwear"):
+    if (root / "footwear").is_dir():  # a data set's footwear/views/<product>/, or footwear/<product>/
         try:
-            footwear = find_products(candidate)
-            break
-        except errors.DataError:
-            continue
-    if not footwear:
+            views = root / "footwear" / "views"
+            footwear = find_products(views if views.is_dir() else root / "footwear")
+        except errors.DataError as e:
+            notes.append(f"footwear: {e}")
+    if not footwear and not any(n.startswith("footwear") for n in notes):
         notes.append(f"no footwear products under {root} (expected footwear/views/<product>/<view>.jpg)")
     return Samples(street=street, footwear=footwear, notes=tuple(notes))
 
