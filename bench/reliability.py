@@ -309,6 +309,14 @@ def phase_deadline(env: Env) -> dict[str, Any]:
     )
 
 
+def _timeline(outcomes: list[Outcome], max_ok: int = 1500) -> list[list]:
+    """[t, latency ms, kind] per request for the plot: every failure, ok requests thinned evenly."""
+    ordered = sorted(outcomes, key=lambda o: o.t)
+    ok = [o for o in ordered if o.kind == "ok"]
+    keep_ok = set(map(id, ok[:: max(1, len(ok) // max_ok)]))
+    return [[round(o.t, 3), round(o.latency_s * 1e3, 2), o.kind] for o in ordered if o.kind != "ok" or id(o) in keep_ok]
+
+
 def phase_sigkill(env: Env) -> dict[str, Any]:
     s = env.spec
     t0 = time.monotonic()
@@ -328,7 +336,7 @@ def phase_sigkill(env: Env) -> dict[str, Any]:
         "sigkill", f"SIGKILL of tritonserver (and its stubs) under load, dead {s.down_s} s, restarted on the same port",
         load, events={"killed_s": round(killed, 3), "restarted_s": round(restarted, 3), "ready_s": round(ready, 3)},
         while_down=down, after_recovery=after, restart_to_ready_s=round(ready - restarted, 2),
-        timeline=[asdict(o) for o in sorted(load.outcomes, key=lambda o: o.t)][:5000],
+        timeline=_timeline(load.outcomes),
         checks={"failures while down are ServerUnavailable": set(down["by_kind"]) <= {"ServerUnavailable"},
                 f"no call hung (< {bound:.1f} s)": down["max_failed_latency_s"] < bound,
                 "same clients recover": after["requests"] > 0 and set(after["by_kind"]) == {"ok"}},
@@ -362,7 +370,7 @@ def phase_stub_kill(env: Env) -> dict[str, Any]:
         "stub_kill", f"SIGKILL of the embedder's {len(stubs)} python-backend stub(s) under load; StubWatchdog (0.5 s) reloads it",
         load, events={"killed_s": round(killed, 3), "healed_s": round(healed, 3)}, during=window, after_recovery=after,
         time_to_heal_s=round(healed - killed, 2),
-        timeline=[asdict(o) for o in sorted(load.outcomes, key=lambda o: o.t)][:5000],
+        timeline=_timeline(load.outcomes),
         checks={"watchdog reloaded the model": watchdog.healed == ["embedder"],
                 "failures are typed server errors": set(window["by_kind"]) <= {"ok", "InternalServerError", "ModelNotReady",
                                                                                "ServerUnavailable"},
@@ -843,10 +851,12 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(len(timed), 1, figsize=(9, 3.2 * len(timed)), squeeze=False)
     for ax, r in zip(axes[:, 0], timed, strict=True):
-        kinds = sorted({o["kind"] for o in r["timeline"]}, key=lambda k: (k != "ok", k))
+        kinds = sorted({kind for _, _, kind in r["timeline"]}, key=lambda k: (k != "ok", k))
         for kind in kinds:
-            pts = [o for o in r["timeline"] if o["kind"] == kind]
-            ax.scatter([o["t"] for o in pts], [o["latency_s"] * 1e3 for o in pts], s=6, label=f"{kind} ({len(pts)})")
+            pts = [(t, ms) for t, ms, k in r["timeline"] if k == kind]
+            n = r["client_saw"].get(kind, len(pts))
+            ax.scatter([t for t, _ in pts], [ms for _, ms in pts], s=6,
+                       label=f"{kind} ({n}{', thinned' if len(pts) < n else ''})")
         for name, t in r.get("events", {}).items():
             ax.axvline(t, color="grey", linestyle="--", linewidth=1)
             ax.annotate(name.removesuffix("_s"), (t, 1), xycoords=("data", "axes fraction"), fontsize=8, rotation=90,
