@@ -131,10 +131,23 @@ def windows_report(samples: list[Sample], events: list[dict[str, Any]], warmup_s
         "during_swaps": _summary([s for s in measured if inside(s)]),
         "per_operation": [{"operation": e["name"], "start_s": round(e["start"], 3), "end_s": round(e["end"], 3),
                            **_summary([s for s in measured if e["start"] <= s.t <= e["end"]])} for e in events],
+        "per_kind": [{"operation": name, "windows": sum(e["name"] == name for e in events),
+                      "seconds": round(sum(e["end"] - e["start"] for e in events if e["name"] == name), 2),
+                      **_summary([s for s in measured
+                                  if any(e["name"] == name and e["start"] <= s.t <= e["end"] for e in events)])}
+                     for name in dict.fromkeys(e["name"] for e in events)],
     }
 
 
+def _kind(name: str) -> str:
+    """Short label of an operation for the plot."""
+    if name.startswith("embedder swap"):
+        return "embedder swap → v" + name.split("→v")[1].split(" ")[0] if "→v" in name else "embedder swap"
+    return name
+
+
 def plot(report: dict[str, Any], path: Path) -> Path:
+    """Latency over time (top) and the operator's actions on a timeline (bottom), sharing the time axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,16 +161,15 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     lat = np.asarray(samples["latency_ms"])
     ok = np.asarray(samples["ok"], bool)
     emb = np.asarray(samples["embedder"])
-    fig, ax = plt.subplots(figsize=(13, 5))
+    fig, (ax, tl) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     colours = {"1": "tab:blue", "2": "tab:green"}
     for version in sorted(set(emb[ok])):
         sel = ok & (emb == version)
-        ax.scatter(t[sel], lat[sel], s=6, alpha=0.5, color=colours.get(version, "tab:gray"),
-                   label=f"ok, embedder v{version}" if version else "ok, nothing detected")
+        ax.scatter(t[sel], lat[sel], s=7, alpha=0.6, color=colours.get(version, "tab:gray"),
+                   label=f"ok, embedder v{version} + catalog v{version}" if version else "ok, nothing detected (no embedding)")
     if (~ok).any():
         ax.scatter(t[~ok], lat[~ok], s=30, marker="x", color="red", label="failed")
-    # rolling p99 over 4-second windows, every half second
-    if len(t):
+    if len(t):  # rolling p99 over 4-second windows, every half second
         mids, p99 = [], []
         for a in np.arange(0, t.max() + 0.5, 0.5):
             sel = ok & (t >= a - 2) & (t < a + 2)
@@ -165,28 +177,50 @@ def plot(report: dict[str, Any], path: Path) -> Path:
                 mids.append(a)
                 p99.append(np.percentile(lat[sel], 99))
         ax.plot(mids, p99, color="black", lw=1.2, label="p99 (4 s window)")
+    ops = [e for e in report["events"] if not e.get("step")]
+    steps = [e for e in report["events"] if e.get("step")]
     palette = {"detector publish": "tab:gray", "detector promote": "tab:orange", "detector rollback": "tab:purple",
                "embedder swap": "tab:green"}
-    for e in report["events"]:
-        if e["name"] in palette:
-            ax.axvspan(e["start"], e["end"], color=palette[e["name"]], alpha=0.12)
-            ax.text(e["start"], 0.98, f" {e['name']}", transform=ax.get_xaxis_transform(), fontsize=8, va="top",
-                    color=palette[e["name"]])
-    steps = {"load_both": "tab:olive", "build": "tab:cyan", "flip": "tab:red", "drain": "tab:pink", "unload": "tab:brown"}
-    for n, e in enumerate(x for x in report["events"] if x["name"] in steps):
-        ax.axvline(e["start"], color=steps[e["name"]], ls="--", lw=1)
-        ax.text(e["start"], 0.90 - 0.05 * (n % 3), f" {e['name']}", transform=ax.get_xaxis_transform(), fontsize=8,
-                color=steps[e["name"]])
-    ax.axvspan(0, report["config"]["warmup_s"], color="gray", alpha=0.08)
+
+    def colour(name: str) -> str:
+        return next((c for prefix, c in palette.items() if name.startswith(prefix)), "tab:gray")
+
+    for e in ops:
+        ax.axvspan(e["start"], e["end"], color=colour(e["name"]), alpha=0.12)
+    for e in steps:
+        if e["name"] in ("flip", "unload"):
+            ax.axvline(e["start"], color="tab:red" if e["name"] == "flip" else "tab:brown", ls="--", lw=0.9)
+    ax.plot([], [], color="tab:red", ls="--", lw=0.9, label="catalog pointer flip")
+    ax.plot([], [], color="tab:brown", ls="--", lw=0.9, label="old embedder version unloaded")
+    ax.axvspan(0, report["config"]["warmup_s"], color="gray", alpha=0.06)
     ax.set_yscale("log")
-    ax.set_xlabel("time since start (s)")
     ax.set_ylabel("look latency (ms)")
     w = report["windows"]
-    ax.set_title(f"look chain under closed-loop load (concurrency {report['config']['concurrency']}) across swaps — "
+    ax.set_title(f"look chain, closed loop (concurrency {report['config']['concurrency']}), across model swaps: "
                  f"p99 outside {w['outside_swaps']['p99_ms']:.0f} ms, during {w['during_swaps']['p99_ms']:.0f} ms; "
-                 f"failed {w['all']['failed']}, mixed {w['all']['mixed_version']}", fontsize=10)
+                 f"failed {w['all']['failed']}, mixed-version {w['all']['mixed_version']}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
+    # timeline: one row per action kind, the embedder swap's steps below it
+    rows = list(dict.fromkeys(["detector publish", "detector promote", "detector rollback",
+                               *(_kind(e["name"]) for e in ops if e["name"].startswith("embedder swap"))]))
+    step_rows = ["load_both", "build", "drain", "unload"]
+    labels = rows + [f"  {r}" for r in step_rows]
+    for e in ops:
+        y = rows.index(_kind(e["name"]))
+        tl.broken_barh([(e["start"], max(e["end"] - e["start"], 0.2))], (y - 0.4, 0.8), color=colour(e["name"]), alpha=0.7)
+    step_colours = {"load_both": "tab:olive", "build": "tab:cyan", "drain": "tab:pink", "unload": "tab:brown"}
+    for e in steps:
+        if e["name"] in step_rows:
+            y = len(rows) + step_rows.index(e["name"])
+            tl.broken_barh([(e["start"], max(e["end"] - e["start"], 0.2))], (y - 0.4, 0.8), color=step_colours[e["name"]])
+        elif e["name"] == "flip":
+            tl.axvline(e["start"], color="tab:red", ls="--", lw=0.9)
+    tl.set_yticks(range(len(labels)), labels, fontsize=7)
+    tl.invert_yaxis()
+    tl.set_xlabel("time since start (s)")
+    tl.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
     try:
         return save_figure(fig, path)
     finally:
@@ -200,10 +234,14 @@ def markdown(report: dict[str, Any]) -> str:
     rows = [[name, w[key]["requests"], w[key]["failed"], w[key]["mixed_version"], w[key]["p50_ms"], w[key]["p99_ms"],
              w[key]["max_ms"]] for name, key in (("outside swaps", "outside_swaps"), ("during swaps", "during_swaps"),
                                                  ("all (after warm-up)", "all"))]
-    rows += [[f"during {o['operation']} ({o['start_s']:.1f}–{o['end_s']:.1f} s)", o["requests"], o["failed"],
-              o["mixed_version"], o["p50_ms"], o["p99_ms"], o["max_ms"]] for o in w["per_operation"]]
+    rows += [[f"during {o['operation']} ({o['windows']}×, {o['seconds']:.1f} s in all)", o["requests"], o["failed"],
+              o["mixed_version"], o["p50_ms"], o["p99_ms"], o["max_ms"]] for o in w["per_kind"]]
     c = report["config"]
-    steps = "; ".join(f"{s['name']} {s['ended'] - s['started']:.2f} s" for s in report["embedder_swap"]["steps"])
+    swaps = [
+        f"v{r['old_version']} → v{r['new_version']}: " + "; ".join(f"{s['name']} {s['ended'] - s['started']:.2f} s" for s in r["steps"])
+        + f" ({r['old_requests_after_flip']} requests answered by v{r['old_version']} after the flip)"
+        for r in report["embedder_swaps"]
+    ]
     lines = [
         "# Latency across model swaps (look chain)",
         "",
@@ -213,9 +251,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"catalog of {c['catalog_photos']} shop photos. Device: {report['environment'].get('host_cpu', '')} "
         f"({report['environment'].get('cpu_affinity')} cores usable, load average {report['environment'].get('load_average_1_5_15')}), GPUs: {report['environment'].get('gpus') or 'none'}.",
         "",
+        *([report["note"], ""] if report.get("note") else []),
         markdown_table(["window", "requests", "failed", "mixed-version", "p50 ms", "p99 ms", "max ms"], rows),
-        f"Embedder swap v{report['embedder_swap']['old_version']} → v{report['embedder_swap']['new_version']}: {steps}; "
-        f"{report['embedder_swap']['old_requests_after_flip']} requests answered by the old version after the flip.",
+        "p99 of a window with fewer than 100 requests is close to its maximum; compare medians there.",
+        "",
+        "Embedder swaps (steps of swap_embedder):",
+        "",
+        *[f"- {line}" for line in swaps],
         "",
         f"Versions seen: detector {report['versions_seen']['detector']}, embedder {report['versions_seen']['embedder']}; "
         f"requests that reached the embedder: {report['versions_seen']['embedded']}.",
@@ -252,7 +294,7 @@ def _street_photos(root: Path, split: str, n: int) -> list[bytes]:
 def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: str = "test", catalog_split: str | None = None,
                    concurrency: int = 2, photos: int = 16, warmup_s: float = 5.0, gap_s: float = 8.0,
                    detector_onnx: Path | None = None, embedder_onnx: Path | None = None, quiet_s: float = 2.0,
-                   max_s: float = 420.0, progress: bool = True) -> dict[str, Any]:
+                   max_s: float = 420.0, cycles: int = 1, progress: bool = True) -> dict[str, Any]:
     from lookserve.bench.report import environment
     from lookserve.client.catalog import (
         CatalogWatcher,
@@ -310,43 +352,62 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
             finally:
                 events.append({"name": name, "start": start, "end": time.perf_counter() - t0})
 
-        swap_report = None
+        swaps: list[dict[str, Any]] = []
+        step_start: dict[str, float] = {}
+
+        def on_step(step: str, phase: str) -> None:
+            now = time.perf_counter() - t0
+            if phase == "start":
+                step_start[step] = now
+            else:
+                events.append({"name": step, "start": step_start[step], "end": now, "step": True})
+
+        def embedder_swap(cycle: int, forward: bool) -> None:
+            # forward: v_old -> v_new (the first time publishes the file and builds the catalog);
+            # backward: v_new -> v_old, reusing its catalog (the operator's swap back)
+            first = forward and cycle == 0
+            new_name = f"v{emb_new[0]}" if emb_new[0] else f"v{max(v.version for v in repo_models.versions('embedder')) + 1}"
+            label = f"embedder swap v{emb_old}→{new_name}" if forward else f"embedder swap {new_name}→v{emb_old}"
+            label += " (publish + build)" if first else " (reuse catalog)"
+            swap_options = SwapOptions(quiet_s=quiet_s, max_wait_s=60.0, batch_size=32, concurrency=2,
+                                       reuse_catalog=not first)
+            kwargs = {"onnx_path": cand / "embedder.onnx"} if first else {"version": emb_new[0] if forward else emb_old}
+            result = mark(label, lambda: swap_embedder(admin, repo, root, records, options=swap_options,
+                                                       images_root=photos_root, progress=progress, on_step=on_step,
+                                                       **kwargs))
+            if first:
+                emb_new[0] = result.new_version
+            swaps.append(result.to_dict())
+
+        emb_new = [0]
         try:
             time.sleep(warmup_s + gap_s)
             det_new = mark("detector publish", lambda: repo_models.publish("detector", cand / "detector.onnx")).version
-            time.sleep(gap_s)
-            mark("detector promote", lambda: repo_models.promote(admin, "detector", det_new))
-            time.sleep(gap_s)
-            mark("detector rollback", lambda: repo_models.rollback(admin, "detector"))
-            time.sleep(gap_s)
-            step_start: dict[str, float] = {}
-
-            def on_step(step: str, phase: str) -> None:
-                now = time.perf_counter() - t0
-                if phase == "start":
-                    step_start[step] = now
-                else:
-                    events.append({"name": step, "start": step_start[step], "end": now})
-
-            swap_report = mark("embedder swap", lambda: swap_embedder(
-                admin, repo, root, records, onnx_path=cand / "embedder.onnx",
-                options=SwapOptions(quiet_s=quiet_s, max_wait_s=60.0, batch_size=32, concurrency=2),
-                images_root=photos_root, progress=progress, on_step=on_step))
-            time.sleep(gap_s)
+            for cycle in range(cycles):
+                time.sleep(gap_s)
+                mark("detector promote", lambda: repo_models.promote(admin, "detector", det_new))
+                time.sleep(gap_s)
+                mark("detector rollback", lambda: repo_models.rollback(admin, "detector"))
+                time.sleep(gap_s)
+                embedder_swap(cycle, forward=True)
+                time.sleep(gap_s)
+                if cycle + 1 < cycles:
+                    embedder_swap(cycle, forward=False)
+                    time.sleep(gap_s)
         finally:
             samples = load.finish()
     events.sort(key=lambda e: e["start"])
     # windows: each operator action (the embedder swap's steps are inside its window)
-    ops = [e for e in events if e["name"] in ("detector publish", "detector promote", "detector rollback", "embedder swap")]
+    ops = [e for e in events if not e.get("step")]
     report = {
         "config": {"repository": str(repository), "photos_root": str(photos_root), "split": split,
                    "catalog_split": catalog_split, "concurrency": concurrency, "photos": len(street),
-                   "warmup_s": warmup_s, "gap_s": gap_s, "quiet_s": quiet_s,
+                   "warmup_s": warmup_s, "gap_s": gap_s, "quiet_s": quiet_s, "cycles": cycles,
                    "catalog_photos": len(records), "detector_onnx": str(detector_onnx), "embedder_onnx": str(embedder_onnx)},
         "environment": environment(),
         "events": events,
         "windows": windows_report(samples, ops, warmup_s),
-        "embedder_swap": swap_report.to_dict() if swap_report else None,
+        "embedder_swaps": swaps,
         "versions_seen": {
             "detector": sorted({s.detector for s in samples if s.ok}),
             "embedder": sorted({s.embedder for s in samples if s.ok and s.embedder}),
@@ -392,9 +453,11 @@ def swap(
     quiet: float = typer.Option(2.0, "--quiet", min=0.1, help="Drain: seconds without old-version requests before unloading."),
     detector_onnx: Path | None = typer.Option(None, "--detector-onnx", help="New detector version (default: the serving file again)."),
     embedder_onnx: Path | None = typer.Option(None, "--embedder-onnx", help="New embedder version (default: the serving file again)."),
+    cycles: int = typer.Option(1, "--cycles", min=1, help="Repeat promote, rollback and embedder swap (and swap back between cycles)."),
     max_s: float = typer.Option(420.0, "--max-s", min=10.0, help="Hard bound on the load's duration."),
     out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for the JSON, Markdown and PNG outputs."),
     stem: str = typer.Option("swap_look", "--stem", help="Output file name stem."),
+    note: str = typer.Option("", "--note", help="Free text for the report (e.g. how the new versions were made)."),
 ) -> None:
     """Look-chain latency under continuous load across detector promote/rollback and the embedder+catalog swap."""
     from rich.console import Console
@@ -403,11 +466,13 @@ def swap(
     try:
         report = run_swap_bench(repository, photos, work, split=split, catalog_split=catalog_split,
                                 concurrency=concurrency, photos=n_photos, warmup_s=warmup, gap_s=gap,
-                                detector_onnx=detector_onnx, embedder_onnx=embedder_onnx, quiet_s=quiet, max_s=max_s)
+                                detector_onnx=detector_onnx, embedder_onnx=embedder_onnx, quiet_s=quiet, max_s=max_s,
+                                cycles=cycles)
     except LookserveError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from e
     report["command"] = _command_line(ctx)
+    report["note"] = note
     paths = write_report(report, out, stem)
     console.print(markdown(report))
     for p in paths:
