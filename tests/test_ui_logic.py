@@ -91,6 +91,20 @@ def test_find_samples_reads_generated_data_set_when_given_street2shop_layout(tmp
     assert street and set(samples.street.values()) == street
     assert sorted(samples.street) == sorted(p.name for p in street)
     assert sorted(samples.footwear) == sorted(p.name for p in (tmp_path / "data" / "footwear" / "views").iterdir())
+    pairs = street2shop.load(tmp_path / "data").pairs
+    assert samples.truth == {name: {p.category: p.product for p in pairs if p.street_path.name == name}
+                             for name in samples.street}
+
+
+def test_item_truth_note_tells_rank_when_photo_product_known() -> None:
+    matches = tuple(logic.MatchView(r, pid, 0.9 - r / 10, f"t{pid}", None, "", {}, is_truth=pid == 7)
+                    for r, pid in enumerate((5, 7, 9), start=1))
+    item = logic.ItemView(1, "tops", 0.9, (0, 0, 1, 1), "#000000", matches, truth=7)
+    assert item.truth_note == "the photo's product 7 is #2"
+    assert matches[1].caption.endswith("✓ the photo's product") and "✓" not in matches[0].caption
+    assert logic.ItemView(1, "tops", 0.9, (0, 0, 1, 1), "#000000", matches, truth=8).truth_note == (
+        "the photo's product 8 is not in the top 3")
+    assert logic.ItemView(1, "tops", 0.9, (0, 0, 1, 1), "#000000", matches).truth_note == ""
 
 
 def test_load_input_names_file_and_problem_when_bytes_are_not_an_image() -> None:

@@ -87,16 +87,18 @@ def look_page(config: logic.UiConfig, samples: logic.Samples, services: logic.Se
     choice = left.selectbox("Generated sample", list(samples.street), index=None, key=logic.QUERY_SAMPLE,
                             placeholder="pick a street photo", bind="query-params")
     upload = right.file_uploader("…or upload a street photo (JPEG, PNG, WebP, BMP)", key="look_upload")
+    truth = None
     if upload is not None:
         inp = logic.load_input(upload.name, upload.getvalue(), config.limits)
     elif choice:
         inp = logic.load_input(choice, samples.street[choice], config.limits)
+        truth = samples.truth.get(choice)
     else:
         st.info("Pick a sample or upload a street photo: the page shows the garments it finds and the catalog "
                 "products that match each one.")
         return
     with st.spinner(f"Asking Triton about {inp.name}…"):
-        view = logic.run_look(services, inp, min_score=min_score, k=k)
+        view = logic.run_look(services, inp, min_score=min_score, k=k, truth=truth)
     show_look(view, services.catalog)
 
 
@@ -118,6 +120,8 @@ def show_look(view: logic.LookView, catalog=None) -> None:
     for item in view.items:
         st.markdown(f"### <span style='color:{item.colour}'>■</span> {item.number}. {item.heading}",
                     unsafe_allow_html=True)
+        if item.truth_note:
+            st.caption(item.truth_note)
         if not item.matches:
             st.caption("The catalog has no products of this category.")
             continue

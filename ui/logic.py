@@ -101,6 +101,8 @@ class Samples:
     street: Mapping[str, Path] = field(default_factory=dict)
     footwear: Mapping[str, Sequence[Path]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # why a kind of sample is missing
+    #: street photo → category → the product it shows (a street2shop data set's pairs)
+    truth: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 def find_samples(root: str | os.PathLike | None) -> Samples:
@@ -116,6 +118,7 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
         return Samples(notes=(f"samples folder {root} does not exist",))
     notes: list[str] = []
     street: dict[str, Path] = {}
+    truth: dict[str, dict[str, int]] = {}
     if (root / "photos" / "photos.txt").is_file():
         from lookserve.data import street2shop
 
@@ -126,6 +129,8 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
         else:
             paths = sorted({p.street_path for p in data.pairs}, key=lambda p: (len(p.stem), p.stem))
             street = {p.name: p for p in paths}
+            for pair in data.pairs:
+                truth.setdefault(pair.street_path.name, {})[pair.category] = pair.product
     elif (root / "street").is_dir():
         street = {p.name: p for p in sorted((root / "street").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     if not street:
@@ -139,7 +144,7 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
             notes.append(f"footwear: {e}")
     if not footwear and not any(n.startswith("footwear") for n in notes):
         notes.append(f"no footwear products under {root} (expected footwear/views/<product>/<view>.jpg)")
-    return Samples(street=street, footwear=footwear, notes=tuple(notes))
+    return Samples(street=street, footwear=footwear, notes=tuple(notes), truth=truth)
 
 
 # ------------------------------------------------------------------------------------------
@@ -240,10 +245,12 @@ class MatchView:
     photo: Path | None  # the matching shop photo on this machine (None: not available)
     details: str  # the product's simple attributes, "key: value, ..."
     attributes: Mapping[str, Any]
+    is_truth: bool = False  # the product the photo shows (known for a data set's samples)
 
     @property
     def caption(self) -> str:
-        return f"#{self.rank} · product {self.product_id} · sim {self.similarity:.3f}"
+        mark = " · ✓ the photo's product" if self.is_truth else ""
+        return f"#{self.rank} · product {self.product_id} · sim {self.similarity:.3f}{mark}"
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,17 @@ class ItemView:
     box: tuple[float, float, float, float]
     colour: str  # hex, the colour of its mask and box on the photo
     matches: tuple[MatchView, ...]
+    truth: int | None = None  # the product the photo shows in this category, when known
+
+    @property
+    def truth_note(self) -> str:
+        """Where the photo's own product ranks, when the sample comes with its pairs."""
+        if self.truth is None:
+            return ""
+        ranks = [m.rank for m in self.matches if m.product_id == self.truth]
+        if ranks:
+            return f"the photo's product {self.truth} is #{ranks[0]}"
+        return f"the photo's product {self.truth} is not in the top {len(self.matches)}"
 
     @property
     def heading(self) -> str:
@@ -323,10 +341,12 @@ def _details(attributes: Mapping[str, Any], limit: int = 4) -> str:
     return ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in simple[:limit])
 
 
-def look_view(inp: ImageInput, result, catalog) -> LookView:
+def look_view(inp: ImageInput, result, catalog, truth: Mapping[str, int] | None = None) -> LookView:
     """Lay out a :class:`~lookserve.client.look.LookResult`: the annotated photo, and per item
     its matches with the shop photo and the product's metadata (from the catalog's SQLite,
-    which the chain reads with :meth:`Catalog.products`)."""
+    which the chain reads with :meth:`Catalog.products`). ``truth`` (category → product id)
+    marks the photo's own products when known."""
+    truth = truth or {}
     colours = _palette()
     items = []
     for n, item in enumerate(result.items):
@@ -334,10 +354,12 @@ def look_view(inp: ImageInput, result, catalog) -> LookView:
         matches = tuple(
             MatchView(rank=r + 1, product_id=m.product_id, similarity=m.similarity, title=m.title or f"product {m.product_id}",
                       photo=_existing(catalog.image_path(m.photo_image)) if catalog is not None else None,
-                      details=_details(m.attributes), attributes=dict(m.attributes))
+                      details=_details(m.attributes), attributes=dict(m.attributes),
+                      is_truth=truth.get(d.category) == m.product_id)
             for r, m in enumerate(item.matches)
         )
-        items.append(ItemView(n + 1, d.category, d.score, d.box, _hex(colours[n % len(colours)]), matches))
+        items.append(ItemView(n + 1, d.category, d.score, d.box, _hex(colours[n % len(colours)]), matches,
+                              truth.get(d.category)))
     dropped = tuple(f"{x.detection.category} {x.detection.score:.2f}: {x.reason.replace('_', ' ')}" for x in result.dropped)
     return LookView(inp, result, annotate(inp.pixels, result), tuple(items), dropped)
 
@@ -353,8 +375,10 @@ def _existing(path: Path | None) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def run_look(services: Services, inp: ImageInput, min_score: float | None = None, k: int | None = None) -> LookView:
-    """Shop the look for one decoded input (``min_score``/``k`` override the chain's defaults)."""
+def run_look(services: Services, inp: ImageInput, min_score: float | None = None, k: int | None = None,
+             truth: Mapping[str, int] | None = None) -> LookView:
+    """Shop the look for one decoded input (``min_score``/``k`` override the chain's defaults;
+    ``truth``: category → the product the photo shows, to mark it among the matches)."""
     if services.look is None:
         raise errors.CatalogError(services.look_error or "shop the look is not available")
     pipe = services.look
@@ -366,7 +390,7 @@ def run_look(services: Services, inp: ImageInput, min_score: float | None = None
     if config is not pipe.config:
         pipe = _with_config(pipe, config)
     result = pipe.run(inp.source)
-    return look_view(inp, result, pipe.catalog)
+    return look_view(inp, result, pipe.catalog, truth)
 
 
 def _with_config(pipe, config):
