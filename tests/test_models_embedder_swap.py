@@ -351,3 +351,94 @@ def test_swap_embedder_retires_v2_and_keeps_the_old_pair_when_the_catalog_build_
     assert loaded_after_failure == (1,) and pointer_after_failure == "catalog-v1" and partial
     assert report.serving == (2,) and read_current(s["root"]).name == "catalog-v2"
     assert {r[2] for r in load.results} == {"1", "2"}
+
+
+@pytest.mark.triton
+def test_look_moves_a_request_to_the_current_pair_when_its_embedder_version_was_retired_mid_request(
+    tmp_path: Path, triton_factory
+) -> None:
+    s = _served(tmp_path, triton_factory)
+    url = s["server"].grpc_url
+    with TritonClient(url, repository_key=s["server"].repository_key) as admin, TritonClient(url) as client:
+        # a client that has not looked at the pointer since before the swap (long interval)
+        watcher = CatalogWatcher(s["root"], client, interval_s=3600)
+        pipeline = LookPipeline(client, watcher)
+        assert pipeline.run(s["street"]).model_versions["embedder"] == "1"
+        swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=FAST)
+        assert ModelRepository(s["repo"]).loaded_versions(admin, "embedder") == (2,)
+        result = pipeline.run(s["street"])  # starts on catalog-v1; v1 is gone at the embedder
+    assert result.model_versions["embedder"] == "2" and result.catalog_embedder["version"] == "2"
+    assert Path(result.catalog).name == "catalog-v2" and watcher.swaps == 1
+    _assert_never_mixed([(0, 0, result.model_versions["embedder"], result.catalog_embedder["version"], result.catalog,
+                          len(result.items))])
+
+
+@pytest.mark.triton
+def test_swap_embedder_keeps_both_versions_loaded_when_a_client_does_not_follow_the_pointer(
+    tmp_path: Path, triton_factory
+) -> None:
+    s = _served(tmp_path, triton_factory)
+    url = s["server"].grpc_url
+    pinned = Catalog.open(s["root"] / "catalog-v1")  # a client bound to catalog-v1 for good
+    failures, answered, stop = [], [], threading.Event()
+
+    def old_client() -> None:
+        with TritonClient(url, timeout_s=20) as c:
+            pipeline = LookPipeline(c, pinned)
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    answered.append(pipeline.run(s["street"]).model_versions["embedder"])
+                except errors.LookserveError as e:
+                    failures.append(e)
+
+    thread = threading.Thread(target=old_client)
+    thread.start()
+    try:
+        with TritonClient(url, repository_key=s["server"].repository_key) as admin:
+            with pytest.raises(errors.PublishError, match="still answered requests.*both versions stay loaded"):
+                swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"],
+                              options=replace(FAST, max_wait_s=1.5))
+            loaded = ModelRepository(s["repo"]).loaded_versions(admin, "embedder")
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert failures == [] and set(answered) == {"1"}
+    assert loaded == (1, 2)
+    assert read_current(s["root"]).name == "catalog-v2"
+    last = json.loads((s["root"] / "swaps.jsonl").read_text().splitlines()[-1])
+    assert last["drained"] is False and last["old_requests_after_flip"] > 0
+
+
+@pytest.mark.triton
+def test_models_cli_swaps_the_embedder_and_shows_the_pointer_when_run_by_the_operator(
+    tmp_path: Path, triton_factory, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from lookserve.cli import app
+
+    s = _served(tmp_path, triton_factory)
+    monkeypatch.setenv("LOOKSERVE_REPOSITORY_KEY", s["server"].repository_key)
+    # the shop photos as a folder with metadata.csv, as an operator would give them
+    (s["shop"] / "metadata.csv").write_text(
+        "id,category,image,title\n" + "".join(f"{r.product_id},{r.category},{r.image},{r.title}\n" for r in s["records"])
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "swap-embedder", "--catalog-root", str(s["root"]), "--onnx", str(s["candidate"]),
+                                 "--photos", str(s["shop"]), "--model-repository", str(s["repo"]),
+                                 "--url", s["server"].grpc_url, "--quiet", "0.5", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "version 1 (catalog-v1) -> version 2 (catalog-v2); serving [2]" in result.output
+    shown = runner.invoke(app, ["models", "catalog-current", "--catalog-root", str(s["root"])])
+    assert shown.exit_code == 0 and "-> catalog-v2 (embedder version 2)" in shown.output
+    # swapping back reuses catalog-v1 (still valid for version 1)
+    back = runner.invoke(app, ["models", "swap-embedder", "--catalog-root", str(s["root"]), "--version", "1",
+                               "--reuse-catalog", "--model-repository", str(s["repo"]), "--url", s["server"].grpc_url,
+                               "--quiet", "0.5"])
+    assert back.exit_code == 0, back.output
+    assert read_current(s["root"]).name == "catalog-v1"
+    bad = runner.invoke(app, ["models", "swap-embedder", "--catalog-root", str(s["root"]), "--version", "1",
+                              "--model-repository", str(s["repo"]), "--url", s["server"].grpc_url])
+    assert bad.exit_code == 2 and "already serves" in bad.output
