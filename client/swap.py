@@ -52,6 +52,7 @@ from lookserve.client.catalog import (
     Catalog,
     EmbedderInfo,
     IndexParams,
+    Manifest,
     PhotoRecord,
     TritonEmbedder,
     build_catalog,
@@ -71,7 +72,10 @@ STEPS = ("publish", "load_both", "build", "flip", "drain", "unload")
 @dataclass(frozen=True)
 class SwapOptions:
     model: str = contracts.EMBEDDER
-    quiet_s: float = 2.0  # no request for the old version during this long ⇒ every client moved
+    # no request for the old version during this long ⇒ every client moved; keep it above the
+    # clients' CatalogWatcher interval_s (a request that still meets the retired version moves
+    # to the new pair by itself, see lookserve.client.look)
+    quiet_s: float = 2.0
     max_wait_s: float = 120.0  # give up draining after this long (both versions stay loaded)
     poll_s: float = 0.1  # how often the drain reads Triton's statistics
     load_timeout_s: float = 300.0
@@ -192,10 +196,10 @@ def swap_embedder(
     if (onnx_path is None) == (version is None):
         raise errors.ConfigError("give either the new ONNX file or an already published version, not both or neither")
     old_dir = read_current(root)
-    old_catalog = Catalog.open(old_dir, verify=False)
-    if old_catalog.embedder.name != name:
-        raise errors.CatalogError(f"the current catalog {old_dir} was built with {old_catalog.embedder.name!r}, not {name!r}")
-    old = int(old_catalog.embedder.version)
+    built_with = Manifest.from_dict(json.loads((old_dir / MANIFEST).read_text())).embedder
+    if built_with.name != name:
+        raise errors.CatalogError(f"the current catalog {old_dir} was built with {built_with.name!r}, not {name!r}")
+    old = int(built_with.version)
     loaded = models.loaded_versions(client, name)
     if old not in loaded:
         raise errors.PublishError(

@@ -142,20 +142,20 @@ class _Clients:
         self.pipeline = LookPipeline(self.client, self.watcher)
         self.street = street
         self.stop = threading.Event()
-        self.results: list[tuple[float, float, str, str, str, int]] = []  # start, end, answered, catalog's, path, items
+        self.results: list[tuple[float, float, str, str, str, int]] = []  # start, end (time.time()), answered, catalog's, path, items
         self.failures: list[BaseException] = []
         self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
         deadline = time.monotonic() + 120
         while not self.stop.is_set() and time.monotonic() < deadline:
-            t0 = time.monotonic()
+            t0 = time.time()
             try:
                 r = self.pipeline.run(self.street)
             except errors.LookserveError as e:
                 self.failures.append(e)
                 continue
-            self.results.append((t0, time.monotonic(), r.model_versions.get("embedder", ""),
+            self.results.append((t0, time.time(), r.model_versions.get("embedder", ""),
                                  r.catalog_embedder["version"], r.catalog, len(r.items)))
 
     def __enter__(self) -> _Clients:
@@ -194,13 +194,17 @@ def test_swap_embedder_moves_clients_to_v2_without_failures_or_mixed_results_whe
     with TritonClient(url, repository_key=s["server"].repository_key) as admin, _Clients(url, s["root"], s["street"]) as load:
         report = swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=FAST,
                                images_root=s["shop"])
-        t_done = time.monotonic()
+        t_done = time.time()
         time.sleep(0.4)
         loaded = ModelRepository(s["repo"]).loaded_versions(admin, "embedder")
     assert load.failures == []
     _assert_never_mixed(load.results)
     assert {r[2] for r in load.results} == {"1", "2"}
     assert all(r[2] == "2" for r in load.results if r[0] > t_done)  # clients ended on v2
+    # while both versions were loaded (v2 is the highest), requests still got v1: the chain asks for
+    # its catalog's version explicitly
+    both = [r for r in load.results if r[0] > report.step("load_both").ended and r[1] < report.step("flip").started]
+    assert both and {r[2] for r in both} == {"1"}
     assert (report.old_version, report.new_version, report.serving, report.drained) == (1, 2, (2,), True)
     assert [st.name for st in report.steps] == ["publish", "load_both", "build", "flip", "drain", "unload"]
     assert loaded == (2,)
