@@ -195,6 +195,19 @@ def test_page_classifies_uploaded_views_when_several_files_uploaded(ui_served, m
     assert image_captions(at)[0].startswith(f"thumbnail of uploaded product: {Path(want.thumbnail).name} ")
 
 
+def test_page_names_the_bad_view_when_one_of_several_uploads_is_not_an_image(ui_served, monkeypatch) -> None:
+    at = app_for(monkeypatch, ui_served["url"], ui_served["catalog"], ui_served["samples"], mode="thumbnails")
+    at.run()
+    views = sorted((ui_served["samples"] / "footwear" / "shoe00").iterdir())
+    files = [(v.name, v.read_bytes(), "image/png") for v in views] + [("readme.md", b"# not a shoe", "text/markdown")]
+    at.file_uploader(key="thumb_upload").set_value(files)
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith("Bad input: 'readme.md' cannot be used")
+    assert not at.metric  # no half result
+
+
 def test_page_shows_error_not_exception_when_server_down(ui_served, monkeypatch) -> None:
     url = f"127.0.0.1:{free_port()}"  # nothing listens there
     at = app_for(monkeypatch, url, ui_served["catalog"], ui_served["samples"], sample=LOOK_PHOTO)
@@ -228,6 +241,7 @@ def _truncated_jpeg() -> bytes:
     ("cut.jpg", _truncated_jpeg(), "truncated"),
     ("bomb.png", _png_claiming(20_000, 20_000), "decompression bomb"),
     ("empty.png", b"", "empty"),
+    ("big.jpg", b"\xff" * (logic.MAX_UPLOAD_MB * 1024 * 1024 + 1), "over the limit"),
 ])
 def test_page_names_the_problem_when_upload_is_bad(ui_served, monkeypatch, name, data, problem) -> None:
     at = app_for(monkeypatch, ui_served["url"], ui_served["catalog"], ui_served["samples"])

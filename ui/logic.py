@@ -42,7 +42,7 @@ QUERY_SAMPLE = "sample"  # a street photo of the samples, by file name
 QUERY_PRODUCT = "product"  # a footwear product of the samples, by folder name
 
 MODES = ("look", "thumbnails")
-MAX_UPLOAD_MB = 32  # Streamlit's upload limit; matches DecodeLimits.max_bytes
+MAX_UPLOAD_MB = DEFAULT_LIMITS.max_bytes // (1024 * 1024)  # Streamlit's upload limit = the decoder's
 
 
 @dataclass(frozen=True)
