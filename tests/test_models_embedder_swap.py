@@ -8,6 +8,7 @@ Every result must pair the embedder version that answered with the catalog built
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -36,8 +37,8 @@ from lookserve.client.catalog import (
     set_current,
     write_catalog,
 )
-from lookserve.client.core import TritonClient
-from lookserve.client.look import LookPipeline
+from lookserve.client.core import AsyncTritonClient, TritonClient
+from lookserve.client.look import AsyncLookPipeline, LookPipeline
 from lookserve.client.models import ModelRepository
 from lookserve.client.swap import SwapOptions, swap_embedder
 from lookserve.images import decode_image, resize_square
@@ -363,18 +364,29 @@ def test_look_moves_a_request_to_the_current_pair_when_its_embedder_version_was_
 ) -> None:
     s = _served(tmp_path, triton_factory)
     url = s["server"].grpc_url
-    with TritonClient(url, repository_key=s["server"].repository_key) as admin, TritonClient(url) as client:
-        # a client that has not looked at the pointer since before the swap (long interval)
-        watcher = CatalogWatcher(s["root"], client, interval_s=3600)
-        pipeline = LookPipeline(client, watcher)
-        assert pipeline.run(s["street"]).model_versions["embedder"] == "1"
-        swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=FAST)
-        assert ModelRepository(s["repo"]).loaded_versions(admin, "embedder") == (2,)
-        result = pipeline.run(s["street"])  # starts on catalog-v1; v1 is gone at the embedder
-    assert result.model_versions["embedder"] == "2" and result.catalog_embedder["version"] == "2"
-    assert Path(result.catalog).name == "catalog-v2" and watcher.swaps == 1
-    _assert_never_mixed([(0, 0, result.model_versions["embedder"], result.catalog_embedder["version"], result.catalog,
-                          len(result.items))])
+
+    async def scenario():
+        async with AsyncTritonClient(url) as aclient:
+            with TritonClient(url, repository_key=s["server"].repository_key) as admin, TritonClient(url) as client:
+                # clients that have not looked at the pointer since before the swap (long interval)
+                watcher = CatalogWatcher(s["root"], client, interval_s=3600)
+                pipeline = LookPipeline(client, watcher)
+                async_watcher = CatalogWatcher(s["root"], client, interval_s=3600)
+                async_pipeline = await AsyncLookPipeline.create(aclient, async_watcher)
+                assert pipeline.run(s["street"]).model_versions["embedder"] == "1"
+                assert (await async_pipeline.run(s["street"])).model_versions["embedder"] == "1"
+                swap_embedder(admin, s["repo"], s["root"], s["records"], onnx_path=s["candidate"], options=FAST)
+                assert ModelRepository(s["repo"]).loaded_versions(admin, "embedder") == (2,)
+                # both start on catalog-v1; v1 is gone at the embedder
+                return [pipeline.run(s["street"]), await async_pipeline.run(s["street"])], [watcher, async_watcher]
+
+    results, watchers = asyncio.run(scenario())
+    for result in results:
+        assert result.model_versions["embedder"] == "2" and result.catalog_embedder["version"] == "2"
+        assert Path(result.catalog).name == "catalog-v2"
+    assert [w.swaps for w in watchers] == [1, 1]
+    _assert_never_mixed([(0, 0, r.model_versions["embedder"], r.catalog_embedder["version"], r.catalog, len(r.items))
+                         for r in results])
 
 
 @pytest.mark.triton
