@@ -16,8 +16,9 @@ pair: ``model_versions[embedder]`` (the version that answered) and ``catalog_emb
 version in the manifest of the catalog it searched). Given a
 :class:`~lookserve.client.catalog.CatalogWatcher` instead of a catalog, the chain follows a
 catalog root's ``current`` pointer (embedder hot swap); a request whose catalog's embedder
-version was retired between its start and its embedding moves, whole, to the current pair. The sync (:class:`LookPipeline`) and
-asyncio (:class:`AsyncLookPipeline`) chains share every step but the two requests.
+version was retired between its start and its embedding moves, whole, to the current pair.
+The sync (:class:`LookPipeline`) and asyncio (:class:`AsyncLookPipeline`) chains share every
+step but the two requests.
 """
 
 from __future__ import annotations
