@@ -921,7 +921,9 @@ def reliability(
     try:
         report = run_reliability(scratch, spec, phases)
     except LookserveError as e:
-        console.print(f"[red]error:[/red] {e}")
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/red] {escape(str(e))}")  # messages carry untrusted text
         raise typer.Exit(2) from e
     finally:
         if work is None:

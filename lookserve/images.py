@@ -111,15 +111,39 @@ def decode_image(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS) -> 
     except InvalidInputError:
         raise
     except UnidentifiedImageError as e:
-        raise InvalidInputError(
-            f"{name} is not an image in an allowed format ({', '.join(sorted(limits.formats))})"
-        ) from e
+        sniffed = sniff_format(data)
+        allowed = ", ".join(sorted(limits.formats))
+        if sniffed in limits.formats:
+            raise InvalidInputError(f"{name} is truncated or corrupt (it starts like a {sniffed} file)") from e
+        if sniffed is not None:
+            raise InvalidInputError(f"{name} is a {sniffed} image; the allowed formats are {allowed}") from e
+        raise InvalidInputError(f"{name} is not an image in an allowed format ({allowed})") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InvalidInputError(f"{name}: refusing a possible decompression bomb: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # Pillow reports truncated/corrupt data as OSError ("image file is truncated"), SyntaxError
         # (broken PNG chunks) or ValueError.
         raise InvalidInputError(f"{name} is truncated or corrupt: {e}") from e
+
+
+#: leading bytes of the formats Pillow reads that a client may meet (for clearer refusals)
+_SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
+    ("PNG", b"\x89PNG\r\n\x1a\n", 0),
+    ("JPEG", b"\xff\xd8\xff", 0),
+    ("WEBP", b"WEBP", 8),
+    ("BMP", b"BM", 0),
+    ("GIF", b"GIF8", 0),
+    ("TIFF", b"II*\x00", 0),
+    ("TIFF", b"MM\x00*", 0),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format ``data``'s first bytes announce (Pillow's name), or None; nothing is decoded."""
+    for fmt, magic, offset in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic and (fmt != "WEBP" or data[:4] == b"RIFF"):
+            return fmt
+    return None
 
 
 def to_rgb(img) -> np.ndarray:
@@ -313,5 +337,6 @@ __all__ = [
     "paste_mask",
     "read_source",
     "resize_square",
+    "sniff_format",
     "to_rgb",
 ]
