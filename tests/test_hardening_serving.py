@@ -340,3 +340,15 @@ def test_repository_key_appears_in_no_error_and_no_log_when_calls_fail(tmp_path:
         assert secret not in log_text
         assert all(secret not in t for t in texts)
         assert secret not in caplog.text
+
+
+@pytest.mark.xfail(strict=True, reason="client/cli.py prints file names and error text as rich markup: a name with "
+                                       "'[/b]' raises MarkupError (fix in the issue 9 report)")
+def test_look_cli_prints_a_file_name_with_brackets_as_text_when_the_file_is_bad(served, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "street[").mkdir()
+    bad = tmp_path / "street[/b].png"  # a folder "street[" holding "b].png": the path reads "[/b]"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    res = _cli("look", str(bad), "--catalog", str(served["catalog"]), "--url", served["server"].grpc_url,
+               "--out", str(tmp_path / "out"), "--no-render")
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (res.output, res.exception)
+    assert "street[/b].png is truncated or corrupt" in " ".join(res.output.split())
