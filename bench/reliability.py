@@ -366,6 +366,7 @@ def phase_stub_kill(env: Env) -> dict[str, Any]:
         time.sleep(s.fault_s)
     after = load.summary(healed + 0.5)
     window = load.summary(killed - s.timeout_s, healed + 0.5)  # requests in flight at the kill included
+    bound = s.timeout_s * s.retries + 1.0
     return _phase(
         "stub_kill", f"SIGKILL of the embedder's {len(stubs)} python-backend stub(s) under load; StubWatchdog (0.5 s) reloads it",
         load, events={"killed_s": round(killed, 3), "healed_s": round(healed, 3)}, during=window, after_recovery=after,
@@ -373,7 +374,8 @@ def phase_stub_kill(env: Env) -> dict[str, Any]:
         timeline=_timeline(load.outcomes),
         checks={"watchdog reloaded the model": watchdog.healed == ["embedder"],
                 "failures are typed server errors": set(window["by_kind"]) <= {"ok", "InternalServerError", "ModelNotReady",
-                                                                               "ServerUnavailable"},
+                                                                               "ServerUnavailable", "DeadlineExceeded"},
+                f"no call hung (< {bound:.1f} s)": window["max_failed_latency_s"] < bound,
                 "clients recover": after["requests"] > 0 and set(after["by_kind"]) == {"ok"}},
     )
 
