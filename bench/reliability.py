@@ -14,6 +14,8 @@ through it, and then runs phases, each bounded in requests and seconds:
 ``bad_images``      a seeded corpus of hostile images (random, mutated, truncated, bombs, odd
                     modes) through decode → Triton, while a good load runs beside it
 ``bad_json``        mutated street2shop JSON, footwear ground truth and catalog manifests
+``access``          restricted protocols called without / with a wrong key → refused; the key is in no
+                    error text, no log line of the run and no report
 
 For every phase the report gives what was done, what the clients saw (outcomes by exception
 type), the accounting (sent = ok + failed with a lookserve error + anything else, which must be
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, help="Faults and bad inputs under load.")
 
 PHASES = ("steady", "deadline", "sigkill", "stub_kill", "bad_publish", "catalog_tamper", "interrupted_build",
-          "bad_images", "bad_json")
+          "bad_images", "bad_json", "access")
 SIZE, DIM = 32, 16  # the synthetic embedder's crop size and embedding dimension
 SLOW = "embedder_slow"
 
@@ -757,10 +759,52 @@ def phase_bad_json(env: Env) -> dict[str, Any]:
     )
 
 
+def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    from lookserve.client.core import TritonClient
+
+    key = env.server.repository_key
+    calls = {"repository index": lambda c: c.repository_index(), "unload": lambda c: c.unload_model("embedder"),
+             "load": lambda c: c.load_model("embedder")}
+    seen: Counter = Counter()
+    texts: list[str] = []
+    untyped = 0
+    for client_key in (None, "not-the-key"):
+        with TritonClient(env.url, repository_key=client_key, timeout_s=5) as client:
+            for what, call in calls.items():
+                try:
+                    call(client)
+                    seen[f"{what}: accepted"] += 1
+                except LookserveError as e:
+                    seen[type(e).__name__] += 1
+                    texts += [str(e), repr(e), str(e.__cause__)]
+                except Exception as e:  # noqa: BLE001 - counted as untyped
+                    untyped += 1
+                    seen[f"untyped {type(e).__name__}"] += 1
+        texts.append(repr(client.options))
+    with TritonClient(env.url, repository_key=key, timeout_s=30) as admin:
+        admin_ok = any(m.get("name") == "embedder" for m in admin.repository_index())
+    log_text = env.server.log_file.read_text(errors="replace")
+    report_text = json.dumps(list(earlier), default=str)
+    n = 2 * len(calls)
+    refused = seen["PermissionDenied"]
+    listening = env.server.grpc_url.rsplit(":", 1)[0]
+    return _phase(
+        "access", f"{len(calls)} repository-protocol calls without a key and with a wrong one; the key searched for in "
+        f"their error texts, the tritonserver log of the whole run ({len(log_text.splitlines())} lines) and this report",
+        client_saw=dict(seen), listening_on=listening,
+        accounting={"sent": n, "ok": 0, "failed_typed": n - untyped - sum(v for k, v in seen.items() if "accepted" in k),
+                    "untyped": untyped, "accounted": sum(seen.values()) == n},
+        checks={"every call refused with PermissionDenied": refused == n, "the right key is accepted": admin_ok,
+                "key in no error text": all(key not in t for t in texts), "key not in the server log": key not in log_text,
+                "key not in the report": key not in report_text, "bound to 127.0.0.1": listening == "127.0.0.1"},
+    )
+
+
 RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
     "steady": phase_steady, "deadline": phase_deadline, "sigkill": phase_sigkill, "stub_kill": phase_stub_kill,
     "bad_publish": phase_bad_publish, "catalog_tamper": phase_catalog_tamper,
     "interrupted_build": phase_interrupted_build, "bad_images": phase_bad_images, "bad_json": phase_bad_json,
+    "access": phase_access,
 }
 
 
@@ -778,7 +822,7 @@ def run_reliability(work: Path, spec: ReliabilitySpec, phases: Sequence[str] = P
         for name in phases:
             t = time.monotonic()
             log.info("reliability phase %s", name)
-            result = RUNNERS[name](env)
+            result = phase_access(env, results) if name == "access" else RUNNERS[name](env)
             result["duration_s"] = round(time.monotonic() - t, 1)
             result["passed"] = _passed(result)
             results.append(result)
@@ -806,6 +850,8 @@ def markdown(report: dict[str, Any]) -> str:
     from lookserve.bench.report import markdown_table
 
     spec = report["spec"]
+    env = report.get("environment", {})
+    load = ", ".join(f"{v:.1f}" for v in (env.get("load_average_1_5_15") or [])[:1]) or "?"
     lines = [
         "# Reliability: faults survived, bad inputs refused, nothing lost",
         "",
@@ -815,6 +861,10 @@ def markdown(report: dict[str, Any]) -> str:
         "Accounting: every request (or input) sent is ok or failed with its documented lookserve error "
         "(typed); `untyped` counts anything else (another exception type) and must be 0. Each phase's checks are listed "
         "under it; the reproduce line runs that phase alone.",
+        "",
+        f"Machine: {env.get('host_cpu')}, {env.get('cpu_affinity')} cores (load average {load} while it ran, shared with "
+        f"other work), {env.get('memory_gib')} GiB; {env.get('time_utc')}. Latencies are noisy on such a machine; the "
+        "counts are the result.",
         "",
     ]
     rows = []
@@ -828,7 +878,7 @@ def markdown(report: dict[str, Any]) -> str:
                   "Client saw: `" + json.dumps(r.get("client_saw", {}), sort_keys=True) + "`", ""]
         for key in ("latency", "throughput_rps", "events", "while_down", "after_recovery", "restart_to_ready_s", "during",
                     "time_to_heal_s", "max_latency_s", "client_saw_versions", "refusals", "good_load", "by_kind",
-                    "must_decode_failures", "temp_dirs_left", "untyped_examples"):
+                    "must_decode_failures", "temp_dirs_left", "untyped_examples", "listening_on"):
             if key in r:
                 lines.append(f"- {key.replace('_', ' ')}: `{json.dumps(r[key], sort_keys=True, default=str)}`")
         if "cases" in r:

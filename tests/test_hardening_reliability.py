@@ -30,19 +30,20 @@ def test_image_corpus_is_the_same_when_seeded_alike_and_its_ordinary_photos_deco
 def test_reliability_command_accounts_for_every_request_when_phases_run(tmp_path: Path) -> None:
     out = tmp_path / "results"
     res = CliRunner().invoke(app, ["reliability", "--phase", "steady", "--phase", "deadline", "--phase", "bad_images",
-                                   "--steady-s", "1", "--bad-images", "40", "--concurrency", "2",
+                                   "--phase", "access", "--steady-s", "1", "--bad-images", "40", "--concurrency", "2",
                                    "--work", str(tmp_path / "work"), "--out", str(out), "--stem", "rel"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "rel.json").read_text())
-    assert [p["phase"] for p in report["phases"]] == ["steady", "deadline", "bad_images"]
+    assert [p["phase"] for p in report["phases"]] == ["steady", "deadline", "bad_images", "access"]
     for phase in report["phases"]:
         acc = phase["accounting"]
         assert phase["passed"] and acc["accounted"] and acc["untyped"] == 0, phase
         assert acc["sent"] == acc["ok"] + acc["failed_typed"] + acc["untyped"] > 0
         assert phase["command"].startswith("lookserve bench reliability") and f"--phase {phase['phase']}" in phase["command"]
-    steady, deadline, bad = report["phases"]
+    steady, deadline, bad, access = report["phases"]
     assert steady["client_saw"] == {"ok": steady["accounting"]["sent"]}
     assert deadline["client_saw"] == {"DeadlineExceeded": 8}
     assert bad["accounting"]["sent"] == 40 and bad["good_load"]["failed_typed"] == 0
+    assert access["client_saw"] == {"PermissionDenied": 6} and all(access["checks"].values())
     text = (out / "rel.md").read_text()
     assert "Reproduce: `lookserve bench reliability" in text and "| steady | pass |" in text
