@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from lookserve.errors import LookserveError
 
@@ -42,7 +43,7 @@ def _command_line(ctx: typer.Context) -> str:
 
 
 def _fail(e: LookserveError) -> None:
-    _console().print(f"[red]error:[/red] {e}")
+    _console().print(f"[red]error:[/red] {escape(str(e))}")
     raise typer.Exit(2) from e
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from lookserve.errors import LookserveError
 
@@ -469,7 +470,7 @@ def swap(
                                 detector_onnx=detector_onnx, embedder_onnx=embedder_onnx, quiet_s=quiet, max_s=max_s,
                                 cycles=cycles)
     except LookserveError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
     report["command"] = _command_line(ctx)
     report["note"] = note

@@ -349,20 +349,34 @@ class Manifest:
                 raise CatalogError(f"catalog format {d['format']} is not supported (this lookserve reads {FORMAT_VERSION})")
             params = dict(d["params"])
             params["ef_candidates"] = tuple(params.get("ef_candidates", IndexParams.ef_candidates))
+            categories = {c: CategoryInfo(**v) for c, v in d["categories"].items()}
+            for c, info in categories.items():
+                if c not in CATEGORIES:
+                    raise ValueError(f"unknown category {c!r}")
+                for name in ("count", "products", "ef", "k", "tune_sample"):
+                    v = getattr(info, name)
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                        raise ValueError(f"category {c!r}: {name} must be a non-negative integer, got {v!r}")
+            files = {k: dict(v) for k, v in d["files"].items()}
+            if any(not isinstance(k, str) or "/" in k or "\\" in k or k.startswith(".") for k in files):
+                raise ValueError(f"file names must be plain names inside the catalog: {sorted(map(str, files))}")
+            dim = int(d["dim"])
+            if dim < 1:
+                raise ValueError(f"dim must be positive, got {dim}")
             return cls(
                 embedder=EmbedderInfo(**d["embedder"]),
-                dim=int(d["dim"]),
+                dim=dim,
                 space=str(d["space"]),
                 params=IndexParams(**params),
-                categories={c: CategoryInfo(**v) for c, v in d["categories"].items()},
+                categories=categories,
                 counts=dict(d["counts"]),
-                files={k: dict(v) for k, v in d["files"].items()},
+                files=files,
                 created_utc=str(d.get("created_utc", "")),
                 format=int(d["format"]),
                 skipped=tuple(d.get("skipped", ())),
                 images_root=str(d.get("images_root", "")),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ConfigError) as e:
             raise CatalogError(f"catalog manifest is malformed: {e!r}") from e
 
 
@@ -736,7 +750,7 @@ class Catalog:
             raise CatalogError(f"{path} is not a catalog: {MANIFEST} is missing (build one with lookserve catalog build)")
         try:
             raw = json.loads(manifest_bytes)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, digit limit, nesting
             raise CatalogIntegrityError(f"{manifest_path} is not valid JSON: {e}") from e
         manifest = Manifest.from_dict(raw)
         if manifest.space != SPACE:
@@ -917,7 +931,14 @@ def open_for_client(path: str | os.PathLike, client, model_repository: str | os.
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CatalogError(f"{path} is not a catalog: {MANIFEST} is missing")
-    name = json.loads(manifest_path.read_text()).get("embedder", {}).get("name", contracts.EMBEDDER)
+    try:
+        raw = json.loads(manifest_path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise CatalogIntegrityError(f"{manifest_path} is not valid JSON: {e}") from e
+    embedder = raw.get("embedder") if isinstance(raw, dict) else None
+    name = embedder.get("name") if isinstance(embedder, dict) else None
+    if not isinstance(name, str) or not name:
+        name = contracts.EMBEDDER  # Catalog.open below names what is wrong with the manifest
     meta = client.model_metadata(name)
     catalog = Catalog.open(path, served_versions=meta.versions, verify=verify)
     if model_repository is not None:

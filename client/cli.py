@@ -33,7 +33,9 @@ def _console():
 
 
 def _fail(e: LookserveError) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {e}", soft_wrap=True)
+    from rich.markup import escape
+
+    _console().print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # messages carry file names and data
     return typer.Exit(code=2)
 
 
@@ -65,24 +67,44 @@ def look(
     masks_in_json: bool = typer.Option(True, "--masks/--no-masks", help="Include the 28×28 masks in the JSON."),
     model_repository: Path | None = _REPO,
     timeout: float = _TIMEOUT,
+    watch_interval: float | None = typer.Option(
+        None, "--watch-interval", min=0.0,
+        help="--catalog is a catalog root (catalog-v<N> folders + `current`): look at `current` every this many "
+             "seconds and move to the catalog it names mid-run (lookserve models swap-embedder)."),
 ) -> None:
     """Shop the look: detect garments, match each against the catalog, write JSON (+ PNG)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from lookserve.client.catalog import open_for_client
+    from lookserve.client.catalog import Catalog, CatalogWatcher, open_for_client
     from lookserve.client.look import FilterConfig, LookConfig, LookPipeline, write_result
     from lookserve.client.render import render_look
     from lookserve.client.thumbnails import IMAGE_SUFFIXES
 
     # a folder stands for the images directly inside it
+    given = images
     images = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
                                           if p.is_dir() else [p])]
+    if not images:
+        _console().print(f"[red]error:[/red] no images ({', '.join(IMAGE_SUFFIXES)}) in {escape(', '.join(map(str, given)))}: "
+                         "the folder is empty or holds no image files", soft_wrap=True)
+        raise typer.Exit(code=2)
     try:
         config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
                             timeout_s=timeout)
         with _client(url, timeout) as client:
-            catalog = open_for_client(catalog_dir, client, model_repository)
-            pipe = LookPipeline(client, catalog, config)
+            if watch_interval is None:
+                pipe = LookPipeline(client, open_for_client(catalog_dir, client, model_repository), config)
+            else:
+                pipe = LookPipeline(client, CatalogWatcher(catalog_dir, client, watch_interval, model_repository), config)
+            searched: dict[str, Catalog] = {}  # the catalog each result was matched in, for its shop photos
+
+            def catalog_of(result) -> Catalog:
+                if result.catalog not in searched:
+                    now = pipe.catalog
+                    searched[result.catalog] = now if str(now.path) == result.catalog else Catalog.open(result.catalog, verify=False)
+                return searched[result.catalog]
+
             table = Table("image", "items", "top-1 per item", "client ms", "total ms")
             failed: list[tuple[Path, LookserveError]] = []
             names: dict[Path, str] = {}
@@ -94,20 +116,20 @@ def look(
             for path, result in zip(images, pipe.run_many(images, concurrency=concurrency), strict=True):
                 if isinstance(result, LookserveError):
                     failed.append((path, result))
-                    table.add_row(path.name, "[red]error[/red]", "", "", "")
+                    table.add_row(escape(path.name), "[red]error[/red]", "", "", "")
                     continue
                 write_result(result, out / f"{names[path]}.json", include_masks=masks_in_json)
                 if render:
-                    render_look(result, path, catalog, out / f"{names[path]}.png", k)
+                    render_look(result, path, catalog_of(result), out / f"{names[path]}.png", k)
                 tops = "; ".join(f"{i.detection.category}→#{i.matches[0].product_id} ({i.matches[0].similarity:.2f})"
                                  if i.matches else f"{i.detection.category}→-" for i in result.items)
-                table.add_row(path.name, str(len(result.items)), tops or "-", f"{result.timings_ms['client']:.1f}",
+                table.add_row(escape(path.name), str(len(result.items)), tops or "-", f"{result.timings_ms['client']:.1f}",
                               f"{result.timings_ms['total']:.1f}")
         console = _console()
         console.print(table)
         for path, error in failed:
-            console.print(f"[red]{path}:[/red] {error}", soft_wrap=True)
-        console.print(f"wrote results to {out}", soft_wrap=True)
+            console.print(f"[red]{escape(str(path))}:[/red] {escape(str(error))}", soft_wrap=True)
+        console.print(f"wrote results to {escape(str(out))}", soft_wrap=True)
         if failed:
             raise typer.Exit(code=1)
     except LookserveError as e:
@@ -143,6 +165,7 @@ def thumbnails(
     timeout: float = _TIMEOUT,
 ) -> None:
     """Pick each product's best view as its thumbnail and tag its footwear type."""
+    from rich.markup import escape
     from rich.table import Table
 
     from lookserve.client.render import render_thumbnails
@@ -156,7 +179,7 @@ def thumbnails(
             for name, r in zip(products, pipe.run_many(products, concurrency), strict=True):
                 if isinstance(r, LookserveError):
                     failed += 1
-                    _console().print(f"[red]{name}:[/red] {r}", soft_wrap=True)
+                    _console().print(f"[red]{escape(name)}:[/red] {escape(str(r))}", soft_wrap=True)
                 else:
                     results.append(r)
         csv_path, json_path = write_outputs(results, out)
@@ -164,7 +187,8 @@ def thumbnails(
             render_thumbnails(results, out / "contact_sheet.png")
         table = Table("product", "thumbnail", "best-view p", "type", "type p")
         for r in results[:30]:
-            table.add_row(r.product, Path(r.thumbnail).name, f"{r.best_view:.2f}", r.footwear_type, f"{r.type_probability:.2f}")
+            table.add_row(escape(r.product), escape(Path(r.thumbnail).name), f"{r.best_view:.2f}", r.footwear_type,
+                          f"{r.type_probability:.2f}")
         _console().print(table)
         _console().print(f"wrote {csv_path} and {json_path}")
         if failed:

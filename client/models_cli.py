@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -14,6 +15,23 @@ _REPO = typer.Option(Path("model_repository"), "--model-repository", "-r", help=
 _URL = typer.Option("127.0.0.1:8001", "--url", "-u", envvar="LOOKSERVE_URL", help="Triton gRPC address.")
 
 
+def _clear_errors(command):
+    """A lookserve error (bad file, unknown model, missing repository, refused by the server) ends the
+    command with its message and exit code 2, not a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from lookserve.errors import LookserveError
+
+        try:
+            return command(*args, **kwargs)
+        except LookserveError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from e
+
+    return run
+
+
 def _admin(url: str):
     from lookserve.client.core import TritonClient
     from lookserve.server.cli import read_key
@@ -22,6 +40,7 @@ def _admin(url: str):
 
 
 @app.command("list")
+@_clear_errors
 def list_models(repository: Path = _REPO, url: str | None = typer.Option(None, "--url", "-u", help="Also ask this server what is loaded.")) -> None:
     """Models, their versions on disk, what the config serves, and (with --url) what is loaded."""
     from lookserve.client.models import ModelRepository
@@ -40,6 +59,7 @@ def list_models(repository: Path = _REPO, url: str | None = typer.Option(None, "
 
 
 @app.command()
+@_clear_errors
 def publish(model: str, onnx_file: Path, repository: Path = _REPO, version: int | None = typer.Option(None, help="Version number (default: next).")) -> None:
     """Validate ONNX_FILE against MODEL's serving config and write it as a new version (not served yet)."""
     from lookserve.client.models import ModelRepository
@@ -49,6 +69,7 @@ def publish(model: str, onnx_file: Path, repository: Path = _REPO, version: int 
 
 
 @app.command()
+@_clear_errors
 def promote(model: str, version: int, repository: Path = _REPO, url: str = _URL,
             keep_previous: bool = typer.Option(False, help="Keep serving the current versions too (embedder/catalog hand-over).")) -> None:
     """Serve VERSION of MODEL: Triton swaps it in while the old one keeps serving until it is ready."""
@@ -60,6 +81,7 @@ def promote(model: str, version: int, repository: Path = _REPO, url: str = _URL,
 
 
 @app.command()
+@_clear_errors
 def rollback(model: str, repository: Path = _REPO, url: str = _URL) -> None:
     """Serve again what MODEL served before its last promote."""
     from lookserve.client.models import ModelRepository
@@ -70,6 +92,7 @@ def rollback(model: str, repository: Path = _REPO, url: str = _URL) -> None:
 
 
 @app.command()
+@_clear_errors
 def unload(model: str, repository: Path = _REPO, url: str = _URL) -> None:
     """Unload MODEL from the server (its files stay)."""
     from lookserve.client.models import ModelRepository
@@ -80,6 +103,7 @@ def unload(model: str, repository: Path = _REPO, url: str = _URL) -> None:
 
 
 @app.command()
+@_clear_errors
 def history(model: str, repository: Path = _REPO) -> None:
     """What served when."""
     from lookserve.client.models import ModelRepository
@@ -89,6 +113,7 @@ def history(model: str, repository: Path = _REPO) -> None:
 
 
 @app.command()
+@_clear_errors
 def retire(model: str, versions: list[int] = typer.Argument(..., help="Versions to stop serving."), repository: Path = _REPO,
            url: str = _URL) -> None:
     """Stop serving VERSIONS of MODEL (version_policy becomes the others); the others keep serving."""

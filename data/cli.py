@@ -22,7 +22,10 @@ def _console() -> Console:
 
 
 def _fail(e: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {e}", soft_wrap=True, markup=True, highlight=False)
+    from rich.markup import escape
+
+    # the message quotes file names and JSON values: print it as text, not as markup
+    Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(2)
 
 

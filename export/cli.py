@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from lookserve.errors import LookserveError
 
@@ -65,7 +66,7 @@ def _run(fn, *args, **kwargs) -> None:
             progress.add_task("converting with tf2onnx and running the parity gate", total=None)
             result = fn(*args, **kwargs)
     except LookserveError as e:
-        _console().print(f"[red]export failed:[/red] {e}")
+        _console().print(f"[red]export failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from e
     _report(result)
 
@@ -99,7 +100,7 @@ def embedder(
         try:
             extra["eval_data"] = load_eval_data(eval_data)
         except LookserveError as e:
-            _console().print(f"[red]cannot load --eval-data:[/red] {e}")
+            _console().print(f"[red]cannot load --eval-data:[/red] {escape(str(e))}")
             raise typer.Exit(1) from e
     _trained("embedder", weights, version, repository, opset, variant, overwrite, photos, **extra)
 
@@ -124,10 +125,10 @@ def export_all(
     try:
         found = find_trained(weights_root)
     except LookserveError as e:
-        _console().print(f"[red]export failed:[/red] {e}")
+        _console().print(f"[red]export failed:[/red] {escape(str(e))}")
         raise typer.Exit(1) from e
     if not found:
-        _console().print(f"[red]no trained weights under {weights_root}[/red] (sub-directories with config.json + model.weights.h5)")
+        _console().print(f"[red]no trained weights under {escape(str(weights_root))}[/red] (sub-directories with config.json + model.weights.h5)")
         raise typer.Exit(1)
     for kind, path in found.items():
         _trained(kind, path, version, repository, opset, "fp32", overwrite, photos)

@@ -184,8 +184,8 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"shop the look: {summary['look_outputs']}/*.png   thumbnails: "
                   f"{summary['thumbnail_outputs']}/contact_sheet.png   figures: {Path(summary['look_outputs']).parent}/summary.json")
-    console.print("web page: lookserve serve (one terminal), then lookserve ui --catalog "
-                  f"{summary['catalog']['dir']} (another) and open http://127.0.0.1:8501")
+    console.print("web page: lookserve serve -m '*' (one terminal), then lookserve ui --catalog "
+                  f"{summary['catalog']['dir']} --samples {summary['data']} (another) and open http://127.0.0.1:8501")
 
 
 @app.command("demo")

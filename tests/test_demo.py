@@ -32,7 +32,12 @@ def test_demo_runs_both_jobs_end_to_end_when_started_from_reference_weights(tmp_
     assert 0.0 <= look["top1_accuracy"] <= look["top6_accuracy"] <= look["detected"] <= 1.0
     pngs = sorted((tmp_path / "demo" / "look").glob("*.png"))
     assert len(pngs) == 2
-    assert Image.open(pngs[0]).size[0] > 512  # photo + match panel
+    for png in pngs:
+        result = json.loads(png.with_suffix(".json").read_text())
+        width, height = Image.open(png).size
+        assert height > 0 and result["source"].endswith(png.stem + ".jpg")
+        if result["items"]:  # photo plus one row of shop matches per kept garment
+            assert width > 512
     thumbs = summary["thumbnails"]
     assert thumbs["products"] == thumbs["answered"] == 3
     assert (tmp_path / "demo" / "thumbnails" / "contact_sheet.png").is_file()

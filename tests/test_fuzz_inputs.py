@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lookserve.data import footwear, street2shop
-from lookserve.errors import CatalogError, ConfigError, DataError, InvalidInputError
+from lookserve.errors import CatalogError, DataError, InvalidInputError
 from lookserve.images import DecodeLimits, decode_image, to_rgb
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -397,15 +397,6 @@ def _open_or_catalog_error(path: Path, manifest: dict, text: str) -> None:
         assert labels.shape == (1, 1)
 
 
-#: Catalog.open (client/catalog.py, not owned here) lets TypeError/AttributeError/ValueError/
-#: RecursionError/ConfigError escape for some manifests; the fix is requested in the hardening
-#: report (issue 9). Remove these markers with that fix: strict, so the fix shows as XPASS.
-CATALOG_FIX_PENDING = pytest.mark.xfail(
-    strict=True, raises=(TypeError, AttributeError, ValueError, RecursionError, OverflowError, ConfigError),
-    reason="client/catalog.py: Manifest.from_dict/_open_once let non-CatalogError exceptions escape (issue 9 report)")
-
-
-@CATALOG_FIX_PENDING
 @settings(FUZZ, report_multiple_bugs=False)
 @given(st.data())
 def test_catalog_open_raises_only_catalog_error_when_manifest_is_mutated(catalog_dir, data) -> None:
@@ -413,9 +404,7 @@ def test_catalog_open_raises_only_catalog_error_when_manifest_is_mutated(catalog
     _open_or_catalog_error(path, manifest, data.draw(mutated_json_text(manifest)))
 
 
-@pytest.mark.parametrize("text", [pytest.param(HOSTILE_TEXTS[0], marks=CATALOG_FIX_PENDING, id="deep"),
-                                  pytest.param(HOSTILE_TEXTS[1], marks=CATALOG_FIX_PENDING, id="bigint"),
-                                  *HOSTILE_TEXTS[2:]])
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
 def test_catalog_open_raises_only_catalog_error_when_manifest_text_is_hostile(catalog_dir, text: str) -> None:
     path, manifest = catalog_dir
     _open_or_catalog_error(path, manifest, text)

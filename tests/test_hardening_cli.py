@@ -42,9 +42,7 @@ BB = {"left": 1, "top": 2, "width": 10, "height": 12}
         (json.dumps([{"photo": 1, "product": 10, "bbox": {**BB, "width": float("nan")}}]), "bbox values must be finite"),
         ("[" + "1" * 5000 + "]", "train_pairs_tops.json is not usable JSON"),
         ('[{"photo": 1, "product": 10,', "train_pairs_tops.json is not valid JSON"),
-        pytest.param(json.dumps([{"photo": "[/x]", "product": 10, "bbox": BB}]), "'photo' must be an integer id, got '[/x]'",
-                     marks=pytest.mark.xfail(strict=True, reason="data/cli.py _fail prints the message as rich markup: "
-                                                                 "'[/x]' raises MarkupError (fix in the issue 9 report)")),
+        (json.dumps([{"photo": "[/x]", "product": 10, "bbox": BB}]), "'photo' must be an integer id, got '[/x]'"),
     ],
     ids=["deep-nesting", "nan-bbox", "huge-integer", "truncated", "markup-in-value"],
 )
@@ -111,8 +109,6 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason="client/models_cli.py lets lookserve errors escape as tracebacks "
-                                       "(fix in the issue 9 report)")
 @pytest.mark.parametrize(("args", "fragment"), [
     (["publish", "embedder", "{bad}"], "is not a valid ONNX model"),
     (["publish", "nosuch", "{bad}"], "no model 'nosuch'"),

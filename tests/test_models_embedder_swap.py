@@ -449,6 +449,13 @@ def test_models_cli_swaps_the_embedder_and_shows_the_pointer_when_run_by_the_ope
     assert "version 1 (catalog-v1) -> version 2 (catalog-v2); serving [2]" in result.output
     shown = runner.invoke(app, ["models", "catalog-current", "--catalog-root", str(s["root"])])
     assert shown.exit_code == 0 and "-> catalog-v2 (embedder version 2)" in shown.output
+    # a look client given the root follows the pointer (and keeps looking at it with --watch-interval)
+    looked = runner.invoke(app, ["look", str(s["street"]), "--catalog", str(s["root"]), "--watch-interval", "0",
+                                 "--url", s["server"].grpc_url, "--out", str(tmp_path / "look")])
+    assert looked.exit_code == 0, looked.output
+    answer = json.loads((tmp_path / "look" / "street.json").read_text())
+    assert Path(answer["catalog"]).name == "catalog-v2" and answer["model_versions"]["embedder"] == "2"
+    assert (tmp_path / "look" / "street.png").is_file()
     # swapping back reuses catalog-v1 (still valid for version 1)
     back = runner.invoke(app, ["models", "swap-embedder", "--catalog-root", str(s["root"]), "--version", "1",
                                "--reuse-catalog", "--model-repository", str(s["repo"]), "--url", s["server"].grpc_url,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, help="Train the detector, the embedder and the view classifier.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate trained models on held-out data.")
@@ -46,7 +47,7 @@ def _retrieval_table(title: str, scores) -> Any:
 
 
 def _fail(e: Exception) -> None:
-    _console().print(f"[red]error:[/] {e}")
+    _console().print(f"[red]error:[/] {escape(str(e))}")
     raise typer.Exit(2) from e
 
 
