@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from lookserve.errors import LookserveError
 
@@ -463,6 +462,8 @@ def swap(
     """Look-chain latency under continuous load across detector promote/rollback and the embedder+catalog swap."""
     from rich.console import Console
 
+    from lookserve.bench.cli import _fail
+
     console = Console(soft_wrap=True)
     try:
         report = run_swap_bench(repository, photos, work, split=split, catalog_split=catalog_split,
@@ -470,8 +471,7 @@ def swap(
                                 detector_onnx=detector_onnx, embedder_onnx=embedder_onnx, quiet_s=quiet, max_s=max_s,
                                 cycles=cycles)
     except LookserveError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}")
-        raise typer.Exit(2) from e
+        _fail(e)
     report["command"] = _command_line(ctx)
     report["note"] = note
     paths = write_report(report, out, stem)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from lookserve.errors import LookserveError
+from lookserve.errors import DataError, LookserveError
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,8 @@ def look(
     images = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
                                           if p.is_dir() else [p])]
     if not images:
-        _console().print(f"[red]error:[/red] no images ({', '.join(IMAGE_SUFFIXES)}) in {escape(', '.join(map(str, given)))}: "
-                         "the folder is empty or holds no image files", soft_wrap=True)
-        raise typer.Exit(code=2)
+        raise _fail(DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, given))}: "
+                              "the folder is empty or holds no image files"))
     try:
         config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
                             timeout_s=timeout)
@@ -141,7 +140,6 @@ def look(
 # ------------------------------------------------------------------------------------------
 def _collect_views(paths: list[Path]) -> dict[str, list[Path]]:
     from lookserve.client.thumbnails import IMAGE_SUFFIXES, find_products
-    from lookserve.errors import DataError
 
     products: dict[str, list[Path]] = {}
     for p in paths:

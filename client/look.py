@@ -450,12 +450,14 @@ class AsyncLookPipeline(_Steps):
 
 
 def evaluate_pairs(pipeline: LookPipeline, root: str | os.PathLike, split: str = "test", limit: int | None = None,
-                   concurrency: int = 4) -> dict[str, Any]:
+                   concurrency: int = 4,
+                   results: dict[Path, LookResult | errors.LookserveError] | None = None) -> dict[str, Any]:
     """End-to-end accuracy on a street2shop-format data set's held-out street photos.
 
     For every (street photo, product) pair of ``split``: a *hit@1*/*hit@K* when the chain's item
     of the pair's category has the product first / within its top-K; *detected* when the chain
-    kept an item of that category at all. Figures overall and per category."""
+    kept an item of that category at all. Figures overall and per category. Given ``results``,
+    it is filled with each photo's result (or error), in the order the photos were sent."""
     from lookserve.data import street2shop
 
     data = street2shop.load(root)
@@ -467,7 +469,7 @@ def evaluate_pairs(pipeline: LookPipeline, root: str | os.PathLike, split: str =
         photos = photos[:limit]
         keep = set(photos)
         pairs = [p for p in pairs if p.street_path in keep]
-    by_photo: dict[Path, LookResult | errors.LookserveError] = {}
+    by_photo: dict[Path, LookResult | errors.LookserveError] = {} if results is None else results
     failed = 0
     for path, result in zip(photos, pipeline.run_many(photos, concurrency), strict=True):
         by_photo[path] = result

@@ -125,6 +125,7 @@ def retire(model: str, versions: list[int] = typer.Argument(..., help="Versions 
 
 
 @app.command("catalog-current")
+@_clear_errors
 def catalog_current(
     catalog_root: Path = typer.Option(..., "--catalog-root", help="Folder of catalog-v<N> catalogs and the current pointer."),
     name: str | None = typer.Argument(None, help="Point the clients at this catalog (a folder in the root)."),
@@ -132,28 +133,25 @@ def catalog_current(
 ) -> None:
     """Show, or atomically set, the catalog the clients of CATALOG_ROOT use (its `current` symlink)."""
     from lookserve.client.catalog import Catalog, open_for_client, read_current, set_current
-    from lookserve.errors import LookserveError
 
-    try:
-        if name:
-            target = catalog_root / name
-            if url:
-                from lookserve.client.core import TritonClient
+    if name:
+        target = catalog_root / name
+        if url:
+            from lookserve.client.core import TritonClient
 
-                with TritonClient(url) as client:
-                    open_for_client(target, client)
-            else:
-                Catalog.open(target)
-            set_current(catalog_root, name)
+            with TritonClient(url) as client:
+                catalog = open_for_client(target, client)
+        else:
+            catalog = Catalog.open(target)
+        current, embedder = set_current(catalog_root, name), catalog.embedder
+    else:
         current = read_current(catalog_root)
         embedder = Catalog.open(current, verify=False).embedder
-    except LookserveError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
     typer.echo(f"{catalog_root / 'current'} -> {current.name} ({embedder.name} version {embedder.version})")
 
 
 @app.command("swap-embedder")
+@_clear_errors
 def swap_embedder(
     catalog_root: Path = typer.Option(..., "--catalog-root", help="Folder of catalog-v<N> catalogs and the current pointer."),
     onnx: Path | None = typer.Option(None, "--onnx", help="The new embedder's model.onnx (published as the next version)."),
@@ -177,19 +175,14 @@ def swap_embedder(
     from lookserve.client.catalog import load_records
     from lookserve.client.swap import SwapOptions
     from lookserve.client.swap import swap_embedder as swap
-    from lookserve.errors import LookserveError
 
-    try:
-        records = load_records(photos, metadata, split or None) if photos else None
-        options = SwapOptions(model=model, quiet_s=quiet, max_wait_s=max_wait, unload_old=not keep_old,
-                              reuse_catalog=reuse_catalog, batch_size=batch_size, concurrency=concurrency)
-        with _admin(url) as client:
-            report = swap(client, repository, catalog_root, records, onnx_path=onnx, version=version, options=options,
-                          images_root=photos, progress=True,
-                          on_step=lambda step, phase: typer.echo(f"{step}...") if phase == "start" else None)
-    except LookserveError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    records = load_records(photos, metadata, split or None) if photos else None
+    options = SwapOptions(model=model, quiet_s=quiet, max_wait_s=max_wait, unload_old=not keep_old,
+                          reuse_catalog=reuse_catalog, batch_size=batch_size, concurrency=concurrency)
+    with _admin(url) as client:
+        report = swap(client, repository, catalog_root, records, onnx_path=onnx, version=version, options=options,
+                      images_root=photos, progress=True,
+                      on_step=lambda step, phase: typer.echo(f"{step}...") if phase == "start" else None)
     for s in report.steps:
         typer.echo(f"  {s.name:<10} {s.ended - s.started:8.2f} s  {s.detail}")
     typer.echo(f"{model}: version {report.old_version} ({Path(report.old_catalog).name}) -> version {report.new_version} "

@@ -244,9 +244,13 @@ def swap_embedder(
     try:
         def build() -> Catalog:
             sha = model_file_sha256(repository, name, str(new))
+
+            def open_new() -> Catalog:
+                return Catalog.open(new_dir, EmbedderInfo(name, str(new), sha), served_versions=[str(old), str(new)])
+
             if options.reuse_catalog and (new_dir / MANIFEST).is_file():
                 try:
-                    return Catalog.open(new_dir, EmbedderInfo(name, str(new), sha), served_versions=[str(v) for v in (old, new)])
+                    return open_new()
                 except errors.CatalogError as e:
                     log.warning("cannot reuse %s (%s); rebuilding it", new_dir, e)
             if not records:
@@ -254,7 +258,7 @@ def swap_embedder(
             build_catalog(records, new_dir, TritonEmbedder(client, name, str(new)), options.params,
                           batch_size=options.batch_size, concurrency=options.concurrency, model_repository=repository,
                           progress=progress, images_root=images_root)
-            return Catalog.open(new_dir, EmbedderInfo(name, str(new), sha), served_versions=[str(old), str(new)])
+            return open_new()
 
         catalog = run("build", build, str(new_dir))
         _smoke(catalog)
@@ -275,9 +279,10 @@ def swap_embedder(
     drained, after_flip = run(
         "drain", lambda: wait_for_drain(client, name, old, options.quiet_s, options.max_wait_s, options.poll_s)
     )
-    serving = models.loaded_versions(client, name)
     if drained and options.unload_old:
         serving = run("unload", lambda: models.retire(client, name, (old,), timeout_s=options.load_timeout_s))
+    else:
+        serving = models.loaded_versions(client, name)
     report = SwapReport(name, old, new, str(old_dir), str(new_dir), tuple(steps), tuple(serving), after_flip, drained)
     _append_json(root / SWAPS, {"time": time.time(), **report.to_dict()})
     if not drained:

@@ -95,7 +95,6 @@ def run_demo(options: DemoOptions) -> dict:
         find_products,
         write_outputs,
     )
-    from lookserve.data import street2shop
     from lookserve.data.synth import SynthConfig, generate
     from lookserve.server.launcher import ServerOptions, TritonServer, free_port
 
@@ -131,11 +130,12 @@ def run_demo(options: DemoOptions) -> dict:
 
             t = time.perf_counter()
             pipe = LookPipeline(client, catalog, LookConfig(timeout_s=60.0))
-            look_figures = evaluate_pairs(pipe, data_root, split="test", concurrency=2)
-            photos = list(dict.fromkeys(p.street_path for p in street2shop.load(data_root).pairs_of("test")))
+            results: dict[Path, object] = {}
+            look_figures = evaluate_pairs(pipe, data_root, split="test", concurrency=2, results=results)
             look_dir = out / "look"
-            for path in photos[: options.render]:
-                result = pipe.run(path)
+            for path, result in list(results.items())[: options.render]:
+                if isinstance(result, LookserveError):
+                    continue  # counted in look_figures["failed_photos"]
                 write_result(result, look_dir / f"{path.stem}.json")
                 render_look(result, path, catalog, look_dir / f"{path.stem}.png", pipe.config.k)
             timings["shop the look"] = time.perf_counter() - t

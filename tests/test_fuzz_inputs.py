@@ -15,8 +15,9 @@ import io
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,16 +261,23 @@ def s2s_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _load_s2s_or_data_error(root: Path, rel: str, text: str) -> None:
-    path = root / rel
+def _load_with(path: Path, text: str, original: Any, load: Callable[[], Any], error: type[Exception]) -> Any:
+    """``load()`` with ``text`` written to ``path`` (``original`` written back after): what it
+    returns, or None when it raised ``error`` naming the problem."""
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     try:
-        ds = street2shop.load(root)
-    except DataError as e:
+        return load()
+    except error as e:
         assert str(e)
-        return
+        return None
     finally:
-        path.write_text(json.dumps(_S2S_DOCS[rel]))
+        path.write_text(json.dumps(original))
+
+
+def _load_s2s_or_data_error(root: Path, rel: str, text: str) -> None:
+    ds = _load_with(root / rel, text, _S2S_DOCS[rel], lambda: street2shop.load(root), DataError)
+    if ds is None:
+        return
     for p in ds.pairs:  # what loads is well-formed
         assert isinstance(p.photo, int) and isinstance(p.product, int)
         assert all(np.isfinite(v) for v in p.bbox.xywh()) and p.bbox.width > 0 and p.bbox.height > 0
@@ -339,15 +347,9 @@ def fw_root() -> Iterator[Path]:
 
 
 def _load_fw_or_data_error(root: Path, text: str) -> None:
-    path = root / "footwear" / "ground_truth.json"
-    path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    try:
-        views = footwear.load_views(root)
-    except DataError as e:
-        assert str(e)
+    views = _load_with(root / "footwear" / "ground_truth.json", text, _GT, lambda: footwear.load_views(root), DataError)
+    if views is None:
         return
-    finally:
-        path.write_text(json.dumps(_GT))
     for v in views["s1"]:  # what loads carries a known view and type
         assert v.view is None or isinstance(v.view, str)
 
@@ -382,14 +384,9 @@ def catalog_dir() -> Iterator[tuple[Path, dict]]:
 def _open_or_catalog_error(path: Path, manifest: dict, text: str) -> None:
     from lookserve.client.catalog import Catalog
 
-    (path / "manifest.json").write_text(text, encoding="utf-8", errors="surrogatepass")
-    try:
-        catalog = Catalog.open(path)
-    except CatalogError as e:
-        assert str(e)
+    catalog = _load_with(path / "manifest.json", text, manifest, lambda: Catalog.open(path), CatalogError)
+    if catalog is None:
         return
-    finally:
-        (path / "manifest.json").write_text(json.dumps(manifest))
     # a manifest that opens must still describe the files: searching answers or refuses cleanly
     for category in catalog.categories:
         q = np.ones((1, catalog.dim), np.float32)

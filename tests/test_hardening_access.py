@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 from dataclasses import replace
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,12 +18,6 @@ from tinymodels import projection_embedder, write_model
 pytestmark = pytest.mark.triton
 
 
-def _server(tmp_path: Path, triton_factory):
-    write_model(tmp_path / "repo", replace(contracts.embedder_config(dim=8, crop_size=16), warmup=()),
-                lambda p: projection_embedder(p, size=16, dim=8))
-    return triton_factory(tmp_path / "repo", models=["embedder"])
-
-
 def _non_loopback_ipv4() -> str | None:
     """An address of this host that is not 127.0.0.0/8 (the one used to reach other hosts)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -36,9 +29,8 @@ def _non_loopback_ipv4() -> str | None:
     return None if address.startswith("127.") else address
 
 
-def test_triton_listens_on_loopback_only_when_started_with_defaults(tmp_path: Path, triton_factory) -> None:
-    server = _server(tmp_path, triton_factory)
-    host, port = server.grpc_url.rsplit(":", 1)
+def test_triton_listens_on_loopback_only_when_started_with_defaults(served) -> None:
+    host, port = served.grpc_url.rsplit(":", 1)
     assert host == "127.0.0.1"
     with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
         pass  # reachable on loopback
@@ -59,7 +51,7 @@ CALLS = {
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """One server for the protocol cases."""
+    """One server, started with the default host, for every case here."""
     from lookserve.server.launcher import ServerOptions, TritonServer
 
     tmp = tmp_path_factory.mktemp("access")

@@ -64,7 +64,7 @@ def test_thumbnails_cli_names_the_broken_view_and_keeps_the_other_products_when_
     root = _views(tmp_path / "views", rng, products=3)
     broken = sorted((root / "shoe01").iterdir())[0]
     broken.write_bytes(broken.read_bytes()[:40])  # truncated PNG
-    (root / "shoe02" / "huge.png").write_bytes(_png(Image.new("L", (20_000, 2))))  # over the per-side limit
+    (root / "shoe02" / "huge.png").write_bytes(_encode(Image.new("L", (20_000, 2)), "PNG"))  # over the per-side limit
     res = _cli("thumbnails", str(root), "--url", server.grpc_url, "--out", str(tmp_path / "out"), "--no-sheet")
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.split())
@@ -72,16 +72,6 @@ def test_thumbnails_cli_names_the_broken_view_and_keeps_the_other_products_when_
     assert "huge.png is 20000x2" in text and "decompression bomb" in text
     rows = json.loads((tmp_path / "out" / "thumbnails.json").read_text())
     assert [r["product"] for r in rows] == ["shoe00"]  # the intact product is still written
-
-
-def _png(img: Image.Image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 
 
 @pytest.mark.parametrize(
@@ -95,7 +85,7 @@ def test_decode_names_the_format_when_a_file_is_cut_before_its_header_ends_or_no
     from lookserve.errors import InvalidInputError
     from lookserve.images import decode_image
 
-    data = _png(Image.new("RGB", (8, 8))) if fmt == "PNG" else _encode(Image.new("RGB", (8, 8)), fmt)
+    data = _encode(Image.new("RGB", (8, 8)), fmt)
     with pytest.raises(InvalidInputError) as caught:
         decode_image(data[:cut] if cut else data)
     assert str(caught.value) == f"image bytes {fragment}"

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+from test_models_swap import LoadThreads
 
 from lookserve import contracts, errors
 from lookserve.client import catalog as catalog_module
@@ -134,7 +135,7 @@ def _served(tmp_path: Path, triton_factory) -> dict:
             "shop": shop, "street": street}
 
 
-class _Clients:
+class _Clients(LoadThreads):
     """Threads running the look chain through one CatalogWatcher; bounded loops."""
 
     def __init__(self, url: str, root: Path, street: Path, threads: int = 3) -> None:
@@ -142,33 +143,20 @@ class _Clients:
         self.watcher = CatalogWatcher(root, self.client, interval_s=0.05)
         self.pipeline = LookPipeline(self.client, self.watcher)
         self.street = street
-        self.stop = threading.Event()
         self.results: list[tuple[float, float, str, str, str, int]] = []  # start, end (time.time()), answered, catalog's, path, items
-        self.failures: list[BaseException] = []
-        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _run(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            t0 = time.time()
-            try:
-                r = self.pipeline.run(self.street)
-            except errors.LookserveError as e:
-                self.failures.append(e)
-                continue
-            self.results.append((t0, time.time(), r.model_versions.get("embedder", ""),
-                                 r.catalog_embedder["version"], r.catalog, len(r.items)))
+    def _run(self, i: int) -> None:
+        self._loop(self._look)
 
-    def __enter__(self) -> _Clients:
-        for t in self.threads:
-            t.start()
-        time.sleep(0.3)
-        return self
+    def _look(self) -> None:
+        t0 = time.time()
+        r = self.pipeline.run(self.street)
+        self.results.append((t0, time.time(), r.model_versions.get("embedder", ""),
+                             r.catalog_embedder["version"], r.catalog, len(r.items)))
 
     def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
+        super().__exit__(*exc)
         self.client.close()
 
 

@@ -59,27 +59,27 @@ def test_publish_refuses_and_writes_nothing_when_the_file_is_bad(tmp_path: Path,
     assert sorted(p.name for p in (repo / "embedder").iterdir()) == before
 
 
-class _Load:
-    """Client threads sending requests continuously; records versions and failures."""
+class LoadThreads:
+    """Client threads (``_run(i)`` each) sending requests while the ``with`` block runs; a
+    subclass's ``_run`` calls :meth:`_loop` with one request. Records failures."""
 
-    def __init__(self, url: str, threads: int = 3) -> None:
-        self.url = url
+    def __init__(self, threads: int = 3) -> None:
         self.stop = threading.Event()
-        self.records: list[tuple[float, str]] = []
         self.failures: list[BaseException] = []
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
-    def _run(self, seed: int) -> None:
-        crops = np.random.default_rng(seed).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
-        deadline = time.monotonic() + 120  # bounded, whatever happens
-        with TritonClient(self.url, timeout_s=20) as client:
-            while not self.stop.is_set() and time.monotonic() < deadline:
-                try:
-                    self.records.append((time.monotonic(), client.infer("embedder", {"crops": crops}).model_version))
-                except errors.LookserveError as e:
-                    self.failures.append(e)
+    def _run(self, i: int) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> _Load:
+    def _loop(self, request) -> None:
+        deadline = time.monotonic() + 120  # bounded, whatever happens
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                request()
+            except errors.LookserveError as e:
+                self.failures.append(e)
+
+    def __enter__(self):
         for t in self.threads:
             t.start()
         time.sleep(0.3)
@@ -89,6 +89,21 @@ class _Load:
         self.stop.set()
         for t in self.threads:
             t.join(30)
+
+
+class _Load(LoadThreads):
+    """Client threads sending requests continuously; records versions and failures."""
+
+    def __init__(self, url: str, threads: int = 3) -> None:
+        self.url = url
+        self.records: list[tuple[float, str]] = []
+        super().__init__(threads)
+
+    def _run(self, seed: int) -> None:
+        crops = np.random.default_rng(seed).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+        with TritonClient(self.url, timeout_s=20) as client:
+            self._loop(lambda: self.records.append(
+                (time.monotonic(), client.infer("embedder", {"crops": crops}).model_version)))
 
 
 @pytest.mark.triton

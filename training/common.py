@@ -293,6 +293,16 @@ def read_config(weights_dir: str | os.PathLike, kind: str) -> dict[str, Any]:
     return doc["config"]
 
 
+def warm_start(model, config, init_config, init_weights: str | os.PathLike, arch: tuple[str, ...]) -> None:
+    """Load ``init_weights``' weights into ``model`` (built from ``config``), refusing when its
+    config (``init_config``) differs in any of the architecture fields ``arch``."""
+    diff = [f"{a}: {getattr(init_config, a)} vs {getattr(config, a)}" for a in arch if getattr(init_config, a) != getattr(config, a)]
+    if diff:
+        raise ConfigError(f"init weights {init_weights} have another architecture ({'; '.join(diff)})")
+    model.load_weights(str(Path(init_weights) / WEIGHTS_FILE))
+    log.info("warm start from %s", init_weights)
+
+
 def dataclass_from_dict(cls, data: dict[str, Any]):
     """Build a frozen dataclass from a dict, refusing unknown keys by name."""
     names = {f.name for f in fields(cls)}

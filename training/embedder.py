@@ -53,6 +53,7 @@ from lookserve.training.common import (
     save_weights,
     served_front,
     set_seed,
+    warm_start,
 )
 
 log = logging.getLogger(__name__)
@@ -427,13 +428,7 @@ def train(
     set_seed(seed)
     model = build_model(config)
     if init_weights is not None:
-        init_cfg = load_config(init_weights)
-        arch = ("dim", "backbone", "width", "internal_size")
-        diff = [f"{a}: {getattr(init_cfg, a)} vs {getattr(config, a)}" for a in arch if getattr(init_cfg, a) != getattr(config, a)]
-        if diff:
-            raise ConfigError(f"init weights {init_weights} have another architecture ({'; '.join(diff)})")
-        model.load_weights(str(Path(init_weights) / "model.weights.h5"))
-        log.info("warm start from %s", init_weights)
+        warm_start(model, config, load_config(init_weights), init_weights, ("dim", "backbone", "width", "internal_size"))
     tmodel = build_training_model(model, config)
     spe = config.steps_per_epoch
     total = spe * (config.stage1_epochs + config.stage2_epochs)

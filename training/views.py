@@ -42,6 +42,7 @@ from lookserve.training.common import (
     save_weights,
     served_front,
     set_seed,
+    warm_start,
 )
 
 log = logging.getLogger(__name__)
@@ -205,13 +206,7 @@ def train(
         images = pool_uint8(images, pooling_factor(config.internal_size))
     model = build_model(config)
     if init_weights is not None:
-        init_cfg = load_config(init_weights)
-        arch = ("backbone", "width", "internal_size", "stem")
-        diff = [f"{a}: {getattr(init_cfg, a)} vs {getattr(config, a)}" for a in arch if getattr(init_cfg, a) != getattr(config, a)]
-        if diff:
-            raise ConfigError(f"init weights {init_weights} have another architecture ({'; '.join(diff)})")
-        model.load_weights(str(Path(init_weights) / "model.weights.h5"))
-        log.info("warm start from %s", init_weights)
+        warm_start(model, config, load_config(init_weights), init_weights, ("backbone", "width", "internal_size", "stem"))
     core = core_of(model)
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [max(1, int(config.steps * config.stage1_fraction))], [config.lr1, config.lr2]

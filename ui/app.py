@@ -17,6 +17,7 @@ import os
 import streamlit as st
 
 from lookserve import errors
+from lookserve.client.look import LookConfig
 from lookserve.ui import logic
 
 log = logging.getLogger("lookserve.ui.app")
@@ -56,12 +57,13 @@ def sidebar(config: logic.UiConfig, samples: logic.Samples) -> tuple[str, float,
         # the option strings are what ?mode= carries, so they stay short; the captions explain them
         mode = st.radio("What to try", logic.MODES, key=logic.QUERY_MODE, bind="query-params",
                         captions=[_MODE_CAPTIONS[m] for m in logic.MODES])
-        min_score, k = 0.75, 6
+        defaults = LookConfig()  # the chain's own defaults (the original's 0.75 and top-6)
+        min_score, k = defaults.filter.min_score, defaults.k
         if mode != "thumbnails":
             st.subheader("Shop the look settings")
-            min_score = st.slider("Minimum detector score", 0.0, 1.0, 0.75, 0.05, key="min_score",
+            min_score = st.slider("Minimum detector score", 0.0, 1.0, min_score, 0.05, key="min_score",
                                   bind="query-params", help="Instances scoring below this are dropped (the original used 0.75).")
-            k = st.number_input("Matches per item (top-K)", min_value=1, max_value=20, value=6, step=1, key="k",
+            k = st.number_input("Matches per item (top-K)", min_value=1, max_value=20, value=k, step=1, key="k",
                                 bind="query-params")
         st.subheader("Where")
         st.caption(f"Triton (gRPC): `{config.url}`")

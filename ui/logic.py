@@ -91,9 +91,6 @@ class UiConfig:
 # ------------------------------------------------------------------------------------------
 # Samples
 # ------------------------------------------------------------------------------------------
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
 @dataclass(frozen=True)
 class Samples:
     """Street photos (name → path) and footwear products (name → view paths) to pick from."""
@@ -109,7 +106,7 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
     """Samples under ``root``: a street2shop-format data set (``lookserve data generate`` or
     ``make demo``'s ``runs/demo/data``: its street photos and ``footwear/views/<product>/``),
     or a plain folder with ``street/*.jpg`` and ``footwear/<product>/*.jpg``."""
-    from lookserve.client.thumbnails import find_products
+    from lookserve.client.thumbnails import IMAGE_SUFFIXES, find_products
 
     if root is None:
         return Samples(notes=("no samples folder given (lookserve ui --samples DIR)",))
@@ -446,8 +443,6 @@ def run_thumbnails(services: Services, product: str, views: Sequence[ImageInput]
     """The best view and footwear type of one product's decoded views."""
     if services.thumbnails is None:
         raise errors.ModelNotReady(services.thumbnails_error or "thumbnails are not available")
-    if not views:
-        raise errors.InvalidInputError("a product needs at least one view image")
     names = [v.name for v in views]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
