@@ -18,9 +18,18 @@ import cv2
 import numpy as np
 
 from lookserve.data import street2shop
-from lookserve.errors import DataError
+from lookserve.errors import DataError, InvalidInputError
+from lookserve.images import box_pixels, decode_image
 
 log = logging.getLogger(__name__)
+
+
+def _read(path: Path) -> np.ndarray:
+    """A photo decoded as the models see it (:func:`lookserve.images.decode_image`)."""
+    try:
+        return decode_image(path)
+    except InvalidInputError as e:
+        raise DataError(f"cannot decode {path}: {e}") from e
 
 
 def _hist(img: np.ndarray) -> np.ndarray:
@@ -43,15 +52,13 @@ def colour_baseline(root: str | os.PathLike, split: str = "test", k: int = 6, ma
     gallery: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for cat in sorted({q.category for q in queries}):
         prods = [p for p in sorted(ds.shop) if ds.product_category.get(p) == cat]
-        feats = [_hist(cv2.imread(str(ds.shop_path(ds.shop[p][0])))) for p in prods]
+        feats = [_hist(_read(ds.shop_path(ds.shop[p][0]))) for p in prods]
         gallery[cat] = (np.array(prods), np.stack(feats))
     hits1 = hitsk = wrong = wrong_in_group = 0
     for q in queries:
-        img = cv2.imread(str(q.street_path))
-        if img is None:
-            raise DataError(f"cannot decode {q.street_path}")
-        x, y, w, h = (int(round(v)) for v in q.bbox.xywh())
-        crop = img[max(y, 0) : y + h, max(x, 0) : x + w]
+        img = _read(q.street_path)
+        x0, y0, x1, y1 = box_pixels(np.array(q.bbox.xyxy()), img.shape[1], img.shape[0])  # the served crop's bounds
+        crop = img[y0:y1, x0:x1]
         prods, feats = gallery[q.category]
         order = prods[np.argsort(-(feats @ _hist(crop)), kind="stable")]
         hits1 += order[0] == q.product

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 
 from lookserve.data import street2shop
-from lookserve.errors import DataError
+from lookserve.errors import DataError, InvalidInputError
+from lookserve.images import decode_image
 from lookserve.taxonomy import CATEGORIES
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,11 @@ _COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200]
 
 
 def _read(path: Path, size: int) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot decode image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """A photo as the models see it (:func:`lookserve.images.decode_image`: EXIF, modes, alpha)."""
+    try:
+        return decode_image(path)
+    except InvalidInputError as e:
+        raise DataError(f"cannot decode image {path}: {e}") from e
 
 
 def _fit(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:

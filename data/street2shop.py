@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lookserve.errors import DataError
+from lookserve.images import DEFAULT_LIMITS
 from lookserve.taxonomy import CATEGORIES
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class BBox:
 
     def xywh(self) -> tuple[float, float, float, float]:
         return (self.left, self.top, self.width, self.height)
+
+    def xyxy(self) -> tuple[float, float, float, float]:
+        """``(x1, y1, x2, y2)``, the box convention of :mod:`lookserve.images` (``crop_box``)."""
+        return (self.left, self.top, self.left + self.width, self.top + self.height)
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,12 @@ def _bbox(rec: dict, where: str) -> BBox:
         raise DataError(f"{where}: bbox values must be finite numbers: {b!r}")
     if vals[2] <= 0 or vals[3] <= 0:
         raise DataError(f"{where}: bbox has a non-positive width or height: {b!r}")
+    # No photo lookserve decodes is larger than DEFAULT_LIMITS.max_side: a box beyond it is not
+    # in any photo (it would otherwise load and crop nothing, or crop a clamped sliver).
+    side = DEFAULT_LIMITS.max_side
+    left, top, width, height = vals
+    if left < -side or top < -side or left + width > 2 * side or top + height > 2 * side:
+        raise DataError(f"{where}: bbox lies outside any photo lookserve decodes (sides up to {side} px): {b!r}")
     return BBox(*vals)
 
 

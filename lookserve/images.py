@@ -5,9 +5,13 @@ with limits (bytes before decoding, pixels before the pixel data is read, an all
 formats), its EXIF orientation is applied, any Pillow mode becomes RGB uint8, and then it is
 letterboxed for the detector or cropped and resized for the embedder.
 
-The geometry matches what the models were trained on (``lookserve.training``): the letterbox
-is centred on black with ``scale = S / max(h, w)``; crops are stretched to 224×224 with
-``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging.
+This module is the one pixel path of the project: training (``lookserve.training``: its
+``read_rgb`` is :func:`decode_image`, the embedder's street crops are :func:`crop_box`, the
+detector's inputs are :func:`letterbox`), evaluation (detector masks by :func:`paste_mask` at
+:meth:`Letterbox.to_original` boxes), export's parity samples and serving all call these
+functions, so models are scored on the pixels they are served. The letterbox is centred on
+black with ``scale = S / max(h, w)``; every resize (letterbox, crops, whole photos) uses one
+rule, OpenCV's ``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging (:func:`_interp`).
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels throughout.
 """
@@ -280,7 +284,9 @@ def crop_box(image: np.ndarray, box: np.ndarray, size: int = 224) -> np.ndarray:
 
 def paste_mask(mask: np.ndarray, box: np.ndarray, width: int, height: int, threshold: float = 0.5) -> np.ndarray:
     """Paste an ``[m, m]`` mask probability map (relative to its box) into a ``height``×``width``
-    canvas → bool. The mask is sampled at every pixel centre inside the box."""
+    canvas → bool. The map is sampled bilinearly at the centre of every pixel the box touches
+    (``floor(x1)..ceil(x2)``), its edge values replicated beyond its border. Serving (crops,
+    renderings) and the detector's evaluation both paste with this function."""
     import cv2
 
     canvas = np.zeros((height, width), dtype=bool)

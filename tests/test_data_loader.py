@@ -143,6 +143,12 @@ def test_load_raises_data_error_when_bbox_has_non_positive_size(tmp_path):
         street2shop.load(tmp_path)
 
 
+def test_load_raises_data_error_when_bbox_lies_outside_any_decodable_photo(tmp_path):
+    _real_layout(tmp_path, pairs=[{"photo": 1, "product": 10, "bbox": {"left": 0, "top": 2**70, "width": 3, "height": 4}}])
+    with pytest.raises(DataError, match=r"train_pairs_tops\.json\[0\].*outside any photo"):
+        street2shop.load(tmp_path)
+
+
 def test_load_raises_data_error_when_ids_are_not_integers(tmp_path):
     _real_layout(tmp_path, retrieval=[{"product": "ten", "photo": 100}])
     with pytest.raises(DataError, match=r"retrieval_tops\.json\[0\].*'product' must be an integer"):

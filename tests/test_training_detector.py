@@ -180,9 +180,9 @@ def test_detector_config_raises_when_backbone_unknown():
 
 
 def test_paste_mask_fills_box_when_mask_is_all_ones():
-    from lookserve.training.detector import paste_mask
+    from lookserve.images import paste_mask  # the one paste_mask, used by evaluation and serving
 
-    canvas = paste_mask(np.ones((28, 28), np.float32), np.array([10.0, 20.0, 30.0, 60.0]), 64)
+    canvas = paste_mask(np.ones((28, 28), np.float32), np.array([10.0, 20.0, 30.0, 60.0]), 64, 64)
     assert canvas.sum() == 20 * 40 and canvas[20:60, 10:30].all()
 
 

@@ -227,6 +227,19 @@ def test_load_triplet_data_crops_by_bbox_and_keeps_splits_apart(tmp_path):
     assert set(tr.street_category) == {5}
 
 
+def test_load_triplet_data_reads_real_layout_when_products_json_is_absent(tmp_path, caplog):
+    """The real street2shop layout has no products.json: the shared reader
+    (lookserve.data.street2shop) takes each pair's split from its file and skips, and logs, a
+    row whose street image is missing."""
+    _write_layout(tmp_path)
+    (tmp_path / "products.json").unlink()
+    (tmp_path / "images" / "2.png.jpg").unlink()  # the first train pair's street photo
+    with caplog.at_level("WARNING"):
+        tr = E.load_triplet_data(tmp_path, ("train",), 112)
+    assert set(tr.street_product) == {501, 502} and set(tr.shop_product) == {501, 502}
+    assert "street image missing" in caplog.text
+
+
 def test_load_triplet_data_names_the_problem_when_photos_txt_is_missing(tmp_path):
     from lookserve.errors import DataError
 

@@ -1,5 +1,9 @@
 """Shared pieces of the lookserve models: image I/O, augmentations, backbones, saving.
 
+Image I/O is the served pixel path: :func:`read_rgb` is :func:`lookserve.images.decode_image`
+(with a ``DataError``) and ``resize_square`` is :func:`lookserve.images.resize_square`, so
+training sees the pixels a client sends (crops: :func:`lookserve.images.crop_box`).
+
 Everything here that touches Keras imports it lazily (inside functions), so importing this
 module is cheap. Models are written with Keras 3 layers and ``keras.ops`` only, so they run on
 the TensorFlow backend (which tf2onnx exports) and could train on JAX.
@@ -24,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from lookserve.errors import ConfigError, DataError, InvalidInputError
+from lookserve.images import decode_image
+from lookserve.images import resize_square as resize_square  # re-exported: the served resize
 
 log = logging.getLogger(__name__)
 
@@ -34,36 +40,16 @@ BACKBONES = ("small", "resnet50")
 
 
 # --------------------------------------------------------------------------------------------
-# image I/O
+# image I/O: the served pixel path (lookserve.images), never a second decoder or resizer
 # --------------------------------------------------------------------------------------------
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3]; raises DataError naming the file."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def resize_square(img: np.ndarray, size: int = SERVED_SIZE) -> np.ndarray:
-    """Resize (stretching, as the clients do for crops) to ``size``×``size`` uint8 RGB."""
-    import cv2
-
-    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
-        raise InvalidInputError(f"expected an RGB image [H, W, 3], got shape {img.shape}")
-    interp = cv2.INTER_AREA if img.shape[0] > size or img.shape[1] > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
-def crop_box(img: np.ndarray, left: float, top: float, width: float, height: float) -> np.ndarray:
-    """Crop a pixel box (clipped to the image); raises InvalidInputError for an empty box."""
-    h, w = img.shape[:2]
-    x0, y0 = max(0, int(round(left))), max(0, int(round(top)))
-    x1, y1 = min(w, int(round(left + width))), min(h, int(round(top + height)))
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        raise InvalidInputError(f"box ({left}, {top}, {width}, {height}) is empty inside a {w}x{h} image")
-    return img[y0:y1, x0:x1]
+    """Read an image file as RGB uint8 [H, W, 3] exactly as a client does
+    (:func:`lookserve.images.decode_image`: limits, EXIF orientation, any mode → RGB,
+    transparency on white); raises DataError naming the file."""
+    try:
+        return decode_image(path)
+    except InvalidInputError as e:
+        raise DataError(f"cannot read training image: {e}") from e
 
 
 def pool_uint8(batch: np.ndarray, factor: int) -> np.ndarray:

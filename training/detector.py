@@ -40,6 +40,7 @@ import numpy as np
 
 from lookserve.contracts import DETECTOR_INPUT_SIZE, DETECTOR_MAX_DETECTIONS, MASK_SIZE
 from lookserve.errors import ConfigError, DataError, InvalidInputError
+from lookserve.images import Letterbox, paste_mask
 from lookserve.taxonomy import CATEGORIES
 from lookserve.training import detector_ops as ops
 
@@ -847,11 +848,10 @@ def _plot_losses(history: list[dict[str, float]], path: Path) -> None:
 # evaluation
 # --------------------------------------------------------------------------------------------
 def predict_samples(det: Detector, samples, batch_size: int = 4, progress: bool = True) -> list[dict[str, Any]]:
-    """COCO result dicts (original image pixels, RLE masks) of ``det`` on ``samples``."""
-    import cv2
-    from pycocotools import mask as mask_utils
-
-    from lookserve.training.detector_data import read_letterboxed
+    """COCO result dicts (original image pixels, RLE masks) of ``det`` on ``samples``: each
+    photo decoded and letterboxed as a client does it (:func:`detector_data.letterbox_sample`),
+    the outputs mapped back by :func:`coco_results` as a client maps them."""
+    from lookserve.training.detector_data import letterbox_sample
 
     s = det.config.input_size
     results: list[dict[str, Any]] = []
@@ -859,54 +859,41 @@ def predict_samples(det: Detector, samples, batch_size: int = 4, progress: bool 
     try:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            boxed = [read_letterboxed(x, s) for x in chunk]
-            out = det(np.stack([b[0] for b in boxed]))
+            boxed = [letterbox_sample(x, s) for x in chunk]
+            out = det(np.stack([square for square, _ in boxed]))
             for j, sample in enumerate(chunk):
-                _, scale, px, py = boxed[j]
-                nw, nh = round(sample.width * scale), round(sample.height * scale)
-                for d in range(int(out["num_detections"][j, 0])):
-                    box = out["boxes"][j, d]
-                    canvas = paste_mask(out["masks"][j, d], box, s)
-                    region = canvas[py : py + nh, px : px + nw]
-                    full = cv2.resize(region, (sample.width, sample.height), interpolation=cv2.INTER_NEAREST)
-                    rle = mask_utils.encode(np.asfortranarray(full))
-                    rle["counts"] = rle["counts"].decode("ascii")
-                    ob = ops.unletterbox_boxes(box, scale, px, py)
-                    ob = np.clip(ob, 0, [sample.width, sample.height, sample.width, sample.height])
-                    results.append(
-                        {
-                            "image_id": sample.image_id,
-                            "category_id": int(out["classes"][j, d]) + 1,
-                            "bbox": [float(ob[0]), float(ob[1]), float(ob[2] - ob[0]), float(ob[3] - ob[1])],
-                            "score": float(out["scores"][j, d]),
-                            "segmentation": rle,
-                        }
-                    )
+                results += coco_results(out, j, boxed[j][1], sample.image_id)
             bar.update(len(chunk))
     finally:
         bar.close()
     return results
 
 
-def paste_mask(mask: np.ndarray, box: np.ndarray, size: int, threshold: float = 0.5) -> np.ndarray:
-    """Paste a [m, m] mask probability map into its box of a ``size``² canvas → uint8 0/1."""
-    import cv2
+def coco_results(outputs: dict[str, np.ndarray], row: int, lb: Letterbox, image_id: int) -> list[dict[str, Any]]:
+    """COCO result dicts of batch row ``row`` of the detector's outputs, in the original photo's
+    pixels exactly as served: boxes by :meth:`lookserve.images.Letterbox.to_original` (clipped,
+    as ``client.look.filter_detections``), masks pasted into the photo by
+    :func:`lookserve.images.paste_mask` at those boxes (as ``crop_mask`` and the look renderer)."""
+    from pycocotools import mask as mask_utils
 
-    canvas = np.zeros((size, size), np.uint8)
-    x1, y1, x2, y2 = (float(v) for v in box)
-    ix1, iy1 = max(0, int(math.floor(x1))), max(0, int(math.floor(y1)))
-    ix2, iy2 = min(size, int(math.ceil(x2))), min(size, int(math.ceil(y2)))
-    if ix2 - ix1 < 1 or iy2 - iy1 < 1:
-        return canvas
-    bw, bh = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
-    m = mask.shape[0]
-    # sample the mask at each pixel centre of the box, in the mask's pixel frame
-    xs = ((np.arange(ix1, ix2) + 0.5 - x1) / bw * m - 0.5).astype(np.float32)
-    ys = ((np.arange(iy1, iy2) + 0.5 - y1) / bh * m - 0.5).astype(np.float32)
-    mx, my = np.meshgrid(xs, ys)
-    vals = cv2.remap(mask.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    canvas[iy1:iy2, ix1:ix2] = (vals >= threshold).astype(np.uint8)
-    return canvas
+    n = int(outputs["num_detections"][row, 0])
+    boxes = lb.to_original(np.asarray(outputs["boxes"][row, :n]))
+    results = []
+    for d in range(n):
+        full = paste_mask(outputs["masks"][row, d], boxes[d], lb.width, lb.height)
+        rle = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        x1, y1, x2, y2 = (float(v) for v in boxes[d])
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": int(outputs["classes"][row, d]) + 1,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(outputs["scores"][row, d]),
+                "segmentation": rle,
+            }
+        )
+    return results
 
 
 def evaluate_detector(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lookserve.errors import DataError, InvalidInputError
+from lookserve.images import Letterbox, letterbox
 from lookserve.taxonomy import CATEGORIES
 from lookserve.training import detector_ops as ops
 
@@ -133,11 +134,23 @@ def load_samples(root: str | Path, split: str, mask_size: int = 56, limit: int |
     return out
 
 
-def read_letterboxed(sample: StreetSample, size: int) -> tuple[np.ndarray, float, int, int]:
+def letterbox_sample(sample: StreetSample, size: int) -> tuple[np.ndarray, Letterbox]:
+    """A street photo as the detector is served it: :func:`lookserve.images.decode_image` then
+    :func:`lookserve.images.letterbox` (the client's ``prepare``). Raises DataError when the
+    decoded photo's size differs from its annotation's (the masks would not line up)."""
     from lookserve.training.common import read_rgb
 
     img = read_rgb(sample.path)
-    return ops.letterbox(img, size)
+    if img.shape[:2] != (sample.height, sample.width):
+        raise DataError(f"{sample.path} decodes to {img.shape[1]}x{img.shape[0]} pixels but image "
+                        f"{sample.image_id}'s annotation says {sample.width}x{sample.height}")
+    return letterbox(img, size)
+
+
+def read_letterboxed(sample: StreetSample, size: int) -> tuple[np.ndarray, float, int, int]:
+    """:func:`letterbox_sample` as ``(square, scale, pad_x, pad_y)`` (the training batches' form)."""
+    square, lb = letterbox_sample(sample, size)
+    return square, lb.scale, lb.pad_x, lb.pad_y
 
 
 @dataclass

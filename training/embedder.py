@@ -23,7 +23,6 @@ that category in the gallery; plus recall@6 and recall@20, per category and over
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -34,14 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from lookserve.data import street2shop
 from lookserve.errors import ConfigError, DataError
+from lookserve.images import crop_box, resize_square
 from lookserve.taxonomy import CATEGORIES
 from lookserve.training.common import (
     SERVED_SIZE,
     AugmentConfig,
     augment_batch,
     build_backbone,
-    crop_box,
     dataclass_from_dict,
     dataclass_to_dict,
     keras_module,
@@ -49,7 +49,6 @@ from lookserve.training.common import (
     pooling_factor,
     read_config,
     read_rgb,
-    resize_square,
     save_weights,
     served_front,
     set_seed,
@@ -253,42 +252,6 @@ class TripletData:
         return sorted(set(self.street_category.tolist()))
 
 
-def _photo_paths(root: Path) -> dict[int, Path]:
-    txt = root / "photos" / "photos.txt"
-    if not txt.is_file():
-        raise DataError(f"{root} is not a street2shop data set: {txt} is missing")
-    out: dict[int, Path] = {}
-    for n, line in enumerate(txt.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            pid_s, url = line.split(",", 1)
-            pid = int(pid_s)
-        except ValueError as e:
-            raise DataError(f"{txt}:{n}: expected 'id,url', got {line[:80]!r}") from e
-        out[pid] = root / url if not url.startswith(("http://", "https://")) else root / "images" / f"{pid}.jpg"
-    return out
-
-
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"missing data file {path}") from e
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from e
-
-
-def _product_splits(root: Path) -> dict[int, str]:
-    products = _load_json(root / "products.json")
-    items = products.values() if isinstance(products, dict) else products
-    out = {}
-    for p in items:
-        out[int(p["id"])] = p["split"]
-    return out
-
-
 def load_triplet_data(
     root: str | os.PathLike,
     splits: tuple[str, ...],
@@ -296,51 +259,40 @@ def load_triplet_data(
     categories: tuple[str, ...] | None = None,
     max_per_category: int | None = None,
 ) -> TripletData:
-    """Read street crops (by bbox) and shop photos of the products in ``splits``, resized to
-    224 (as the client does) and box-pooled to ``size`` — exactly what the graph sees."""
+    """Read street crops (by bbox) and shop photos of the products in ``splits``, cropped and
+    resized to 224 by the client's own functions (:func:`lookserve.images.crop_box`, after
+    :func:`lookserve.images.decode_image`) and box-pooled to ``size`` — exactly what the graph
+    sees when served. The data set is read by :func:`lookserve.data.street2shop.load` (rows
+    whose images are missing are logged and skipped there)."""
     from tqdm import tqdm
 
-    root = Path(root)
-    paths = _photo_paths(root)
-    prod_split = _product_splits(root)
+    wanted = tuple(c for c in CATEGORIES if categories is None or c in categories)
+    ds = street2shop.load(root, categories=wanted)
     factor = pooling_factor(size)
     street, s_prod, s_cat, shop, p_prod, p_cat = [], [], [], [], [], []
-    meta = root / "meta" / "json"
-    cats = categories or CATEGORIES
-    jobs: list[tuple[str, int, int, int, dict | None]] = []
+    jobs: list[tuple[str, Path, int, int, np.ndarray | None]] = []
     for ci, cat in enumerate(CATEGORIES):
-        if cat not in cats:
-            continue
-        pair_files = [meta / f"train_pairs_{cat}.json", meta / f"test_pairs_{cat}.json"]
-        if not any(p.exists() for p in pair_files):
+        if cat not in wanted:
             continue
         products_here: set[int] = set()
-        n = 0
-        for pf in pair_files:
-            if not pf.exists():
+        for pair in ds.pairs_of(category=cat):
+            if pair.split not in splits:
                 continue
-            for pair in _load_json(pf):
-                prod = int(pair["product"])
-                if prod_split.get(prod) not in splits:
-                    continue
-                if max_per_category is not None and prod not in products_here and len(products_here) >= max_per_category:
-                    continue
-                products_here.add(prod)
-                jobs.append(("street", int(pair["photo"]), prod, ci, pair["bbox"]))
-                n += 1
-        for r in _load_json(meta / f"retrieval_{cat}.json"):
-            prod = int(r["product"])
+            if max_per_category is not None and pair.product not in products_here and len(products_here) >= max_per_category:
+                continue
+            products_here.add(pair.product)
+            jobs.append(("street", pair.street_path, pair.product, ci, np.array(pair.bbox.xyxy(), np.float64)))
+        for prod, photos in ds.shop.items():
             if prod in products_here:
-                jobs.append(("shop", int(r["photo"]), prod, ci, None))
+                jobs.extend(("shop", ds.shop_path(photo), prod, ci, None) for photo in photos)
     if not jobs:
         raise DataError(f"no street/shop photos for splits {splits} under {root}")
-    for kind, photo, prod, ci, bbox in tqdm(jobs, desc=f"loading {'+'.join(splits)} images", unit="img", leave=False):
-        if photo not in paths:
-            raise DataError(f"photo {photo} is not listed in photos.txt")
-        img = read_rgb(paths[photo])
-        if bbox is not None:
-            img = crop_box(img, bbox["left"], bbox["top"], bbox["width"], bbox["height"])
-        img = pool_uint8(resize_square(img, SERVED_SIZE)[None], factor)[0]
+    for kind, path, prod, ci, box in tqdm(jobs, desc=f"loading {'+'.join(splits)} images", unit="img", leave=False):
+        img = read_rgb(path)
+        # street: the box crop a client sends (client/look.py); shop: the whole photo stretched,
+        # as the catalog builder does (client/catalog.py)
+        img = crop_box(img, box, SERVED_SIZE) if box is not None else resize_square(img, SERVED_SIZE)
+        img = pool_uint8(img[None], factor)[0]
         if kind == "street":
             street.append(img), s_prod.append(prod), s_cat.append(ci)
         else:
