@@ -6,12 +6,18 @@ The operator's workflow (``lookserve models ...``):
    ``onnx.checker``, an onnxruntime load, inputs and outputs identical to the serving config, and
    a sanity run on sample inputs (finite outputs of the declared shapes) — then written as
    ``<model>/<N>/`` atomically (a temp directory renamed into place). Nothing is served yet.
-2. ``promote N``: the config's ``version_policy`` becomes ``specific {N}`` (or ``{old, N}`` with
+   Those checks accept any model of the right signature (random weights too); what proves the
+   file is a faithful export is its ``export.json`` (beside it, or given): the version is
+   **verified** when that records the ``onnx.sha256`` of exactly this file and a passed parity
+   gate, and is published as **unverified** otherwise (recorded in its export.json, the history
+   and ``lookserve models list``).
+2. ``promote N`` (refused for an unverified version unless ``allow_unverified``): the config's ``version_policy`` becomes ``specific {N}`` (or ``{old, N}`` with
    ``keep_previous``, for the embedder/catalog hand-over), written atomically, and Triton reloads
    the model through the repository API. Triton keeps the old version serving until the new one is
    loaded and warm, so requests never fail during the swap; a load failure leaves the old version
    serving and the old config restored.
-3. ``rollback``: promotes the version that served before, from the history.
+3. ``rollback``: serves again what served before the newest promote or retire not yet rolled
+   back; repeated rollbacks walk back through the history, one change each.
 4. ``unload``: removes the model from the server (files stay).
 
 Every change is appended to ``<model>/history.jsonl`` (Triton ignores files in a model folder).
@@ -25,8 +31,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +52,41 @@ class VersionInfo:
     version: int
     path: Path
     export: dict | None  # export.json, when the exporter wrote one
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Whether a version's file is the one a passed parity gate recorded (see :func:`verify_export`)."""
+
+    verified: bool
+    reason: str = ""  # why not
+
+    def to_dict(self) -> dict:
+        return {"status": "verified" if self.verified else "unverified", "reason": self.reason}
+
+
+def verify_export(onnx_path: Path, info: Mapping[str, Any] | None, sha256: str | None = None) -> Verification:
+    """``onnx_path`` is verified when ``info`` (its export.json) records this file's ``onnx.sha256``
+    and a parity gate that passed with every figure passing. ``sha256``: the file's, when known."""
+    if info is None:
+        return Verification(False, "no export.json: the file did not come through lookserve export's parity gate")
+    recorded = (info.get("onnx") or {}).get("sha256") if isinstance(info.get("onnx"), Mapping) else None
+    if not recorded:
+        published = info.get("verification") if isinstance(info.get("verification"), Mapping) else {}
+        if published.get("status") == "unverified" and published.get("reason"):
+            return Verification(False, str(published["reason"]))  # why publish found it unverified
+        return Verification(False, "its export.json records no onnx.sha256 of the exported file")
+    actual = sha256 or _sha256(onnx_path)
+    if recorded != actual:
+        return Verification(False, f"its export.json records onnx.sha256 {recorded[:12]}…, but the file is {actual[:12]}… "
+                                   "(not the file the parity gate passed)")
+    gate = info.get("parity") if isinstance(info.get("parity"), Mapping) else {}
+    figures = gate.get("figures") or []
+    failed = [f"{f.get('output')} on {f.get('samples')}" for f in figures if not f.get("passed")]
+    if gate.get("passed") is not True or not figures or failed:
+        detail = f" (failed: {', '.join(failed)})" if failed else ""
+        return Verification(False, f"its export.json does not record a passed parity gate{detail}")
+    return Verification(True)
 
 
 @dataclass(frozen=True)
@@ -82,6 +125,13 @@ class ModelRepository:
                 found.append(VersionInfo(model, int(p.name), p, json.loads(meta.read_text()) if meta.is_file() else None))
         return sorted(found, key=lambda v: v.version)
 
+    def verification(self, model: str, version: int) -> Verification:
+        """Whether ``version``'s model.onnx is the file its export.json's passed parity gate recorded."""
+        info = next((v for v in self.versions(model) if v.version == version), None)
+        if info is None:
+            raise errors.PublishError(f"{model} has no published version {version}; publish it first")
+        return verify_export(info.path / "model.onnx", info.export)
+
     def serving_versions(self, model: str) -> tuple[int, ...]:
         """The versions the on-disk config tells Triton to serve."""
         policy = self.config(model).version_policy
@@ -103,6 +153,8 @@ class ModelRepository:
         )
 
     def history(self, model: str) -> list[HistoryEntry]:
+        """The model's changes, oldest first ([] before the first one); ModelNotFound for an unknown model."""
+        self.config(model)
         path = self.root / model / HISTORY
         if not path.is_file():
             return []
@@ -125,11 +177,19 @@ class ModelRepository:
 
     # --- publish ------------------------------------------------------------------------
     def publish(self, model: str, onnx_path: str | os.PathLike, version: int | None = None,
-                export_json: dict | None = None) -> VersionInfo:
-        """Validate ``onnx_path`` against the serving config and write it as a new version."""
+                export_json: str | os.PathLike | None = None) -> VersionInfo:
+        """Validate ``onnx_path`` against the serving config and write it as a new version.
+
+        ``export_json``: the exporter's export.json for this file (default: ``export.json`` beside a
+        ``model.onnx``, else ``<stem>.export.json`` beside it). Its record is kept with the version,
+        which is verified when it records this file's sha256 and a passed gate (see
+        :func:`verify_export`); otherwise the version is published as unverified and
+        :meth:`promote` refuses it unless told ``allow_unverified``.
+        """
         config = self.config(model)
         onnx_path = Path(onnx_path)
         validate_onnx(onnx_path, config)
+        exported = _read_export_json(onnx_path, export_json)
         existing = [v.version for v in self.versions(model)]
         # Pin what serves now, so that the new version serves only once promoted (a "latest"
         # policy would otherwise pick it up at the next reload).
@@ -144,9 +204,11 @@ class ModelRepository:
         staging = Path(tempfile.mkdtemp(prefix=f".publish-{version}-", dir=self.root / model))
         try:
             shutil.copyfile(onnx_path, staging / "model.onnx")
-            meta = dict(export_json or {})
-            meta.setdefault("published_from", str(onnx_path))
+            meta = dict(exported or {})
+            meta["published_from"] = str(onnx_path)
             meta["sha256"] = _sha256(staging / "model.onnx")
+            verification = verify_export(staging / "model.onnx", exported, meta["sha256"])
+            meta["verification"] = verification.to_dict()
             (staging / "export.json").write_text(json.dumps(meta, indent=2))
             for f in staging.iterdir():
                 with open(f, "rb") as handle:
@@ -156,21 +218,34 @@ class ModelRepository:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         serving = self.serving_versions(model)
-        self._record(model, "publish", serving, serving, f"version {version} from {onnx_path.name}")
-        log.info("published %s version %d", model, version)
+        detail = f"version {version} from {onnx_path.name}"
+        if not verification.verified:
+            detail += f" (unverified: {verification.reason})"
+            log.warning("published %s version %d UNVERIFIED: %s; promote refuses it without allow_unverified",
+                        model, version, verification.reason)
+        self._record(model, "publish", serving, serving, detail)
+        log.info("published %s version %d (%s)", model, version, meta["verification"]["status"])
         return VersionInfo(model, version, target, meta)
 
     # --- promote / rollback / unload (needs the server) -------------------------------------
     def promote(self, client, model: str, version: int, keep_previous: bool = False,
-                timeout_s: float = 300.0, action: str = "promote") -> tuple[int, ...]:
-        """Serve ``version`` (and the current ones too, with ``keep_previous``)."""
+                timeout_s: float = 300.0, action: str = "promote", allow_unverified: bool = False) -> tuple[int, ...]:
+        """Serve ``version`` (and the current ones too, with ``keep_previous``).
+
+        An unverified version (its model.onnx is not the file a passed parity gate recorded, see
+        :func:`verify_export`) is refused unless ``allow_unverified``."""
         config = self.config(model)
-        if version not in [v.version for v in self.versions(model)]:
-            raise errors.PublishError(f"{model} has no published version {version}; publish it first")
+        check = self.verification(model, version)  # PublishError for a version that is not there
+        if not check.verified and not allow_unverified:
+            raise errors.PublishError(
+                f"{model} version {version} is unverified: {check.reason}. Export it with lookserve export "
+                "(the parity gate) and publish that, or promote it anyway with --allow-unverified"
+            )
         before = self.loaded_versions(client, model)
         serving = tuple(sorted({*before, version})) if keep_previous else (version,)
         self._swap_config(client, model, config, serving, timeout_s)
-        self._record(model, action, serving, before)
+        self._record(model, action, serving, before,
+                     "" if check.verified else f"version {version} unverified, allowed: {check.reason}")
         return serving
 
     def retire(self, client, model: str, versions: tuple[int, ...], timeout_s: float = 300.0) -> tuple[int, ...]:
@@ -184,12 +259,35 @@ class ModelRepository:
         self._record(model, "retire", serving, before)
         return serving
 
+    def rollback_target(self, model: str) -> tuple[int, ...]:
+        """What :meth:`rollback` would serve: the state before the newest change not yet rolled back.
+
+        The history is a stack: each promote or retire pushes the state it replaced, each rollback
+        pops one. Rolling back twice after promotes 1→2→3 serves 2, then 1 (never 3 again); with
+        nothing left to undo it raises PublishError.
+        """
+        undo: list[tuple[int, ...]] = []
+        for entry in self.history(model):
+            if entry.action in ("promote", "retire"):
+                undo.append(entry.previous)
+            elif entry.action == "rollback" and undo:
+                undo.pop()
+        if not undo:
+            raise errors.PublishError(
+                f"{model} has nothing left to roll back: every promote and retire in its history is rolled back "
+                f"already, or there was none (see lookserve models history {model})"
+            )
+        if not undo[-1]:
+            raise errors.PublishError(
+                f"{model} served no version before its last promote; nothing to roll back to "
+                f"(see lookserve models history {model})"
+            )
+        return undo[-1]
+
     def rollback(self, client, model: str, timeout_s: float = 300.0) -> tuple[int, ...]:
-        """Serve again what served before the last promote, retire or rollback."""
-        changes = [e for e in self.history(model) if e.action in ("promote", "retire", "rollback")]
-        if not changes or not changes[-1].previous:
-            raise errors.PublishError(f"{model} has no earlier serving state in its history to roll back to")
-        current, previous = self.loaded_versions(client, model), changes[-1].previous
+        """Undo the newest promote or retire not yet rolled back (see :meth:`rollback_target`)."""
+        previous = self.rollback_target(model)
+        current = self.loaded_versions(client, model)
         self._swap_config(client, model, self.config(model), previous, timeout_s)
         self._record(model, "rollback", previous, current)
         return previous
@@ -269,6 +367,27 @@ def validate_onnx(path: Path, config: ModelConfig, samples: int = 2) -> None:
     for spec, value in zip(config.outputs, outputs, strict=True):
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise errors.PublishError(f"{path}: output {spec.name!r} has non-finite values on sample inputs")
+
+
+def _read_export_json(onnx_path: Path, export_json: str | os.PathLike | None) -> dict | None:
+    """The exporter's record for ``onnx_path``: ``export_json`` when given (it must exist), else the
+    ``export.json`` beside a ``model.onnx`` or a ``<stem>.export.json`` beside the file; None if none."""
+    if export_json is not None:
+        path = Path(export_json)
+        if not path.is_file():
+            raise errors.PublishError(f"export record {path} does not exist")
+    else:
+        path = onnx_path.with_name("export.json") if onnx_path.name == "model.onnx" else onnx_path.with_name(
+            f"{onnx_path.stem}.export.json")
+        if not path.is_file():
+            return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise errors.PublishError(f"export record {path} is not readable JSON: {e}") from e
+    if not isinstance(info, dict):
+        raise errors.PublishError(f"export record {path} is not a JSON object")
+    return info
 
 
 def _sha256(path: Path) -> str:

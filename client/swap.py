@@ -16,6 +16,8 @@ the embedder for *that catalog's* version explicitly, so the pair moves together
 :func:`swap_embedder` (``lookserve models swap-embedder``) does, in order:
 
 1. ``publish`` — validate the new ONNX file and write it as version N+1 (nothing served yet);
+   without an export.json recording its parity gate it is published as unverified, and the swap
+   stops at the next step unless ``allow_unverified``;
 2. ``load_both`` — version_policy ``specific {old, new}``: Triton loads the new version beside the
    old one, which keeps serving;
 3. ``build`` — embed every shop photo with the new version, pinned explicitly, into
@@ -84,6 +86,8 @@ class SwapOptions:
     concurrency: int = 4
     unload_old: bool = True
     reuse_catalog: bool = False  # use an existing catalog-v<new> when it verifies for that version
+    # serve a new version whose file no passed parity gate recorded (see ModelRepository.promote)
+    allow_unverified: bool = False
 
     def __post_init__(self) -> None:
         if self.quiet_s <= 0 or self.max_wait_s < self.quiet_s or self.poll_s <= 0:
@@ -236,7 +240,8 @@ def swap_embedder(
 
     # 2. load both versions (Triton keeps the old one serving; a load failure restores the config)
     try:
-        run("load_both", lambda: models.promote(client, name, new, keep_previous=True, timeout_s=options.load_timeout_s))
+        run("load_both", lambda: models.promote(client, name, new, keep_previous=True, timeout_s=options.load_timeout_s,
+                                                allow_unverified=options.allow_unverified))
     except errors.PublishError as e:
         raise errors.PublishError(f"swap aborted, {name} version {old} and {old_dir.name} keep serving: {e}") from e
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
+from lookserve.cliutil import fail
 from lookserve.errors import LookserveError
 
 app = typer.Typer(no_args_is_help=True, help="Export trained models to ONNX behind a parity gate.")
@@ -23,12 +23,16 @@ VARIANT = typer.Option("fp32", "--variant", help="fp32; fp16 (GPU) or int8 (CPU,
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing version directory (versions are otherwise immutable).")
 NAME = typer.Option(..., "--name", help="Model name in the repository.")
 PHOTOS = typer.Option(None, "--photos", help="Directory of images for the gate's photo samples (default: seeded synthetic scenes).")
+STREET_DATA = typer.Option(
+    None, "--street-data",
+    help="street2shop-format data root whose street photos the detector's gate runs on "
+         "(default: a small seeded data set generated for the gate).")
 
 
-def _samples(photos: Path | None):
+def _samples(photos: Path | None, street_data: Path | None = None):
     from lookserve.export.core import ParitySamples
 
-    return ParitySamples(photo_dir=photos)
+    return ParitySamples(photo_dir=photos, street_data=street_data)
 
 
 def _console():
@@ -53,7 +57,8 @@ def _report(result) -> None:
     retrieval = result.metadata.get("retrieval")
     if retrieval:
         c.print(f"retrieval top-1: source {retrieval['top1_source']:.4f}, ONNX {retrieval['top1_onnx']:.4f} "
-                f"(change {retrieval['top1_change']:+.4f}) on {retrieval['queries']} held-out queries")
+                f"(change {retrieval['top1_change']:+.4f}, limit ±{retrieval['top1_change_limit']:g}) "
+                f"on {retrieval['queries']} held-out queries, gallery {retrieval['gallery']}")
     c.print(f"wrote {result.onnx_path}\n      {result.export_json}\n      {result.config_path}\n      {result.gpu_config_path}")
 
 
@@ -66,24 +71,25 @@ def _run(fn, *args, **kwargs) -> None:
             progress.add_task("converting with tf2onnx and running the parity gate", total=None)
             result = fn(*args, **kwargs)
     except LookserveError as e:
-        _console().print(f"[red]export failed:[/red] {escape(str(e))}")
-        raise typer.Exit(1) from e
+        fail(f"export failed: {e}")
     _report(result)
 
 
 def _trained(kind: str, weights: Path, version: int, repository: Path, opset: int, variant: str, overwrite: bool,
-             photos: Path | None = None, **extra) -> None:
+             photos: Path | None = None, street_data: Path | None = None, **extra) -> None:
     from lookserve.export.models import export_trained
 
     _run(export_trained, kind, weights, repository, version, opset=opset, variant=variant, overwrite=overwrite,
-         samples=_samples(photos), **extra)
+         samples=_samples(photos, street_data), **extra)
 
 
 @app.command()
 def detector(weights: Path = WEIGHTS, version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET,
-             variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
-    """Export the Mask R-CNN detector (gate: same detections, boxes ≤ 0.5 px, scores ≤ 1e-4, mask IoU ≥ 0.99)."""
-    _trained("detector", weights, version, repository, opset, variant, overwrite, photos)
+             variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS,
+             street_data: Path = STREET_DATA) -> None:
+    """Export the Mask R-CNN detector (gate on street photos: ≥ 2 reference detections per photo, the same
+    detections, boxes ≤ 0.5 px, scores ≤ 1e-4, mask IoU ≥ 0.99)."""
+    _trained("detector", weights, version, repository, opset, variant, overwrite, photos, street_data)
 
 
 @app.command()
@@ -92,7 +98,8 @@ def embedder(
     variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS,
     eval_data: Path = typer.Option(None, "--eval-data", help="Data set root: add held-out retrieval top-1 (source vs ONNX)."),
 ) -> None:
-    """Export the triplet embedder (gate: cosine ≥ 0.9999 per row)."""
+    """Export the triplet embedder (gate: cosine ≥ 0.9999 per row; with --eval-data, required for
+    --variant fp16/int8: held-out retrieval top-1 within ±0.01 of the source's)."""
     extra = {}
     if eval_data is not None:
         from lookserve.training.embedder import load_eval_data
@@ -100,8 +107,7 @@ def embedder(
         try:
             extra["eval_data"] = load_eval_data(eval_data)
         except LookserveError as e:
-            _console().print(f"[red]cannot load --eval-data:[/red] {escape(str(e))}")
-            raise typer.Exit(1) from e
+            fail(f"cannot load --eval-data: {e}")
     _trained("embedder", weights, version, repository, opset, variant, overwrite, photos, **extra)
 
 
@@ -117,7 +123,7 @@ def export_all(
     weights_root: Path = typer.Option(Path("training/weights"), "--weights-root",
                                       help="Its sub-directories hold trained weights (config.json names the kind)."),
     version: int = VERSION, repository: Path = REPOSITORY, opset: int = OPSET, overwrite: bool = OVERWRITE,
-    photos: Path = PHOTOS,
+    photos: Path = PHOTOS, street_data: Path = STREET_DATA,
 ) -> None:
     """Export every trained model found under --weights-root as --version."""
     from lookserve.export.models import find_trained
@@ -125,13 +131,12 @@ def export_all(
     try:
         found = find_trained(weights_root)
     except LookserveError as e:
-        _console().print(f"[red]export failed:[/red] {escape(str(e))}")
-        raise typer.Exit(1) from e
+        fail(f"export failed: {e}")
     if not found:
-        _console().print(f"[red]no trained weights under {escape(str(weights_root))}[/red] (sub-directories with config.json + model.weights.h5)")
-        raise typer.Exit(1)
+        fail(f"no trained weights under {weights_root} (sub-directories with config.json + model.weights.h5)")
     for kind, path in found.items():
-        _trained(kind, path, version, repository, opset, "fp32", overwrite, photos)
+        _trained(kind, path, version, repository, opset, "fp32", overwrite, photos,
+                 street_data if kind == "detector" else None)
 
 
 @app.command()

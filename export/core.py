@@ -8,6 +8,7 @@ shell over them). The path of every export::
       → onnx.checker + strict shape inference
       → optional variant (FP16 / dynamic int8)
       → parity gate: onnxruntime vs the source on fresh random inputs and on photo-like images
+        (the detector: also on a data set's street photos, where the source must detect enough)
       → <repository>/<name>/<N>/ written in a temp directory and renamed into place
         (model.onnx, export.json), then config.pbtxt and configs/gpu.pbtxt
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from lookserve.errors import ExportError, ParityError
 from lookserve.export import parity
-from lookserve.export.samples import photo_inputs, random_inputs
+from lookserve.export.samples import photo_inputs, random_inputs, street_photos
 from lookserve.modelconfig import (
     DynamicBatching,
     ModelConfig,
@@ -59,12 +60,21 @@ _ONNX_DTYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "I
 @dataclass(frozen=True)
 class ParitySamples:
     """How many rows the gate runs: ``random_batch`` random rows and ``photo_batch`` photo-like ones
-    (from ``photo_dir`` when given, else synthetic scenes)."""
+    (from ``photo_dir`` when given, else synthetic scenes); for a detector also ``street_batch``
+    street photos of the street2shop-format data set at ``street_data`` (else of a small seeded
+    one generated for the gate) — the set whose reference detections must be numerous enough
+    (``DetectionTolerance.min_detections_per_row``); random and scene sets are extra checks there."""
 
     random_batch: int = 3
     photo_batch: int = 3
     seed: int = 0
     photo_dir: Path | None = None
+    street_batch: int = 4
+    street_data: Path | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.random_batch, self.photo_batch, self.street_batch) < 0:
+            raise ExportError("sample counts must be non-negative")
 
 
 @dataclass(frozen=True)
@@ -112,15 +122,24 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+#: the files of a lookserve weights directory that define the model; its card, logs and plots
+#: beside them do not (editing a MODEL_CARD.md must not make an export look stale)
+WEIGHTS_FILES = ("config.json", "model.weights.h5")
+
+
 def sha256_path(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, or of a directory (its files' relative paths and contents, sorted)."""
+    """SHA-256 of a file, or of a directory (its files' relative paths and contents, sorted) —
+    of a lookserve weights directory only its :data:`WEIGHTS_FILES`."""
     path = Path(path)
     h = hashlib.sha256()
     if path.is_file():
         files = [path]
         root = path.parent
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        if all((path / name).is_file() for name in WEIGHTS_FILES):
+            files = [path / name for name in WEIGHTS_FILES]
+        else:
+            files = sorted(p for p in path.rglob("*") if p.is_file())
         root = path
     else:
         raise ExportError(f"source {path} does not exist")
@@ -279,6 +298,15 @@ def _numpy_outputs(out) -> dict[str, np.ndarray]:
     raise ExportError(f"the reference function must return a dict of named outputs, got {type(out).__name__}")
 
 
+def _image_input(inputs: Sequence[TensorSpec], name: str) -> TensorSpec:
+    """The detector's one input: UINT8 square images ``[S, S, 3]``."""
+    if len(inputs) != 1 or inputs[0].dtype != "UINT8" or len(inputs[0].dims) != 3 or inputs[0].dims[-1] != 3 \
+            or inputs[0].dims[0] != inputs[0].dims[1] or inputs[0].dims[0] < 1:
+        raise ExportError(f"{name}: a detector takes one UINT8 [S, S, 3] image input, got "
+                          f"{[(t.name, t.dtype, t.dims) for t in inputs]}")
+    return inputs[0]
+
+
 def run_parity_gate(
     model_bytes: bytes,
     reference: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
@@ -295,23 +323,33 @@ def run_parity_gate(
     """
     session = _session(model_bytes)
     output_names = [o.name for o in session.get_outputs()]
-    sets = [("random", random_inputs(inputs, samples.random_batch, samples.seed))]
-    described = {"random": {"rows": samples.random_batch, "seed": samples.seed}}
+    detector = kind == "detector" or isinstance(tolerances, parity.DetectionTolerance)
+    # (label, feeds, whether a detector's reference must detect enough there: street photos only)
+    sets = [("random", random_inputs(inputs, samples.random_batch, samples.seed), False)]
+    described: dict[str, dict[str, Any]] = {"random": {"rows": samples.random_batch, "seed": samples.seed}}
     photo = photo_inputs(inputs, samples.photo_batch, samples.seed + 1, samples.photo_dir) if samples.photo_batch else None
     if photo is not None:
-        sets.append(("photos", photo[0]))
+        sets.append(("photos", photo[0], False))
         described["photos"] = {"rows": samples.photo_batch, "seed": samples.seed + 1, "source": photo[1]}
+    if detector:
+        if samples.street_batch < 1:
+            raise ExportError(f"{name}: the detector's gate is judged on street photos; street_batch must be ≥ 1")
+        image = _image_input(inputs, name)
+        images, source = street_photos(samples.street_batch, image.dims[0], samples.seed + 2, samples.street_data)
+        sets.append(("street", {image.name: images}, True))
+        described["street"] = {"rows": samples.street_batch, "seed": samples.seed + 2, "source": source}
     figures: list[parity.Figure] = []
-    for label, feeds in sets:
+    for label, feeds, counts in sets:
         ref = _numpy_outputs(reference(feeds))
         got = dict(zip(output_names, session.run(None, feeds), strict=True))
         missing = sorted(set(ref) - set(got))
         if missing:
             raise ParityError(f"{name}: the ONNX model lacks output(s) {missing} that the source returns")
         tol = tolerances if tolerances is not None else parity.tolerances_for(kind, ref, variant)
-        figures += parity.compare(ref, got, tol, label)
+        figures += parity.compare(ref, got, tol, label, require_detections=counts)
         if isinstance(tol, parity.DetectionTolerance):  # how much the detection figures rest on
             described[label]["reference_detections"] = int(np.asarray(ref["num_detections"]).sum())
+            described[label]["counts"] = counts
     for f in parity.worst(figures):
         log.info("parity %s %s", name, f.describe())
     parity.enforce(figures, name)

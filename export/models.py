@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from lookserve import contracts
-from lookserve.errors import ExportError, InvalidInputError
+from lookserve.errors import ExportError, InvalidInputError, ParityError
+from lookserve.export import parity
 from lookserve.export.core import (
     DEFAULT_OPSET,
     ExportResult,
@@ -57,18 +58,43 @@ def export_embedder(
 
     ``eval_data`` (a :class:`lookserve.training.embedder.TripletData` of held-out street crops and
     shop photos) adds the retrieval top-1 of the source and of the ONNX model, and their change,
-    to export.json — the accuracy figure a reduced-precision variant is judged by.
+    to export.json, and refuses the export when the change exceeds
+    :data:`~lookserve.export.parity.RETRIEVAL_TOP1_CHANGE` either way. A reduced-precision
+    variant (``variant`` fp16 or int8) requires it: that is the figure such a variant is judged by.
     """
+    variant = kwargs.get("variant", "fp32")
+    if variant != "fp32" and eval_data is None:
+        raise ExportError(
+            f"the {variant} embedder is judged by held-out retrieval: give the held-out data "
+            "(lookserve export embedder --eval-data DATA_ROOT; eval_data= from Python), whose top-1 "
+            f"may change by at most {parity.RETRIEVAL_TOP1_CHANGE:g}"
+        )
     dim = _output_dim(model, "embedding")
     size = int(model.inputs[0].shape[1])
     template = contracts.embedder_config(dim=dim, crop_size=size)
     accuracy = None
     if eval_data is not None:
-        accuracy = lambda model_bytes: _retrieval_change(model, model_bytes, eval_data)  # noqa: E731
+        def accuracy(model_bytes: bytes) -> dict[str, Any]:
+            return enforce_retrieval(_retrieval_change(model, model_bytes, eval_data), contracts.EMBEDDER)
     return export_keras_model(
         model, contracts.EMBEDDER, template.inputs, repository, version, kind="embedder", template=template,
         source_path=weights, extra={"embedding_dim": dim, "class_names": list(CATEGORIES)}, accuracy=accuracy, **kwargs,
     )
+
+
+def enforce_retrieval(figures: Mapping[str, Any], name: str,
+                      limit: float = parity.RETRIEVAL_TOP1_CHANGE) -> dict[str, Any]:
+    """``figures`` (``{"retrieval": {...top1_change...}}``) with the limit and verdict recorded;
+    :class:`ParityError` when the held-out top-1 moved by more than ``limit``."""
+    retrieval = dict(figures["retrieval"])
+    change = float(retrieval["top1_change"])
+    retrieval.update(top1_change_limit=limit, passed=bool(np.isfinite(change) and abs(change) <= limit))
+    if not retrieval["passed"]:
+        raise ParityError(
+            f"{name}: held-out retrieval top-1 changes by {change:+.4f} ({retrieval['top1_source']:.4f} → "
+            f"{retrieval['top1_onnx']:.4f} on {retrieval['queries']} queries), over the limit of ±{limit:g}"
+        )
+    return {**figures, "retrieval": retrieval}
 
 
 def _retrieval_change(model, model_bytes: bytes, data) -> dict[str, Any]:

@@ -6,7 +6,10 @@ A per-model tolerance table, as tf2onnx's own tests keep one (``tests/backend_te
 * view classifier — probabilities differ by at most 1e-4 (max absolute difference);
 * detector — the same detections after matching (each detection paired one-to-one with one of
   the same class and box IoU ≥ 0.5; none left without a partner), then over the pairs: boxes
-  within 0.5 px, scores within 1e-4 and masks (thresholded at 0.5) with IoU ≥ 0.99.
+  within 0.5 px, scores within 1e-4 and masks (thresholded at 0.5) with IoU ≥ 0.99 — and, on the
+  sample sets that count (the data set's street photos), at least ``min_detections_per_row``
+  reference detections per photo: matching nothing against nothing proves nothing, so a gate
+  whose source detects (almost) nothing refuses the export.
 
 Everything here is numpy; nothing imports TensorFlow or onnxruntime.
 """
@@ -22,7 +25,7 @@ from lookserve.errors import ParityError
 
 #: metrics and whether larger values are better
 _HIGHER_IS_BETTER = {"min_cosine": True, "min_mask_iou": True, "max_abs_diff": False,
-                     "max_box_px": False, "mismatched": False}
+                     "max_box_px": False, "mismatched": False, "count": True}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class DetectionTolerance:
     mask_threshold: float = 0.5
     #: two detections can only be the same one when their class agrees and their boxes overlap this much
     match_iou: float = 0.5
+    #: the source must detect at least this many objects per photo (on average) of a sample set
+    #: that counts, or the figures above rest on too little to mean anything
+    min_detections_per_row: float = 2.0
 
 
 Tolerances = Mapping[str, Tolerance] | DetectionTolerance
@@ -72,6 +78,10 @@ VARIANT_TOLERANCES: dict[str, dict[str, Tolerances]] = {
     },
 }
 
+#: a reduced-precision embedder must keep the held-out retrieval top-1 of its source within this
+#: (absolute, either way): its cosine limit alone (int8: 0.98, about 11°) would let rankings change
+RETRIEVAL_TOP1_CHANGE = 0.01
+
 #: for models of no known kind: every floating output within 1e-4, every integer output exact
 DEFAULT_FLOAT = Tolerance("max_abs_diff", 1e-4)
 DEFAULT_INT = Tolerance("mismatched", 0)
@@ -95,6 +105,9 @@ class Figure:
 
     def describe(self) -> str:
         op = "≥" if _HIGHER_IS_BETTER[self.metric] else "≤"
+        if self.metric == "count":
+            return (f"{self.output}: {self.value:g} on {self.samples} (need {op} {self.limit:g}; "
+                    "the source detects too little there for the comparison to mean anything)")
         return f"{self.output}: {self.metric} = {self.value:.6g} on {self.samples} (limit {op} {self.limit:g})"
 
     def to_dict(self) -> dict:
@@ -184,41 +197,51 @@ def _mask_iou(a: np.ndarray, b: np.ndarray, threshold: float) -> float:
 
 def compare_detections(
     reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-    tol: DetectionTolerance, samples: str,
+    tol: DetectionTolerance, samples: str, require_detections: bool = True,
 ) -> list[Figure]:
     """The detector's figures: detections without a partner (both sides), and over the matched
-    pairs the largest box difference in pixels, the largest score difference and the smallest mask IoU."""
+    pairs the largest box difference in pixels, the largest score difference and the smallest mask IoU.
+
+    With ``require_detections`` (a sample set that counts) a ``reference_detections`` figure
+    too: the source's detections over the set, which must reach ``min_detections_per_row`` × rows."""
     for name in ("boxes", "scores", "classes", "masks", "num_detections"):
         for side, outs in (("source", reference), ("ONNX model", candidate)):
             if name not in outs:
                 raise ParityError(f"detector output {name!r} is missing from the {side}'s outputs")
-    unmatched = 0
+    unmatched = found = 0
     box_px = score = 0.0
     mask_iou = 1.0
-    for b in range(len(reference["boxes"])):
+    rows = len(reference["boxes"])
+    for b in range(rows):
         n_ref = int(np.asarray(reference["num_detections"][b]).reshape(-1)[0])
         n_got = int(np.asarray(candidate["num_detections"][b]).reshape(-1)[0])
         ref_boxes, got_boxes = reference["boxes"][b][:n_ref], candidate["boxes"][b][:n_got]
         ref_cls, got_cls = reference["classes"][b][:n_ref], candidate["classes"][b][:n_got]
         pairs = match_detections(ref_boxes, ref_cls, got_boxes, got_cls, tol.match_iou)
+        found += n_ref
         unmatched += (n_ref - len(pairs)) + (n_got - len(pairs))
         for i, j in pairs:
             box_px = max(box_px, float(np.max(np.abs(ref_boxes[i].astype(np.float64) - got_boxes[j]))))
             score = max(score, abs(float(reference["scores"][b][i]) - float(candidate["scores"][b][j])))
             mask_iou = min(mask_iou, _mask_iou(reference["masks"][b][i], candidate["masks"][b][j], tol.mask_threshold))
-    return [
+    figures = [
         Figure("detections", "mismatched", float(unmatched), 0.0, samples),
         Figure("boxes", "max_box_px", box_px, tol.box_px, samples),
         Figure("scores", "max_abs_diff", score, tol.score, samples),
         Figure("masks", "min_mask_iou", mask_iou, tol.mask_iou, samples),
     ]
+    if require_detections:
+        need = float(np.ceil(tol.min_detections_per_row * rows))
+        figures.append(Figure("reference_detections", "count", float(found), need, samples))
+    return figures
 
 
 def compare(
     reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], tolerances: Tolerances, samples: str,
+    require_detections: bool = True,
 ) -> list[Figure]:
     if isinstance(tolerances, DetectionTolerance):
-        return compare_detections(reference, candidate, tolerances, samples)
+        return compare_detections(reference, candidate, tolerances, samples, require_detections)
     return compare_tensors(reference, candidate, tolerances, samples)
 
 

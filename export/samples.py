@@ -5,18 +5,27 @@ little in it, a classifier is unsure of everything); photo-like images exercise 
 traffic takes. The photo set comes from a directory of images when one is given (e.g. the
 images of a data set made by ``lookserve data``), otherwise from structured synthetic scenes
 drawn here (a lit background, garment-like shapes, texture, blur); all choices are seeded.
+
+The detector's gate rests on :func:`street_photos`: street photos of a street2shop-format data
+set (a given root, or a small seeded one generated on the fly with a seed the reference models
+were not trained on), decoded and letterboxed as the served pipeline does it
+(:mod:`lookserve.images`), so that the source detects real objects the comparison can pair.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lookserve.data import street2shop
+from lookserve.data.synth import SynthConfig, generate
 from lookserve.errors import InvalidInputError
+from lookserve.images import decode_image, letterbox, resize_square
 from lookserve.modelconfig import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -62,10 +71,17 @@ def synthetic_photos(n: int, height: int, width: int, seed: int = 0) -> np.ndarr
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def photos_from_dir(directory: str | os.PathLike, n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """``n`` images picked (seeded) from ``directory`` (recursively), RGB, resized to ``height``×``width``."""
+def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if height == width:
+        return resize_square(image, height)
     import cv2
 
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def photos_from_dir(directory: str | os.PathLike, n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """``n`` images picked (seeded) from ``directory`` (recursively), RGB, resized to ``height``×``width``
+    (decoded by :func:`lookserve.images.decode_image`, as a client decodes them)."""
     directory = Path(directory)
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if directory.is_dir() else []
     if not files:
@@ -74,11 +90,34 @@ def photos_from_dir(directory: str | os.PathLike, n: int, height: int, width: in
     picks = rng.choice(len(files), size=n, replace=len(files) < n)
     out = np.empty((n, height, width, 3), np.uint8)
     for i, k in enumerate(picks):
-        bgr = cv2.imread(str(files[k]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise InvalidInputError(f"{files[k]} is not a readable image")
-        out[i] = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (width, height), interpolation=cv2.INTER_AREA)
+        out[i] = _fit(decode_image(files[k]), height, width)
     return out
+
+
+#: the seed of the street photos generated for the detector's gate (the reference models were
+#: trained on seed 0, the demo uses 7)
+STREET_SEED = 2026
+
+
+def street_photos(n: int, size: int, seed: int = 0, data_root: str | os.PathLike | None = None) -> tuple[np.ndarray, str]:
+    """``n`` street photos (picked by ``seed``) of the street2shop-format data set at ``data_root``,
+    letterboxed to ``size``×``size`` as the served pipeline feeds the detector; with no
+    ``data_root``, of a small data set generated now (seed :data:`STREET_SEED`) in a temp dir.
+    Returns the images and where they came from."""
+    if data_root is None:
+        config = SynthConfig(n_products=11, n_street=max(n, 1), n_shoes=0, split_fractions=(0.0, 0.0, 1.0))
+        with tempfile.TemporaryDirectory(prefix="lookserve-parity-street-") as tmp:
+            root = generate(Path(tmp) / "data", config, seed=STREET_SEED)
+            images, _ = street_photos(n, size, seed, root)
+        return images, f"street photos of a generated data set (seed {STREET_SEED}, {config.n_street} photos)"
+    data = street2shop.load(data_root)
+    files = sorted({p.street_path for p in data.pairs})
+    if not files:
+        raise InvalidInputError(f"the data set {data_root} has no street photos with pairs")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(files), size=n, replace=len(files) < n)
+    out = np.stack([letterbox(decode_image(files[k]), size)[0] for k in picks]) if n else np.empty((0, size, size, 3), np.uint8)
+    return out, f"street photos of {data_root} ({len(files)} photos)"
 
 
 def photos(n: int, height: int, width: int, seed: int = 0, photo_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, str]:

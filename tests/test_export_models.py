@@ -109,7 +109,10 @@ def test_export_detector_matches_detections_when_converted(exported) -> None:
     _, results = exported
     r = results["detector"]
     figures = {(f.output, f.samples): f for f in r.figures}
-    assert figures[("detections", "photos")].value == 0
+    assert figures[("detections", "photos")].value == 0 and figures[("detections", "street")].value == 0
+    street = r.metadata["parity"]["samples"]["street"]
+    assert street["counts"] and "street photos of a generated data set" in street["source"]
+    assert figures[("reference_detections", "street")].value == street["reference_detections"] >= 2 * street["rows"]
     assert figures[("boxes", "random")].value <= 0.5 and figures[("masks", "photos")].value >= 0.99
     assert r.metadata["class_names"] == list(CATEGORIES)
     assert r.config.input("images").dims == (128, 128, 3)
@@ -131,6 +134,32 @@ def test_export_refuses_and_writes_nothing_when_an_initializer_is_perturbed(tiny
     with pytest.raises(ParityError, match=r"embedder: .*embedding: min_cosine = 0\.\d+ on (random|photos)"):
         export_embedder(tiny["embedder"], repo, 1, tamper=perturb)
     assert not (repo / "embedder").exists() or list((repo / "embedder").iterdir()) == []
+
+
+def test_export_detector_refuses_when_one_class_of_the_onnx_graph_is_zeroed(exported, tiny, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from lookserve.export.models import export_detector
+
+    repo, results = exported
+    proto = onnx.load(results["detector"].onnx_path)  # the converted graph that passed; no new conversion
+    classes = tiny["detector"].config.num_classes + 1
+    zeroed = []
+
+    def zero_one_class(model) -> None:
+        for init in model.graph.initializer:  # the box head's class logits: [head_dim, classes]
+            if list(init.dims) == [32, classes]:
+                w = numpy_helper.to_array(init).copy()
+                w[:, 3] = 0.0  # class 3 (of 1..11; 0 is the background)
+                init.CopyFrom(numpy_helper.from_array(w, init.name))
+                zeroed.append(init.name)
+
+    out = tmp_path / "model_repository"
+    with pytest.raises(ParityError, match=r"detector: the ONNX model diverges .*on street"):
+        export_detector(tiny["detector"], out, 1, proto=proto, tamper=zero_one_class)
+    assert len(zeroed) == 1, f"expected one class-logit kernel, zeroed {zeroed}"
+    assert not (out / "detector" / "1").exists()
 
 
 def test_export_refuses_before_converting_when_the_version_exists(exported, tiny) -> None:
@@ -156,12 +185,16 @@ def test_export_variants_write_their_own_versions_with_figures_when_reduced(tiny
     data = TripletData(street, products, cats, shop, products, cats)
     repo = tmp_path / "model_repository"
     fp32 = export_embedder(tiny["embedder"], repo, 1, eval_data=data)
+    with pytest.raises(ExportError, match="the int8 embedder is judged by held-out retrieval.*--eval-data"):
+        export_embedder(tiny["embedder"], repo, 2, variant="int8")  # the retrieval check is not optional
     int8 = export_embedder(tiny["embedder"], repo, 2, variant="int8", eval_data=data)
-    fp16 = export_embedder(tiny["embedder"], repo, 3, variant="fp16")
+    fp16 = export_embedder(tiny["embedder"], repo, 3, variant="fp16", eval_data=data)
     assert sorted(p.name for p in (repo / "embedder").iterdir() if p.is_dir()) == ["1", "2", "3", "configs"]
     assert fp32.metadata["retrieval"]["top1_change"] == 0.0
     retrieval = int8.metadata["retrieval"]
     assert retrieval["queries"] == n and retrieval["top1_change"] == retrieval["top1_onnx"] - retrieval["top1_source"]
+    assert retrieval["passed"] and retrieval["top1_change_limit"] == 0.01 and abs(retrieval["top1_change"]) <= 0.01
+    assert fp16.metadata["retrieval"]["passed"]
     assert int8.metadata["variant"] == "int8" and all(f.limit == 0.98 for f in int8.figures)
     assert fp16.metadata["variant"] == "fp16" and all(f.value >= 0.999 for f in fp16.figures)
     assert int8.onnx_path.stat().st_size < fp32.onnx_path.stat().st_size
@@ -224,7 +257,7 @@ def test_cli_exports_a_keras_file_and_a_saved_model_when_given_paths(tmp_path: P
     assert [t.name for t in config.inputs] == ["pixels"] and [t.name for t in config.outputs] == ["score"]
 
     again = runner.invoke(app, ["keras", str(tmp_path / "m.keras"), "--name", "scorer", "--repository", str(repo)])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output
 
 
 def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_path: Path) -> None:
@@ -261,7 +294,7 @@ def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_pat
     np.testing.assert_allclose(session.run(None, {"crops": crops})[0],
                                np.asarray(tiny["embedder"](crops)["embedding"]), atol=1e-5)
     missing = CliRunner().invoke(app, ["embedder", "--weights", str(tmp_path / "nope"), "--version", "1"])
-    assert missing.exit_code == 1 and "not a directory of trained weights" in missing.output
+    assert missing.exit_code == 2 and "not a directory of trained weights" in missing.output
 
 
 @pytest.mark.triton
@@ -296,7 +329,7 @@ def test_export_keeps_a_pinned_version_policy_and_refuses_other_tensors_when_a_c
     first = export_embedder(tiny["embedder"], repo, 1)
     pinned = replace(first.config, version_policy=VersionPolicy("specific", versions=(1,)))
     pinned.write(first.config_path)  # as `lookserve models publish` pins what serves
-    second = export_embedder(tiny["embedder"], repo, 2, variant="int8")
+    second = export_embedder(tiny["embedder"], repo, 2)
     assert second.config.version_policy == VersionPolicy("specific", versions=(1,))  # v2 waits for a promote
     assert ModelConfig.read(second.gpu_config_path).version_policy == second.config.version_policy
 

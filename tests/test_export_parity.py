@@ -170,3 +170,40 @@ def test_photo_inputs_come_from_a_directory_when_one_is_given(tmp_path: Path) ->
     np.testing.assert_array_equal(feeds["images"], again["images"])
     with pytest.raises(InvalidInputError, match="holds no images"):
         photo_inputs(specs, 2, seed=2, photo_dir=tmp_path / "empty")
+
+
+def test_enforce_retrieval_refuses_when_the_held_out_top1_moves_by_more_than_a_hundredth() -> None:
+    from lookserve.export.models import enforce_retrieval
+
+    def figures(source: float, onnx: float) -> dict:
+        return {"retrieval": {"queries": 400, "gallery": 900, "top1_source": source, "top1_onnx": onnx,
+                              "top1_change": onnx - source}}
+
+    kept = enforce_retrieval(figures(0.60, 0.5925), "embedder")["retrieval"]  # 3 of 400 queries flipped
+    assert kept["passed"] and kept["top1_change_limit"] == parity.RETRIEVAL_TOP1_CHANGE == 0.01
+    with pytest.raises(ParityError, match=r"embedder: held-out retrieval top-1 changes by -0\.0150 \(0\.6000 → 0\.5850 on 400"):
+        enforce_retrieval(figures(0.60, 0.585), "embedder")
+    with pytest.raises(ParityError, match=r"changes by \+0\.0200"):  # either way: it is no longer the same model
+        enforce_retrieval(figures(0.60, 0.62), "embedder")
+    with pytest.raises(ParityError):
+        enforce_retrieval(figures(0.60, float("nan")), "embedder")
+
+
+def test_sha256_path_of_a_weights_dir_changes_with_the_weights_but_not_when_its_card_is_edited(tmp_path: Path) -> None:
+    from lookserve.export.core import sha256_path
+
+    (tmp_path / "config.json").write_text('{"kind": "embedder"}')
+    (tmp_path / "model.weights.h5").write_bytes(b"weights")
+    (tmp_path / "MODEL_CARD.md").write_text("# card")
+    before = sha256_path(tmp_path)
+    (tmp_path / "MODEL_CARD.md").write_text("# card, with figures")
+    (tmp_path / "loss.png").write_bytes(b"png")
+    assert sha256_path(tmp_path) == before
+    (tmp_path / "model.weights.h5").write_bytes(b"retrained")
+    assert sha256_path(tmp_path) != before
+    other = tmp_path / "saved_model"  # any other directory: every file counts
+    other.mkdir()
+    (other / "saved_model.pb").write_bytes(b"pb")
+    first = sha256_path(other)
+    (other / "notes.txt").write_text("x")
+    assert sha256_path(other) != first

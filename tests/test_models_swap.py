@@ -13,18 +13,20 @@ import pytest
 from lookserve import contracts, errors
 from lookserve.client.core import TritonClient
 from lookserve.client.models import ModelRepository
-from tinymodels import projection_embedder, write_model
+from tinymodels import gated_export, projection_embedder, write_model
 
 SIZE = 16
 DIM = 8
 
 
 def _repo(tmp_path: Path) -> tuple[Path, Path]:
-    """A repository serving embedder v1, and a v2 candidate file outside it."""
+    """A repository serving embedder v1, and a v2 candidate outside it that went through the export
+    path's parity gate (``candidate/embedder/1/{model.onnx, export.json}``: publish verifies it)."""
     repo = tmp_path / "repo"
     config = replace(contracts.embedder_config(dim=DIM, crop_size=SIZE), warmup=())
     write_model(repo, config, lambda p: projection_embedder(p, size=SIZE, dim=DIM, seed=1))
-    candidate = projection_embedder(tmp_path / "candidate" / "model.onnx", size=SIZE, dim=DIM, seed=2)
+    source = projection_embedder(tmp_path / "source.onnx", size=SIZE, dim=DIM, seed=2)
+    candidate = gated_export(source, tmp_path / "candidate").onnx_path
     return repo, candidate
 
 
@@ -34,7 +36,7 @@ def test_publish_writes_a_new_immutable_version_when_the_file_matches_the_config
     info = models.publish("embedder", candidate)
     assert info.version == 2
     assert (repo / "embedder" / "2" / "model.onnx").read_bytes() == candidate.read_bytes()
-    assert len(info.export["sha256"]) == 64
+    assert len(info.export["sha256"]) == 64 and info.export["verification"]["status"] == "verified"
     with pytest.raises(errors.PublishError, match="immutable"):
         models.publish("embedder", candidate, version=2)
     assert [e.action for e in models.history("embedder")] == ["publish"]
@@ -133,23 +135,49 @@ def test_promote_and_rollback_swap_versions_with_zero_failed_requests_when_under
 
 
 @pytest.mark.triton
-def test_promote_keeps_the_old_version_serving_when_triton_cannot_load_the_new_one(
+def test_promote_refuses_an_unverified_version_and_keeps_the_old_one_serving_unless_allowed(
     tmp_path: Path, triton_factory
 ) -> None:
+    from lookserve.client.catalog import EmbedderInfo, PhotoRecord, set_current, write_catalog
+    from lookserve.client.swap import SwapOptions, swap_embedder
+
     repo, _ = _repo(tmp_path)
     server = triton_factory(repo, models=["embedder"])
-    # Bypass publish's validation to provoke a load failure inside Triton itself.
-    (repo / "embedder" / "2").mkdir()
-    (repo / "embedder" / "2" / "model.onnx").write_bytes(b"corrupt")
-    config_before = (repo / "embedder" / "config.pbtxt").read_text()
     models = ModelRepository(repo)
+    catalogs = tmp_path / "catalogs"  # a catalog built with v1, serving
+    write_catalog(catalogs / "catalog-v1", [PhotoRecord(i, "tops", f"{i}.png", None) for i in range(4)],
+                  np.eye(4, DIM, dtype=np.float32), EmbedderInfo("embedder", "1"))
+    set_current(catalogs, "catalog-v1")
+    # the right signature and finite outputs, random weights, no gate: swap-embedder --onnx publishes
+    # it as version 2, unverified, and stops before loading it
+    random_model = projection_embedder(tmp_path / "random.onnx", size=SIZE, dim=DIM, seed=5)
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin:
+        with pytest.raises(errors.PublishError, match="swap aborted.*version 2 is unverified.*--allow-unverified"):
+            swap_embedder(admin, repo, catalogs, None, onnx_path=random_model, options=SwapOptions(quiet_s=0.2, max_wait_s=5))
+        assert models.loaded_versions(admin, "embedder") == (1,)
+    assert (catalogs / "current").resolve().name == "catalog-v1"
+    assert models.versions("embedder")[-1].export["verification"]["status"] == "unverified"
+    # and a file Triton cannot load, put in place behind publish's back (no export.json either)
+    (repo / "embedder" / "3").mkdir()
+    (repo / "embedder" / "3" / "model.onnx").write_bytes(b"corrupt")
+    config_before = (repo / "embedder" / "config.pbtxt").read_text()
     with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin, _Load(server.grpc_url) as load:
+        for version in (2, 3):
+            with pytest.raises(errors.PublishError, match=f"version {version} is unverified.*--allow-unverified"):
+                models.promote(admin, "embedder", version)
+        assert (repo / "embedder" / "config.pbtxt").read_text() == config_before
+        assert models.loaded_versions(admin, "embedder") == (1,)
+        # allowed explicitly, Triton itself still refuses the corrupt one; the old version keeps serving
         with pytest.raises(errors.PublishError, match="previous versions keep serving"):
-            models.promote(admin, "embedder", 2)
+            models.promote(admin, "embedder", 3, allow_unverified=True)
+        time.sleep(0.3)
+        assert (repo / "embedder" / "config.pbtxt").read_text() == config_before
+        assert models.promote(admin, "embedder", 2, allow_unverified=True) == (2,)
         time.sleep(0.3)
     assert load.failures == []
-    assert {v for _, v in load.records} == {"1"}
-    assert (repo / "embedder" / "config.pbtxt").read_text() == config_before
+    assert {v for _, v in load.records} == {"1", "2"}
+    last = models.history("embedder")[-1]
+    assert last.action == "promote" and "version 2 unverified, allowed" in last.detail
 
 
 def test_publish_leaves_the_repository_as_it_was_when_the_disk_fills_mid_write(tmp_path: Path, monkeypatch) -> None:

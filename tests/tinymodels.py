@@ -69,3 +69,22 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def gated_export(onnx_path: Path, repository: Path, name: str = "embedder", version: int = 1,
+                 reference_path: Path | None = None, kind: str | None = "embedder", source: dict | None = None):
+    """Run ``onnx_path`` through lookserve's real export path and parity gate (no TensorFlow: the
+    source is onnxruntime on ``reference_path``, default the same file) into ``repository``;
+    returns the :class:`~lookserve.export.core.ExportResult` (its export.json records the gate)."""
+    import onnxruntime as ort
+
+    from lookserve.export.core import export_function
+
+    session = ort.InferenceSession(str(reference_path or onnx_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def reference(feeds):
+        return dict(zip(names, session.run(None, feeds), strict=True))
+
+    return export_function(None, name, repository, version, proto=onnx.load(str(onnx_path)), reference=reference,
+                           kind=kind, source=source)
