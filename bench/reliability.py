@@ -17,11 +17,15 @@ through it, and then runs phases, each bounded in requests and seconds:
 ``access``          restricted protocols called without / with a wrong key → refused; the key is in no
                     error text, no log line of the run and no report
 
-For every phase the report gives what was done, what the clients saw (outcomes by exception
-type), the accounting (sent = ok + failed with a lookserve error + anything else, which must be
-0) and the command that reproduces that phase alone.
+Every phase is ``phase(env, earlier results) -> result``. For every phase the report gives what
+was done, what the clients saw (outcomes by exception type), the accounting, counted where each
+outcome happened (sent = ok + wrong + failed with a lookserve error + untyped; wrong and untyped
+must be 0; an "ok" answer is *checked*: an embedding must equal onnxruntime's for the same crop
+within the parity gate's tolerance, ``export/parity.py``, and a mutated document that loads must
+mean what its original means) and the command that reproduces that phase alone. The load is
+:class:`lookserve.bench.load.ClosedLoop`, the one closed-loop driver of the benches.
 
-    lookserve bench reliability --out bench/results
+    lookserve bench reliability            # writes runs/bench/reliability.*
     python -m lookserve.bench.reliability reliability --phase sigkill
 """
 
@@ -48,7 +52,11 @@ from typing import Any
 
 import typer
 
+from lookserve.bench.load import ClosedLoop, Outcome, accounting, latency_summary
+from lookserve.bench.report import DEFAULT_OUT
+from lookserve.cliutil import fail
 from lookserve.errors import LookserveError
+from lookserve.export.parity import TOLERANCES, compare_tensors
 
 log = logging.getLogger(__name__)
 
@@ -82,96 +90,109 @@ class ReliabilitySpec:
 
 
 # ------------------------------------------------------------------------------------------
-# Load: closed-loop threads, every request accounted for
+# Load: bench.load's closed-loop driver, every answer checked against onnxruntime
 # ------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    t: float  # send time, seconds since the phase's start
-    latency_s: float
-    kind: str  # "ok" or the exception's class name
-    typed: bool  # ok, or failed with a lookserve error
-    version: str = ""
-    message: str = ""
+class Reference:
+    """The served embedder's ONNX file run in-process by onnxruntime: what every answer must equal,
+    within the export parity gate's tolerance for embeddings (``export/parity.py``)."""
+
+    def __init__(self, model_onnx: Path) -> None:
+        self.path = model_onnx
+        self._session = None
+        self._lock = threading.Lock()
+
+    def __call__(self, crops) -> Any:
+        import onnxruntime as ort
+
+        with self._lock:
+            if self._session is None:
+                self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            return self._session.run(["embedding"], {"crops": crops})[0]
+
+    def matches(self, crops, embedding) -> bool:
+        """True when ``embedding`` (Triton's answer for ``crops``) passes the parity tolerance."""
+        figures = compare_tensors({"embedding": self(crops)}, {"embedding": embedding}, TOLERANCES["embedder"],
+                                  "one served answer")
+        return all(f.passed for f in figures)
+
+
+def _wrong(o: Outcome) -> bool:
+    return o.ok and not o.value["right"]
 
 
 class Load:
-    """``concurrency`` threads, each with its own :class:`TritonClient` kept for the whole phase
-    (recovery without re-creating clients), sending one crop at a time to ``model``."""
+    """``concurrency`` clients in :class:`~lookserve.bench.load.ClosedLoop`, each with its own
+    :class:`TritonClient` kept for the whole phase (recovery without re-creating clients), sending
+    one crop at a time to ``model``; each answer is compared with onnxruntime's embedding of that crop."""
 
-    def __init__(self, url: str, spec: ReliabilitySpec, model: str = "embedder", t0: float | None = None) -> None:
-        from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
-
-        self.spec = spec
-        self.model = model
-        self.t0 = t0 if t0 is not None else time.monotonic()
-        options = ClientOptions(url=url, timeout_s=spec.timeout_s,
-                                retry=RetryPolicy(attempts=spec.retries, base_s=0.05, max_s=0.25))
-        self.clients = [TritonClient(options) for _ in range(spec.concurrency)]
-        self.outcomes: list[Outcome] = []
-        self.sent = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._end = time.monotonic() + spec.max_phase_s
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True, name=f"rel-load-{i}")
-                         for i in range(spec.concurrency)]
-
-    def _run(self, worker: int) -> None:
+    def __init__(self, env: Env, spec: ReliabilitySpec | None = None, model: str = "embedder",
+                 t0: float | None = None) -> None:
         import numpy as np
 
-        crops = np.random.default_rng(worker).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
-        client = self.clients[worker]
-        while not self._stop.is_set() and time.monotonic() < self._end:
-            with self._lock:
-                if self.sent >= self.spec.max_requests:
-                    return
-                self.sent += 1
-            start = time.monotonic()
-            try:
-                r = client.infer(self.model, {"crops": crops})
-                o = Outcome(start - self.t0, time.monotonic() - start, "ok", True, r.model_version)
-            except LookserveError as e:
-                o = Outcome(start - self.t0, time.monotonic() - start, type(e).__name__, True, message=str(e)[:200])
-            except Exception as e:  # noqa: BLE001 - counted as untyped: the report fails on any
-                o = Outcome(start - self.t0, time.monotonic() - start, type(e).__name__, False, message=str(e)[:200])
-            with self._lock:
-                self.outcomes.append(o)
-            if o.kind != "ok":
-                time.sleep(0.02)  # a failing client does not spin
+        from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
+
+        self.spec = spec = spec or env.spec
+        self.model = model
+        options = ClientOptions(url=env.url, timeout_s=spec.timeout_s,
+                                retry=RetryPolicy(attempts=spec.retries, base_s=0.05, max_s=0.25))
+        self.clients = [TritonClient(options) for _ in range(spec.concurrency)]
+        self.crops = [np.random.default_rng(w).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+                      for w in range(spec.concurrency)]
+        reference = env.reference
+        self.expected = [reference(c) for c in self.crops]
+
+        def call(worker: int, i: int) -> dict[str, Any]:
+            r = self.clients[worker].infer(self.model, {"crops": self.crops[worker]})
+            return {"version": r.model_version,
+                    "right": reference.matches(self.crops[worker], r.outputs["embedding"])}
+
+        self.loop = ClosedLoop(call, spec.concurrency, max_requests=spec.max_requests, max_s=spec.max_phase_s,
+                               t0=t0, untyped="count", pause_after_failure_s=0.02, name="rel-load")
+
+    @property
+    def t0(self) -> float:
+        return self.loop.t0
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return self.loop.outcomes
 
     def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
+        self.loop.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(self.spec.timeout_s * self.spec.retries + 10)
-        for c in self.clients:
-            c.close()
+        try:
+            self.loop.stop(self.spec.timeout_s * self.spec.retries + 10)
+        finally:
+            for c in self.clients:
+                c.close()
 
     def summary(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
-        import numpy as np
-
-        chosen = [o for o in self.outcomes if (since is None or o.t >= since) and (until is None or o.t < until)]
-        ok = np.array([o.latency_s for o in chosen if o.kind == "ok"]) * 1e3
-        kinds = Counter(o.kind for o in chosen)
-        return {
-            "requests": len(chosen),
-            "by_kind": dict(sorted(kinds.items())),
-            "untyped": sum(not o.typed for o in chosen),
-            "p50_ms": round(float(np.percentile(ok, 50)), 2) if ok.size else None,
-            "p99_ms": round(float(np.percentile(ok, 99)), 2) if ok.size else None,
-            "max_failed_latency_s": round(max((o.latency_s for o in chosen if o.kind != "ok"), default=0.0), 3),
-        }
+        return summarize([o for o in self.outcomes if (since is None or o.t >= since) and (until is None or o.t < until)])
 
     def accounting(self) -> dict[str, Any]:
-        kinds = Counter(o.kind for o in self.outcomes)
-        ok = kinds.pop("ok", 0)
-        typed = sum(1 for o in self.outcomes if o.typed and o.kind != "ok")
-        untyped = sum(1 for o in self.outcomes if not o.typed)
-        return {"sent": self.sent, "ok": ok, "failed_typed": typed, "untyped": untyped,
-                "accounted": self.sent == ok + typed + untyped == len(self.outcomes)}
+        return accounting(self.loop.sent, self.outcomes, _wrong)
+
+
+def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Outcomes by kind (a wrong answer as ``wrong answer``), latency of the right answers and of
+    every request (a failure at the time it took)."""
+    kinds = Counter("wrong answer" if _wrong(o) else o.kind for o in outcomes)
+    right = latency_summary([o.latency_s for o in outcomes if o.ok and not _wrong(o)])
+    every = latency_summary([o.latency_s for o in outcomes])
+
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v, 2)
+
+    return {
+        "requests": len(outcomes),
+        "by_kind": dict(sorted(kinds.items())),
+        "untyped": sum(not o.typed for o in outcomes),
+        "p50_ms": r(right["p50_ms"]), "p99_ms": r(right["p99_ms"]),
+        "p50_all_ms": r(every["p50_ms"]), "p99_all_ms": r(every["p99_ms"]),
+        "max_failed_latency_s": round(max((o.latency_s for o in outcomes if not o.ok), default=0.0), 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -219,6 +240,7 @@ class Env:
     catalog: Path
     records: list
     spec: ReliabilitySpec
+    reference: Reference  # onnxruntime on the served embedder's file
 
     @property
     def url(self) -> str:
@@ -240,7 +262,7 @@ def environment(work: Path, spec: ReliabilitySpec) -> Iterator[Env]:
         with TritonClient(server.grpc_url, timeout_s=30) as client:
             build_catalog(records, work / "catalog", TritonEmbedder(client), IndexParams(M=8, ef_construction=64),
                           batch_size=8, concurrency=2, model_repository=repo, images_root=work / "shop")
-        yield Env(work, repo, server, work / "catalog", records, spec)
+        yield Env(work, repo, server, work / "catalog", records, spec, Reference(repo / "embedder" / "1" / "model.onnx"))
     finally:
         server.stop()
 
@@ -254,27 +276,35 @@ def _phase(name: str, what: str, load: Load | None = None, **extra: Any) -> dict
     return out
 
 
+def _tally(sent: int, ok: int = 0, wrong: int = 0, failed_typed: int = 0, untyped: int = 0) -> dict[str, Any]:
+    """A phase's accounting from its counts, each counted where it happened: every input sent is
+    ok (answered, and the answer checked right), wrong (answered, or accepted, when it should not
+    have been or not as it should), failed with its documented lookserve error, or untyped."""
+    return {"sent": sent, "ok": ok, "wrong": wrong, "failed_typed": failed_typed, "untyped": untyped,
+            "accounted": sent == ok + wrong + failed_typed + untyped}
+
+
 def _passed(result: dict[str, Any]) -> bool:
     checks = result.get("checks", {})
-    acc = result.get("accounting", {"accounted": True, "untyped": 0})
-    return bool(acc["accounted"] and acc["untyped"] == 0 and all(checks.values()))
+    acc = result["accounting"]
+    return bool(acc["accounted"] and acc["untyped"] == 0 and acc["wrong"] == 0 and all(checks.values()))
 
 
 # ------------------------------------------------------------------------------------------
 # Phases
 # ------------------------------------------------------------------------------------------
-def phase_steady(env: Env) -> dict[str, Any]:
+def phase_steady(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     s = env.spec
-    with Load(env.url, s) as load:
+    with Load(env) as load:
         time.sleep(s.steady_s)
     summary = load.summary()
     acc = load.accounting()
     return _phase("steady", f"closed-loop load: {s.concurrency} clients, {s.steady_s:.0f} s, one 32×32 crop per request",
                   load, latency=summary, throughput_rps=round(acc["ok"] / s.steady_s, 1),
-                  checks={"no errors": acc["failed_typed"] == 0})
+                  checks={"no errors": acc["failed_typed"] == 0, "every answer equals onnxruntime's": acc["wrong"] == 0})
 
 
-def phase_deadline(env: Env) -> dict[str, Any]:
+def phase_deadline(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     import numpy as np
 
     from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
@@ -283,7 +313,7 @@ def phase_deadline(env: Env) -> dict[str, Any]:
     s = env.spec
     crops = np.zeros((1, SIZE, SIZE, 3), np.uint8)
     outcomes, latencies = Counter(), []
-    untyped = 0
+    untyped = typed = 0
     n = 8
     with TritonClient(ClientOptions(url=env.url, timeout_s=s.slow_deadline_s, retry=RetryPolicy(attempts=s.retries))) as c:
         for _ in range(n):
@@ -293,6 +323,7 @@ def phase_deadline(env: Env) -> dict[str, Any]:
                 outcomes["ok"] += 1
             except LookserveError as e:
                 outcomes[type(e).__name__] += 1
+                typed += 1
             except Exception as e:  # noqa: BLE001 - counted
                 outcomes[type(e).__name__] += 1
                 untyped += 1
@@ -301,8 +332,8 @@ def phase_deadline(env: Env) -> dict[str, Any]:
     return _phase(
         "deadline", f"{n} requests with a {s.slow_deadline_s} s deadline to a model whose batcher holds requests 3 s",
         client_saw=dict(outcomes),
-        accounting={"sent": n, "ok": outcomes["ok"], "failed_typed": n - outcomes["ok"] - untyped, "untyped": untyped,
-                    "accounted": sum(outcomes.values()) == n},
+        # an answer from a model that should have timed out is a wrong answer
+        accounting=_tally(n, wrong=outcomes["ok"], failed_typed=typed, untyped=untyped),
         max_latency_s=round(max(latencies), 3),
         checks={"all DeadlineExceeded": outcomes[DeadlineExceeded.__name__] == n,
                 "within deadline + 0.5 s": max(latencies) < s.slow_deadline_s + 0.5,
@@ -310,28 +341,33 @@ def phase_deadline(env: Env) -> dict[str, Any]:
     )
 
 
+_SETTLE_S = 0.5  # after a recovery, requests sent this soon may still see the fault
+
+
 def _timeline(outcomes: list[Outcome], max_ok: int = 1500) -> list[list]:
-    """[t, latency ms, kind] per request for the plot: every failure, ok requests thinned evenly."""
+    """[t, latency ms, kind] per request for the plot: every failure and wrong answer, right answers
+    thinned evenly."""
     ordered = sorted(outcomes, key=lambda o: o.t)
-    ok = [o for o in ordered if o.kind == "ok"]
-    keep_ok = set(map(id, ok[:: max(1, len(ok) // max_ok)]))
-    return [[round(o.t, 3), round(o.latency_s * 1e3, 2), o.kind] for o in ordered if o.kind != "ok" or id(o) in keep_ok]
+    right = [o for o in ordered if o.ok and not _wrong(o)]
+    keep = set(map(id, right[:: max(1, len(right) // max_ok)]))
+    return [[round(o.t, 3), round(o.latency_s * 1e3, 2), "wrong answer" if _wrong(o) else o.kind] for o in ordered
+            if not o.ok or _wrong(o) or id(o) in keep]
 
 
-def phase_sigkill(env: Env) -> dict[str, Any]:
+def phase_sigkill(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     s = env.spec
-    t0 = time.monotonic()
-    with Load(env.url, s, t0=t0) as load:
+    t0 = time.perf_counter()
+    with Load(env, t0=t0) as load:
         time.sleep(s.fault_s)
-        killed = time.monotonic() - t0
+        killed = time.perf_counter() - t0
         env.server.kill()
         time.sleep(s.down_s)
-        restarted = time.monotonic() - t0
+        restarted = time.perf_counter() - t0
         env.server.start()
-        ready = time.monotonic() - t0
-        time.sleep(s.fault_s)
+        ready = time.perf_counter() - t0
+        time.sleep(_SETTLE_S + s.fault_s)  # the "after recovery" window is fault_s long
     down = load.summary(killed + 0.05, restarted)
-    after = load.summary(ready + 0.5)
+    after = load.summary(ready + _SETTLE_S)
     bound = s.timeout_s * s.retries + 1.0
     return _phase(
         "sigkill", f"SIGKILL of tritonserver (and its stubs) under load, dead {s.down_s} s, restarted on the same port",
@@ -344,29 +380,29 @@ def phase_sigkill(env: Env) -> dict[str, Any]:
     )
 
 
-def phase_stub_kill(env: Env) -> dict[str, Any]:
+def phase_stub_kill(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     import psutil
 
     from lookserve.client.core import TritonClient
     from lookserve.server.watchdog import StubWatchdog, stubs_of
 
     s = env.spec
-    t0 = time.monotonic()
+    t0 = time.perf_counter()
     with TritonClient(env.url, repository_key=env.server.repository_key, timeout_s=30) as admin, \
-            StubWatchdog(env.server.pid, admin, interval_s=0.5) as watchdog, Load(env.url, s, t0=t0) as load:
+            StubWatchdog(env.server.pid, admin, interval_s=0.5) as watchdog, Load(env, t0=t0) as load:
         time.sleep(s.fault_s)
         stubs = [st for st in stubs_of(env.server.pid).values() if st.model == "embedder"]
-        killed = time.monotonic() - t0
+        killed = time.perf_counter() - t0
         for st in stubs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(st.pid).kill()
-        end = time.monotonic() + 30
-        while "embedder" not in watchdog.healed and time.monotonic() < end:
+        end = time.perf_counter() + 30
+        while "embedder" not in watchdog.healed and time.perf_counter() < end:
             time.sleep(0.1)
-        healed = time.monotonic() - t0
-        time.sleep(s.fault_s)
-    after = load.summary(healed + 0.5)
-    window = load.summary(killed - s.timeout_s, healed + 0.5)  # requests in flight at the kill included
+        healed = time.perf_counter() - t0
+        time.sleep(_SETTLE_S + s.fault_s)  # the "after recovery" window is fault_s long
+    after = load.summary(healed + _SETTLE_S)
+    window = load.summary(killed - s.timeout_s, healed + _SETTLE_S)  # requests in flight at the kill included
     bound = s.timeout_s * s.retries + 1.0
     return _phase(
         "stub_kill", f"SIGKILL of the embedder's {len(stubs)} python-backend stub(s) under load; StubWatchdog (0.5 s) reloads it",
@@ -385,7 +421,7 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def phase_bad_publish(env: Env) -> dict[str, Any]:
+def phase_bad_publish(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     from lookserve.client.core import TritonClient
     from lookserve.client.models import ModelRepository
     from lookserve.errors import PublishError
@@ -396,7 +432,7 @@ def phase_bad_publish(env: Env) -> dict[str, Any]:
     bad.write_bytes(b"\x08\x07 this is not an onnx model")
     seen: dict[str, str] = {}
     before = _tree(env.repo / "embedder")
-    with TritonClient(env.url, repository_key=env.server.repository_key, timeout_s=60) as admin, Load(env.url, s) as load:
+    with TritonClient(env.url, repository_key=env.server.repository_key, timeout_s=60) as admin, Load(env) as load:
         time.sleep(s.fault_s / 2)
         try:
             models.publish("embedder", bad)
@@ -408,15 +444,20 @@ def phase_bad_publish(env: Env) -> dict[str, Any]:
         version_dir.mkdir()
         (version_dir / "model.onnx").write_bytes(b"corrupt")
         config_before = (env.repo / "embedder" / "config.pbtxt").read_text()
-        try:
+        try:  # refused by the publish gate: the version has no export.json vouching for it
             models.promote(admin, "embedder", 2)
             seen["promote corrupt version"] = "accepted"
         except LookserveError as e:
             seen["promote corrupt version"] = f"{type(e).__name__}: {e}"[:240]
+        try:  # past the gate on purpose: Triton's own load failure must leave version 1 serving
+            models.promote(admin, "embedder", 2, allow_unverified=True)
+            seen["promote corrupt version, unverified allowed"] = "accepted"
+        except LookserveError as e:
+            seen["promote corrupt version, unverified allowed"] = f"{type(e).__name__}: {e}"[:240]
         time.sleep(s.fault_s / 2)
         config_kept = (env.repo / "embedder" / "config.pbtxt").read_text() == config_before
         shutil.rmtree(version_dir)
-    versions = Counter(o.version for o in load.outcomes if o.kind == "ok")
+    versions = Counter(o.value["version"] for o in load.outcomes if o.ok)
     acc = load.accounting()
     return _phase(
         "bad_publish", "under load: publish a corrupt ONNX file; promote a corrupt version directory written past publish",
@@ -424,6 +465,8 @@ def phase_bad_publish(env: Env) -> dict[str, Any]:
         checks={"corrupt publish refused": seen["publish corrupt file"].startswith("PublishError"),
                 "repository unchanged by the refused publish": unchanged,
                 "corrupt promote refused": seen["promote corrupt version"].startswith("PublishError"),
+                "corrupt promote refused by Triton when unverified is allowed":
+                    seen["promote corrupt version, unverified allowed"].startswith("PublishError"),
                 "config kept": config_kept, "no failed request": acc["failed_typed"] == 0,
                 "only version 1 answered": set(versions) == {"1"}},
     )
@@ -461,7 +504,7 @@ def _tamper_cases() -> dict[str, Callable[[Path], None]]:
     }
 
 
-def phase_catalog_tamper(env: Env) -> dict[str, Any]:
+def phase_catalog_tamper(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     import numpy as np
 
     from lookserve.client.catalog import Catalog, open_for_client
@@ -491,8 +534,9 @@ def phase_catalog_tamper(env: Env) -> dict[str, Any]:
     return _phase(
         "catalog_tamper", f"{len(cases)} damaged copies of the live catalog opened for a client (checksums, versions)",
         client_saw=dict(Counter(c["outcome"] for c in cases.values())), cases=cases,
-        accounting={"sent": len(cases), "ok": 0, "failed_typed": refused, "untyped": untyped,
-                    "accounted": refused + untyped + sum(c["outcome"] == "accepted" for c in cases.values()) == len(cases)},
+        # a damaged copy accepted is a wrong answer
+        accounting=_tally(len(cases), wrong=sum(c["outcome"] == "accepted" for c in cases.values()), failed_typed=refused,
+                          untyped=untyped),
         checks={"every damaged copy refused": refused == len(cases),
                 "live catalog intact and answering the same": still == answer},
     )
@@ -512,7 +556,7 @@ with TritonClient(url, timeout_s=30) as client:
 """
 
 
-def phase_interrupted_build(env: Env) -> dict[str, Any]:
+def phase_interrupted_build(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     from lookserve.client.catalog import Catalog, partial_dir_for
 
     before = _tree(env.catalog)
@@ -538,7 +582,7 @@ def phase_interrupted_build(env: Env) -> dict[str, Any]:
         f"SIGKILLed once 3 of its {(n + 1) // 2} batches were on disk; then the same build run again",
         client_saw={"old catalog after the kill": "intact" if intact else "CHANGED",
                     "embedded batches kept for the rerun": killed_with},
-        accounting={"sent": 1, "ok": 1 if intact else 0, "failed_typed": 0, "untyped": 0 if intact else 1, "accounted": True},
+        accounting=_tally(1, ok=int(intact), wrong=int(not intact)),
         temp_dirs_left=leftovers, resumed_exit_code=resumed.returncode,
         checks={"killed mid-way": not finished_first and killed_with >= 1, "old catalog byte-identical": intact,
                 "old catalog opens": opened == n, "rerun completes": resumed.returncode == 0 and rebuilt == n,
@@ -600,7 +644,7 @@ def image_corpus(n: int, seed: int) -> list[tuple[str, bytes, bool]]:
     return corpus
 
 
-def phase_bad_images(env: Env) -> dict[str, Any]:
+def phase_bad_images(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     from lookserve.client.core import TritonClient
     from lookserve.errors import InvalidInputError
     from lookserve.images import decode_image, resize_square
@@ -610,17 +654,20 @@ def phase_bad_images(env: Env) -> dict[str, Any]:
     outcomes: Counter = Counter()
     by_kind: dict[str, Counter] = {}
     must_but_failed: list[str] = []
-    untyped = 0
-    with TritonClient(env.url, timeout_s=10) as client, Load(env.url, replace(s, concurrency=2)) as good:
+    served = wrong = typed = untyped = 0
+    with TritonClient(env.url, timeout_s=10) as client, Load(env, replace(s, concurrency=2)) as good:
         for kind, data, must in corpus:
             try:
-                crop = resize_square(decode_image(data), SIZE)
-                client.infer("embedder", {"crops": crop[None]})
-                result = "decoded and served"
+                crop = resize_square(decode_image(data), SIZE)[None]
+                r = client.infer("embedder", {"crops": crop})
+                if env.reference.matches(crop, r.outputs["embedding"]):
+                    result, served = "decoded and served", served + 1
+                else:
+                    result, wrong = "served, embedding differs from onnxruntime's", wrong + 1
             except InvalidInputError:
-                result = "InvalidInputError"
+                result, typed = "InvalidInputError", typed + 1
             except LookserveError as e:
-                result = type(e).__name__
+                result, typed = type(e).__name__, typed + 1
             except Exception as e:  # noqa: BLE001 - counted as untyped
                 result = f"untyped {type(e).__name__}"
                 untyped += 1
@@ -630,19 +677,17 @@ def phase_bad_images(env: Env) -> dict[str, Any]:
             by_kind.setdefault("odd mode/size" if must else kind, Counter())[result] += 1
     good_acc = good.accounting()
     n = len(corpus)
-    served = outcomes["decoded and served"]
     return _phase(
         "bad_images", f"{n} seeded hostile or odd images (random bytes, truncated/flipped/spliced JPEG PNG WebP BMP GIF "
         "TIFF, bombs, GIF/TIFF outside the allow-list, L/LA/P/1/I;16/CMYK/RGBA/EXIF/1×1/animated) decoded and sent to "
         "Triton, while 2 clients send good requests",
         client_saw=dict(outcomes), by_kind={k: dict(v) for k, v in sorted(by_kind.items())},
-        accounting={"sent": n, "ok": served, "failed_typed": n - served - untyped, "untyped": untyped,
-                    "accounted": sum(outcomes.values()) == n},
+        accounting=_tally(n, ok=served, wrong=wrong, failed_typed=typed, untyped=untyped),
         good_load=good_acc | {"by_kind": good.summary()["by_kind"]},
         checks={"odd modes and sizes decode (not errors)": not must_but_failed,
                 "bombs refused": all(by_kind.get(k, Counter()).get("InvalidInputError") for k in
                                      ("20000x1 png", "9000x9000 1-bit png", "33 MB file")),
-                "good requests unaffected": good_acc["failed_typed"] == 0 and good_acc["untyped"] == 0 and good_acc["ok"] > 0},
+                "good requests unaffected": good_acc["accounted"] and good_acc["ok"] == good_acc["sent"] > 0},
         must_decode_failures=must_but_failed,
     )
 
@@ -681,14 +726,50 @@ def _mutate_json(doc: Any, rng) -> str:
     return json.dumps(doc, allow_nan=True)
 
 
+#: outcomes of one mutated document (``client_saw`` of the bad_json phase)
+SAME, SKIPPED, DIFFERENT = "loaded, same meaning", "loaded, bad rows skipped and reported", "loaded, means something else"
+
+
+def _meaning(loaded: Any) -> Any:
+    """What a loader's result says, comparable with ``==`` (rows skipped with a reason kept apart)."""
+    from lookserve.client.catalog import Catalog
+    from lookserve.data.street2shop import Street2Shop
+
+    if isinstance(loaded, Street2Shop):
+        return {"pairs": sorted(map(repr, loaded.pairs)), "shop": loaded.shop, "category": loaded.product_category,
+                "split": loaded.product_split, "missing": len(loaded.missing)}
+    if isinstance(loaded, Catalog):
+        return loaded.manifest.to_dict()
+    return repr(loaded)
+
+
+def _judge(original: Any, mutated: Any) -> str:
+    """:data:`SAME` when the accepted document means what the original does; :data:`SKIPPED` when
+    it lost rows the loader reported as skipped (street2shop's documented ``missing`` rows)."""
+    if mutated == original:
+        return SAME
+    if (isinstance(original, dict) and "missing" in original and mutated["missing"] > original["missing"]
+            and set(mutated["pairs"]) < set(original["pairs"])):
+        return SKIPPED
+    return DIFFERENT
+
+
 def _mutate_all(targets, per_target: int, rng, results: dict[str, Counter], examples: dict[str, str]) -> None:
     for name, path, doc, load, documented in targets:
         counts = results.setdefault(name, Counter())
+        path.write_text(json.dumps(doc))
+        original = _meaning(load())
         for _ in range(per_target):
-            path.write_text(_mutate_json(doc, rng), encoding="utf-8", errors="surrogatepass")
+            text = _mutate_json(doc, rng)
+            path.write_text(text, encoding="utf-8", errors="surrogatepass")
             try:
-                load()
-                counts["loaded"] += 1
+                meaning = _meaning(load())
+                verdict = _judge(original, meaning)
+                counts[verdict] += 1
+                if verdict == DIFFERENT:
+                    changed = (sorted(k for k in original if original[k] != meaning.get(k))
+                               if isinstance(original, dict) and isinstance(meaning, dict) else ["the loaded views"])
+                    examples.setdefault(f"{name}: {verdict}", f"changed {', '.join(map(str, changed))}: {text[:200]}")
             except documented:
                 counts[documented.__name__] += 1
             except Exception as e:  # noqa: BLE001 - counted: anything but the documented error
@@ -698,7 +779,7 @@ def _mutate_all(targets, per_target: int, rng, results: dict[str, Counter], exam
         path.write_text(json.dumps(doc))
 
 
-def phase_bad_json(env: Env) -> dict[str, Any]:
+def phase_bad_json(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     import numpy as np
 
     from lookserve.client.catalog import Catalog
@@ -746,13 +827,16 @@ def phase_bad_json(env: Env) -> dict[str, Any]:
         quiet.setLevel(level)
     n = per_target * len(targets)
     untyped = sum(v for c in results.values() for k, v in c.items() if k.startswith("undocumented"))
-    loaded = sum(c["loaded"] for c in results.values())
+    typed = sum(c[e.__name__] for c, e in zip(results.values(), (t[4] for t in targets), strict=True))
+    ok = sum(c[SAME] + c[SKIPPED] for c in results.values())
+    wrong = sum(c[DIFFERENT] for c in results.values())
     return _phase(
         "bad_json", f"{n} mutated JSON documents ({per_target} each: street2shop pairs and retrieval files, footwear "
-        "ground truth, catalog manifest) through their loaders; only DataError / CatalogError may escape",
-        client_saw={k: dict(v) for k, v in results.items()}, untyped_examples=examples,
-        accounting={"sent": n, "ok": loaded, "failed_typed": n - loaded - untyped, "untyped": untyped, "accounted": True},
-        checks={"only documented errors": untyped == 0},
+        "ground truth, catalog manifest) through their loaders; only DataError / CatalogError may escape, and a "
+        "document that loads must mean what its original means (or lose only rows the loader reports as skipped)",
+        client_saw={k: dict(v) for k, v in results.items()}, examples=examples,
+        accounting=_tally(n, ok=ok, wrong=wrong, failed_typed=typed, untyped=untyped),
+        checks={"only documented errors": untyped == 0, "accepted documents mean the same": wrong == 0},
     )
 
 
@@ -764,7 +848,7 @@ def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, 
              "load": lambda c: c.load_model("embedder")}
     seen: Counter = Counter()
     texts: list[str] = []
-    untyped = 0
+    untyped = typed = 0
     for client_key in (None, "not-the-key"):
         with TritonClient(env.url, repository_key=client_key, timeout_s=5) as client:
             for what, call in calls.items():
@@ -773,6 +857,7 @@ def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, 
                     seen[f"{what}: accepted"] += 1
                 except LookserveError as e:
                     seen[type(e).__name__] += 1
+                    typed += 1
                     texts += [str(e), repr(e), str(e.__cause__)]
                 except Exception as e:  # noqa: BLE001 - counted as untyped
                     untyped += 1
@@ -789,15 +874,17 @@ def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, 
         "access", f"{len(calls)} repository-protocol calls without a key and with a wrong one; the key searched for in "
         f"their error texts, the tritonserver log of the whole run ({len(log_text.splitlines())} lines) and this report",
         client_saw=dict(seen), listening_on=listening,
-        accounting={"sent": n, "ok": 0, "failed_typed": n - untyped - sum(v for k, v in seen.items() if "accepted" in k),
-                    "untyped": untyped, "accounted": sum(seen.values()) == n},
+        # a restricted call accepted without the key is a wrong answer
+        accounting=_tally(n, wrong=sum(v for k, v in seen.items() if k.endswith(": accepted")), failed_typed=typed,
+                          untyped=untyped),
         checks={"every call refused with PermissionDenied": refused == n, "the right key is accepted": admin_ok,
                 "key in no error text": all(key not in t for t in texts), "key not in the server log": key not in log_text,
                 "key not in the report": key not in report_text, "bound to 127.0.0.1": listening == "127.0.0.1"},
     )
 
 
-RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
+#: every phase: ``phase(env, earlier results) -> result``
+RUNNERS: dict[str, Callable[[Env, Sequence[dict[str, Any]]], dict[str, Any]]] = {
     "steady": phase_steady, "deadline": phase_deadline, "sigkill": phase_sigkill, "stub_kill": phase_stub_kill,
     "bad_publish": phase_bad_publish, "catalog_tamper": phase_catalog_tamper,
     "interrupted_build": phase_interrupted_build, "bad_images": phase_bad_images, "bad_json": phase_bad_json,
@@ -819,7 +906,7 @@ def run_reliability(work: Path, spec: ReliabilitySpec, phases: Sequence[str] = P
         for name in phases:
             t = time.monotonic()
             log.info("reliability phase %s", name)
-            result = phase_access(env, results) if name == "access" else RUNNERS[name](env)
+            result = RUNNERS[name](env, results)
             result["duration_s"] = round(time.monotonic() - t, 1)
             result["passed"] = _passed(result)
             results.append(result)
@@ -855,9 +942,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"Overall: **{'PASSED' if report['passed'] else 'FAILED'}** in {report['duration_s']} s. Private tritonserver on "
         f"127.0.0.1 (synthetic {SIZE}×{SIZE}→{DIM} embedder, python-based onnxruntime backend); clients: "
         f"{spec['concurrency']} threads, deadline {spec['timeout_s']} s, {spec['retries']} attempts on UNAVAILABLE. "
-        "Accounting: every request (or input) sent is ok or failed with its documented lookserve error "
-        "(typed); `untyped` counts anything else (another exception type) and must be 0. Each phase's checks are listed "
-        "under it; the reproduce line runs that phase alone.",
+        "Accounting, counted where each outcome happened: every request (or input) sent is ok (answered, and the "
+        "answer checked: an embedding equal to onnxruntime's on the same file and crop within the export parity "
+        "tolerance, a mutated document that loads meaning what its original means), wrong (answered or accepted "
+        "when it should not have been, or not as it should; must be 0), failed with its documented lookserve error "
+        "(typed), or untyped (another exception type; must be 0); `all accounted` checks that the four add up to "
+        "what was sent. p50/p99 are over right answers; `p99_all_ms` over every request, a failure at the time it "
+        "took. Each phase's checks are listed under it; the reproduce line runs that phase alone.",
         "",
         f"Machine: {env.get('host_cpu')}, {env.get('cpu_affinity')} cores (load average {load} while it ran, shared with "
         f"other work), {env.get('memory_gib')} GiB; {env.get('time_utc')}. Latencies are noisy on such a machine; the "
@@ -867,15 +958,16 @@ def markdown(report: dict[str, Any]) -> str:
     rows = []
     for r in report["phases"]:
         a = r.get("accounting", {})
-        rows.append([r["phase"], "pass" if r["passed"] else "**FAIL**", a.get("sent"), a.get("ok"), a.get("failed_typed"),
-                     a.get("untyped"), "yes" if a.get("accounted") else "**no**", r["duration_s"]])
-    lines.append(markdown_table(["phase", "result", "sent", "ok", "failed (typed)", "untyped", "all accounted", "s"], rows))
+        rows.append([r["phase"], "pass" if r["passed"] else "**FAIL**", a.get("sent"), a.get("ok"), a.get("wrong"),
+                     a.get("failed_typed"), a.get("untyped"), "yes" if a.get("accounted") else "**no**", r["duration_s"]])
+    lines.append(markdown_table(["phase", "result", "sent", "ok", "wrong", "failed (typed)", "untyped", "all accounted",
+                                 "s"], rows))
     for r in report["phases"]:
         lines += [f"## {r['phase']}", "", r["what"] + ".", "",
                   "Client saw: `" + json.dumps(r.get("client_saw", {}), sort_keys=True) + "`", ""]
         for key in ("latency", "throughput_rps", "events", "while_down", "after_recovery", "restart_to_ready_s", "during",
                     "time_to_heal_s", "max_latency_s", "client_saw_versions", "refusals", "good_load", "by_kind",
-                    "must_decode_failures", "temp_dirs_left", "untyped_examples", "listening_on"):
+                    "must_decode_failures", "temp_dirs_left", "examples", "listening_on"):
             if key in r:
                 lines.append(f"- {key.replace('_', ' ')}: `{json.dumps(r[key], sort_keys=True, default=str)}`")
         if "cases" in r:
@@ -954,14 +1046,12 @@ def reliability(
     bad_json: int = typer.Option(120, "--bad-json", min=4, max=5000, help="Mutated JSON documents in all."),
     seed: int = typer.Option(0, "--seed"),
     work: Path | None = typer.Option(None, "--work", help="Scratch folder (default: a temp folder, removed)."),
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for the JSON, Markdown and PNG outputs."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Directory for the JSON, Markdown and PNG outputs."),
     stem: str = typer.Option("reliability", "--stem", help="Output file name stem."),
 ) -> None:
     """Faults (SIGKILL, stub crash, slow server, bad publish, tampered catalog, killed build) and bad inputs
     under load on a private Triton; every request accounted for. Exit code 1 if a check failed."""
     from rich.console import Console
-
-    from lookserve.bench.cli import _fail
 
     console = Console(soft_wrap=True)
     spec = ReliabilitySpec(concurrency=concurrency, steady_s=steady_s, fault_s=fault_s, down_s=down_s,
@@ -972,7 +1062,7 @@ def reliability(
     try:
         report = run_reliability(scratch, spec, phases)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     finally:
         if work is None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -18,6 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+#: where every bench writes by default; ``bench/results/`` holds the committed results (pass
+#: ``--out bench/results`` on purpose to refresh one)
+DEFAULT_OUT = Path("runs/bench")
+
 #: Distributions whose versions matter to a figure; absent ones are reported as ``None``.
 PACKAGES = (
     "lookserve", "numpy", "tritonclient", "grpcio", "nvidia-pytriton", "onnxruntime", "onnx",
@@ -122,7 +126,8 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            # 121,600 rather than 1.216e+05; 4 significant digits below 1000
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

@@ -4,15 +4,18 @@ One run, on a private tritonserver serving a *copy* of a model repository (the o
 touched):
 
 1. a catalog root is built with the serving embedder (``catalog-v<N>``, ``current`` pointer);
-2. closed-loop client threads run the look chain (detector → embedder → search) through a
-   :class:`~lookserve.client.catalog.CatalogWatcher`, recording every request's send time,
-   latency, outcome and versions (detector, embedder that answered, embedder of the catalog);
+2. closed-loop client threads (:class:`lookserve.bench.load.ClosedLoop`) run the look chain
+   (detector → embedder → search) through a :class:`~lookserve.client.catalog.CatalogWatcher`,
+   recording every request's send time, latency, outcome and versions (detector, embedder that
+   answered, and the embedder version in the manifest of the catalog it searched, read from disk
+   at answer time), while a :class:`PointerLog` records when ``current`` moved;
 3. while they run, the operator's actions happen one after another, each timed: detector
    ``publish`` + ``promote`` of a new version, detector ``rollback``, then the embedder swap
    (:func:`lookserve.client.swap.swap_embedder`: publish, load both, build the new catalog with
    the new version, flip the pointer, drain, unload the old version);
-4. the report splits latency into windows *during* an operation and *outside* them (p50/p99),
-   counts failed and mixed-version requests, and plots latency over time with the operations
+4. the report splits latency into windows *during* an operation and *outside* them (p50/p99 of
+   the right answers, p99 over all), counts ok, failed and mixed-version requests (the answering
+   version is not the searched catalog's on disk), and plots latency over time with the operations
    shaded and the pointer flip marked.
 
 The new versions default to copies of the serving files republished under a new number (the
@@ -22,6 +25,7 @@ new versions).
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import shutil
@@ -33,6 +37,9 @@ from typing import Any
 
 import typer
 
+from lookserve.bench.load import ClosedLoop, Outcome, latency_summary
+from lookserve.bench.report import DEFAULT_OUT
+from lookserve.cliutil import fail
 from lookserve.errors import LookserveError
 
 log = logging.getLogger(__name__)
@@ -46,7 +53,7 @@ def _group() -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Load: closed-loop threads through the look chain, every request recorded with its time
+# Load: bench.load's closed-loop driver through the look chain; every answer checked on disk
 # ------------------------------------------------------------------------------------------
 @dataclass
 class Sample:
@@ -55,65 +62,120 @@ class Sample:
     ok: bool
     error: str = ""
     detector: str = ""
-    embedder: str = ""  # version that answered
-    catalog: str = ""  # embedder version in the searched catalog's manifest
+    embedder: str = ""  # version that answered (Triton's response)
+    catalog: str = ""  # embedder version of the searched catalog, as the pipeline's catalog object says
     items: int = 0
+    #: embedder version in the manifest of the searched catalog, read from disk at answer time
+    searched: str = ""
+    #: embedder versions of the catalog that ``current`` pointed to on disk at any moment from the
+    #: send (less the watcher's refresh interval) to the answer
+    disk: tuple[str, ...] = ()
+
+    @property
+    def mixed(self) -> bool:
+        """Answered with an embedding of another version than the searched catalog's manifest on disk."""
+        return self.ok and bool(self.embedder) and self.embedder != self.searched
+
+    @property
+    def stale(self) -> bool:
+        """Answered by a version no catalog named by the ``current`` pointer around it was built with."""
+        return self.ok and bool(self.embedder) and self.embedder not in self.disk
 
 
-class LookLoad:
-    def __init__(self, pipeline, photos: list[bytes], concurrency: int, t0: float, max_s: float) -> None:
-        self.pipeline, self.photos, self.t0 = pipeline, photos, t0
-        self.samples: list[Sample] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.deadline = time.perf_counter() + max_s  # bounded whatever happens
-        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"swap-load-{i}", daemon=True)
-                        for i in range(concurrency)]
+def manifest_version(catalog: str | Path) -> str:
+    """The embedder version in ``catalog``'s manifest on disk ("" when it cannot be read)."""
+    from lookserve.client.catalog import MANIFEST
 
-    def _run(self, worker: int) -> None:
-        i = worker
-        while not self.stop.is_set() and time.perf_counter() < self.deadline:
-            photo = self.photos[i % len(self.photos)]
-            i += len(self.threads)
-            sent = time.perf_counter()
+    try:
+        return str(json.loads((Path(catalog) / MANIFEST).read_text())["embedder"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def catalog_version_on_disk(root: Path) -> str:
+    """The embedder version in the manifest of the catalog ``root/current`` points to, read from disk."""
+    from lookserve.client.catalog import read_current
+
+    return manifest_version(read_current(root))
+
+
+class PointerLog:
+    """Polls ``root/current`` every ``interval_s`` and keeps each change as (t since ``t0``, version):
+    the bench's own record of which catalog was current when, independent of the clients."""
+
+    def __init__(self, root: Path, t0: float, interval_s: float = 0.01) -> None:
+        self.root, self.t0, self.interval_s = root, t0, interval_s
+        self.changes: list[tuple[float, str]] = [(float("-inf"), catalog_version_on_disk(root))]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="swap-pointer-log", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
             try:
-                r = self.pipeline.run(photo)
-                s = Sample(sent - self.t0, (time.perf_counter() - sent) * 1e3, True,
-                           detector=r.model_versions.get(self.pipeline.config.detector, ""),
-                           embedder=r.model_versions.get(r.catalog_embedder.get("name", "embedder"), ""),
-                           catalog=r.catalog_embedder.get("version", ""), items=len(r.items))
-            except LookserveError as e:
-                s = Sample(sent - self.t0, (time.perf_counter() - sent) * 1e3, False, error=f"{type(e).__name__}: {e}"[:300])
-            with self.lock:
-                self.samples.append(s)
+                version = catalog_version_on_disk(self.root)
+            except (OSError, LookserveError):
+                continue  # mid-flip: read again next tick
+            if version and version != self.changes[-1][1]:
+                self.changes.append((time.perf_counter() - self.t0, version))
 
-    def start(self) -> LookLoad:
-        for t in self.threads:
-            t.start()
+    def start(self) -> PointerLog:
+        self._thread.start()
         return self
 
-    def finish(self) -> list[Sample]:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-        return sorted(self.samples, key=lambda s: s.t)
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def versions_between(self, a: float, b: float) -> tuple[str, ...]:
+        """Every version current on disk at some moment of [a, b]."""
+        current = [v for t, v in self.changes if t <= a][-1:] or [self.changes[0][1]]
+        return tuple(sorted({*current, *(v for t, v in self.changes if a < t <= b)}))
+
+
+def look_load(pipeline, photos: list[bytes], concurrency: int, t0: float, max_s: float) -> ClosedLoop:
+    """Closed-loop look requests (``ClosedLoop``); each answer keeps the versions it reports."""
+    detector = pipeline.config.detector
+
+    def call(worker: int, i: int) -> dict[str, Any]:
+        r = pipeline.run(photos[i % len(photos)])
+        return {"detector": r.model_versions.get(detector, ""),
+                "embedder": r.model_versions.get(r.catalog_embedder.get("name", "embedder"), ""),
+                "catalog": r.catalog_embedder.get("version", ""), "items": len(r.items),
+                "searched": manifest_version(r.catalog)}  # read now, from disk
+
+    return ClosedLoop(call, concurrency, max_s=max_s, t0=t0, untyped="raise", name="swap-load")
+
+
+def samples_of(outcomes: list[Outcome], pointer: PointerLog, lag_s: float) -> list[Sample]:
+    """One :class:`Sample` per request, with the catalog versions current on disk around it."""
+    out = []
+    for o in outcomes:
+        disk = pointer.versions_between(o.t - lag_s, o.t + o.latency_s)
+        if o.ok:
+            out.append(Sample(o.t, o.latency_s * 1e3, True, disk=disk, **o.value))
+        else:
+            out.append(Sample(o.t, o.latency_s * 1e3, False, error=f"{o.kind}: {o.message}"[:300], disk=disk))
+    return out
 
 
 # ------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------
 def _summary(samples: list[Sample]) -> dict[str, Any]:
-    import numpy as np
-
-    ok = [s.latency_ms for s in samples if s.ok]
-    lat = np.asarray(ok) if ok else None
+    ok = [s.latency_ms for s in samples if s.ok and not s.mixed]  # a mixed answer is not ok
+    every = latency_summary([s.latency_ms / 1e3 for s in samples])
+    right = latency_summary([v / 1e3 for v in ok])
     return {
         "requests": len(samples),
+        "ok": len(ok),
         "failed": sum(not s.ok for s in samples),
-        "mixed_version": sum(1 for s in samples if s.ok and s.embedder and s.embedder != s.catalog),
-        "p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
-        "p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
-        "max_ms": float(lat.max()) if lat is not None else None,
+        "mixed_version": sum(s.mixed for s in samples),
+        "stale_catalog": sum(s.stale and not s.mixed for s in samples),
+        # over the right answers, and over every request (a failure at the time it took)
+        "p50_ms": right["p50_ms"],
+        "p99_ms": right["p99_ms"],
+        "max_ms": right["max_ms"],
+        "p99_all_ms": every["p99_ms"],
     }
 
 
@@ -231,11 +293,13 @@ def markdown(report: dict[str, Any]) -> str:
     from lookserve.bench.report import markdown_table
 
     w = report["windows"]
-    rows = [[name, w[key]["requests"], w[key]["failed"], w[key]["mixed_version"], w[key]["p50_ms"], w[key]["p99_ms"],
-             w[key]["max_ms"]] for name, key in (("outside swaps", "outside_swaps"), ("during swaps", "during_swaps"),
-                                                 ("all (after warm-up)", "all"))]
-    rows += [[f"during {o['operation']} ({o['windows']}×, {o['seconds']:.1f} s in all)", o["requests"], o["failed"],
-              o["mixed_version"], o["p50_ms"], o["p99_ms"], o["max_ms"]] for o in w["per_kind"]]
+    def cells(x: dict[str, Any]) -> list[Any]:
+        return [x["requests"], x.get("ok"), x["failed"], x["mixed_version"], x["p50_ms"], x["p99_ms"], x["max_ms"],
+                x.get("p99_all_ms")]
+
+    rows = [[name, *cells(w[key])] for name, key in (("outside swaps", "outside_swaps"), ("during swaps", "during_swaps"),
+                                                     ("all (after warm-up)", "all"))]
+    rows += [[f"during {o['operation']} ({o['windows']}×, {o['seconds']:.1f} s in all)", *cells(o)] for o in w["per_kind"]]
     c = report["config"]
     swaps = [
         f"v{r['old_version']} → v{r['new_version']}: " + "; ".join(f"{s['name']} {s['ended'] - s['started']:.2f} s" for s in r["steps"])
@@ -252,8 +316,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"({report['environment'].get('cpu_affinity')} cores usable, load average {report['environment'].get('load_average_1_5_15')}), GPUs: {report['environment'].get('gpus') or 'none'}.",
         "",
         *([report["note"], ""] if report.get("note") else []),
-        markdown_table(["window", "requests", "failed", "mixed-version", "p50 ms", "p99 ms", "max ms"], rows),
-        "p99 of a window with fewer than 100 requests is close to its maximum; compare medians there.",
+        markdown_table(["window", "requests", "ok", "failed", "mixed-version", "p50 ms", "p99 ms", "max ms", "p99 all ms"],
+                       rows),
+        "p99 of a window with fewer than 100 requests is close to its maximum; compare medians there. "
+        "Latency columns are over the right answers; `p99 all` over every request, a failure at the time it took. "
+        "A request is mixed-version when the embedder version that answered (Triton's response) differs from the "
+        "version in the manifest, read from disk at answer time, of the catalog it searched; it is counted apart from "
+        "ok and failed. `stale` (in the JSON) counts answers whose version no catalog named by the `current` pointer "
+        "had from their send (less the watcher's 0.1 s refresh) to their answer (the bench polls the pointer every "
+        "10 ms).",
         "",
         "Embedder swaps (steps of swap_embedder):",
         "",
@@ -284,6 +355,16 @@ def _copy_repository(source: Path, dest: Path, models: tuple[str, ...]) -> None:
                 shutil.copytree(p, dest / m / p.name)
 
 
+def _copy_candidate(source: Path, dest: Path) -> None:
+    """Copy a new version's file and its exporter record (``export.json`` beside a ``model.onnx``, or
+    ``<stem>.export.json``) to where ``ModelRepository.publish`` looks for it, so a verified file
+    stays verified."""
+    shutil.copyfile(source, dest)
+    record = source.parent / "export.json" if source.name == "model.onnx" else source.with_suffix(".export.json")
+    if record.is_file():
+        shutil.copyfile(record, dest.with_suffix(".export.json"))
+
+
 def _street_photos(root: Path, split: str, n: int) -> list[bytes]:
     from lookserve.data import street2shop
 
@@ -294,7 +375,8 @@ def _street_photos(root: Path, split: str, n: int) -> list[bytes]:
 def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: str = "test", catalog_split: str | None = None,
                    concurrency: int = 2, photos: int = 16, warmup_s: float = 5.0, gap_s: float = 8.0,
                    detector_onnx: Path | None = None, embedder_onnx: Path | None = None, quiet_s: float = 2.0,
-                   max_s: float = 420.0, cycles: int = 1, progress: bool = True) -> dict[str, Any]:
+                   max_s: float = 420.0, cycles: int = 1, progress: bool = True,
+                   allow_unverified: bool = False) -> dict[str, Any]:
     from lookserve.bench.report import environment
     from lookserve.client.catalog import (
         CatalogWatcher,
@@ -321,8 +403,8 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
     # the candidates live outside the repository (publish copies them in)
     cand = work / "candidates"
     cand.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(detector_onnx, cand / "detector.onnx")
-    shutil.copyfile(embedder_onnx, cand / "embedder.onnx")
+    _copy_candidate(detector_onnx, cand / "detector.onnx")
+    _copy_candidate(embedder_onnx, cand / "embedder.onnx")
     records = load_records(photos_root, splits=[catalog_split] if catalog_split else None)
     street = _street_photos(photos_root, split, photos)
     if not street:
@@ -340,9 +422,11 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
         build_catalog(records, root / catalog_dir_name(emb_old), TritonEmbedder(admin, version=str(emb_old)),
                       batch_size=32, concurrency=2, model_repository=repo, progress=progress, images_root=photos_root)
         set_current(root, catalog_dir_name(emb_old))
-        pipeline = LookPipeline(client, CatalogWatcher(root, client, interval_s=0.1), LookConfig(timeout_s=60))
+        watch_s = 0.1
+        pipeline = LookPipeline(client, CatalogWatcher(root, client, interval_s=watch_s), LookConfig(timeout_s=60))
         t0 = time.perf_counter()
-        load = LookLoad(pipeline, street, concurrency, t0, max_s).start()
+        pointer = PointerLog(root, t0).start()
+        load = look_load(pipeline, street, concurrency, t0, max_s).start()
 
         def mark(name: str, fn):
             start = time.perf_counter() - t0
@@ -370,7 +454,7 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
             label = f"embedder swap v{emb_old}→{new_name}" if forward else f"embedder swap {new_name}→v{emb_old}"
             label += " (publish + build)" if first else " (reuse catalog)"
             swap_options = SwapOptions(quiet_s=quiet_s, max_wait_s=60.0, batch_size=32, concurrency=2,
-                                       reuse_catalog=not first)
+                                       reuse_catalog=not first, allow_unverified=allow_unverified)
             kwargs = {"onnx_path": cand / "embedder.onnx"} if first else {"version": emb_new[0] if forward else emb_old}
             result = mark(label, lambda: swap_embedder(admin, repo, root, records, options=swap_options,
                                                        images_root=photos_root, progress=progress, on_step=on_step,
@@ -385,7 +469,8 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
             det_new = mark("detector publish", lambda: repo_models.publish("detector", cand / "detector.onnx")).version
             for cycle in range(cycles):
                 time.sleep(gap_s)
-                mark("detector promote", lambda: repo_models.promote(admin, "detector", det_new))
+                mark("detector promote", lambda: repo_models.promote(admin, "detector", det_new,
+                                                                     allow_unverified=allow_unverified))
                 time.sleep(gap_s)
                 mark("detector rollback", lambda: repo_models.rollback(admin, "detector"))
                 time.sleep(gap_s)
@@ -395,7 +480,12 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
                     embedder_swap(cycle, forward=False)
                     time.sleep(gap_s)
         finally:
-            samples = load.finish()
+            try:
+                outcomes = load.stop()
+            finally:
+                pointer.stop()
+    # a client may still search the old catalog for one watcher interval after the flip
+    samples = samples_of(outcomes, pointer, lag_s=watch_s + 0.05)
     events.sort(key=lambda e: e["start"])
     # windows: each operator action (the embedder swap's steps are inside its window)
     ops = [e for e in events if not e.get("step")]
@@ -403,7 +493,7 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
         "config": {"repository": str(repository), "photos_root": str(photos_root), "split": split,
                    "catalog_split": catalog_split, "concurrency": concurrency, "photos": len(street),
                    "warmup_s": warmup_s, "gap_s": gap_s, "quiet_s": quiet_s, "cycles": cycles,
-                   "catalog_photos": len(records), "detector_onnx": str(detector_onnx), "embedder_onnx": str(embedder_onnx)},
+                   "allow_unverified": allow_unverified, "catalog_photos": len(records), "detector_onnx": str(detector_onnx), "embedder_onnx": str(embedder_onnx)},
         "environment": environment(),
         "events": events,
         "windows": windows_report(samples, ops, warmup_s),
@@ -416,7 +506,9 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
         "errors": sorted({s.error for s in samples if not s.ok})[:20],
         "samples": {"t": [round(s.t, 4) for s in samples], "latency_ms": [round(s.latency_ms, 3) for s in samples],
                     "ok": [s.ok for s in samples], "detector": [s.detector for s in samples],
-                    "embedder": [s.embedder for s in samples], "catalog": [s.catalog for s in samples]},
+                    "embedder": [s.embedder for s in samples], "catalog": [s.catalog for s in samples],
+                    "searched": [s.searched for s in samples], "disk": [list(s.disk) for s in samples]},
+        "pointer_changes": [[t, v] for t, v in pointer.changes[1:]],
     }
     return report
 
@@ -455,23 +547,23 @@ def swap(
     embedder_onnx: Path | None = typer.Option(None, "--embedder-onnx", help="New embedder version (default: the serving file again)."),
     cycles: int = typer.Option(1, "--cycles", min=1, help="Repeat promote, rollback and embedder swap (and swap back between cycles)."),
     max_s: float = typer.Option(420.0, "--max-s", min=10.0, help="Hard bound on the load's duration."),
-    out: Path = typer.Option(Path("bench/results"), "--out", help="Directory for the JSON, Markdown and PNG outputs."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Directory for the JSON, Markdown and PNG outputs."),
     stem: str = typer.Option("swap_look", "--stem", help="Output file name stem."),
     note: str = typer.Option("", "--note", help="Free text for the report (e.g. how the new versions were made)."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified",
+                                          help="Promote new versions that did not come through the export parity gate."),
 ) -> None:
     """Look-chain latency under continuous load across detector promote/rollback and the embedder+catalog swap."""
     from rich.console import Console
-
-    from lookserve.bench.cli import _fail
 
     console = Console(soft_wrap=True)
     try:
         report = run_swap_bench(repository, photos, work, split=split, catalog_split=catalog_split,
                                 concurrency=concurrency, photos=n_photos, warmup_s=warmup, gap_s=gap,
                                 detector_onnx=detector_onnx, embedder_onnx=embedder_onnx, quiet_s=quiet, max_s=max_s,
-                                cycles=cycles)
+                                cycles=cycles, allow_unverified=allow_unverified)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     report["command"] = _command_line(ctx)
     report["note"] = note
     paths = write_report(report, out, stem)

@@ -38,7 +38,7 @@ def test_bench_thumbnails_counts_one_batched_request_per_product_when_cli_runs(t
 
 
 @pytest.mark.triton
-def test_bench_look_counts_detector_once_per_photo_when_cli_runs_open_loop(served, tmp_path):  # noqa: F811
+def test_bench_look_counts_each_models_requests_exactly_when_cli_runs_open_loop(served, tmp_path):  # noqa: F811
     from lookserve.cli import app
 
     photos = tmp_path / "street"
@@ -55,7 +55,9 @@ def test_bench_look_counts_detector_once_per_photo_when_cli_runs_open_loop(serve
     assert 0 < point["requests"] <= 10
     assert point["agreement"]["counts_match"] is True
     assert point["triton"]["detector"]["requests"] == point["requests"]
-    assert point["triton"]["embedder"]["requests"] <= point["requests"]  # only photos with kept items embed
+    # request i sends photo i % 3 (sorted by name); photo 2's only garment is filtered out, so it never embeds
+    embedded = sum(1 for i in range(point["requests"]) if i % 3 != 2)
+    assert point["triton"]["embedder"]["requests"] == embedded == point["agreement"]["bench_model_requests"]["embedder"]
     assert point["breakdown"]["total_ms"] >= point["breakdown"]["compute_ms"] > 0
     assert point["latency"]["mean_ms"] >= point["service_latency"]["mean_ms"] - 1e-6  # open loop: from intended time
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lookserve import contracts
+from lookserve import contracts, errors
 from lookserve.bench.load import (
+    ClosedLoop,
     LoadSpec,
+    Workload,
     compare,
+    latency_summary,
     model_workload,
     read_report,
     run_load,
@@ -22,7 +26,7 @@ from lookserve.errors import ConfigError, InvalidInputError
 from tinymodels import projection_embedder, write_model
 
 POINT_KEYS = {"level", "requests", "ok", "errors", "elapsed_s", "throughput_rps", "throughput_items_per_s", "latency",
-              "service_latency", "triton", "breakdown", "agreement"}
+              "latency_all", "service_latency", "triton", "breakdown", "agreement"}
 LATENCY_KEYS = {"mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"}
 STAGE_KEYS = {"requests", "failed", "inferences", "executions", "mean_batch", "batch_sizes", "versions", "server_ms",
               "queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms"}
@@ -54,12 +58,18 @@ def _check_point(point: dict, model: str = "embedder") -> None:
     assert stats["inferences"] == point["ok"]  # batch size 1 per request
     assert sum(int(size) * n for size, n in stats["batch_sizes"].items()) == stats["inferences"]
     assert sum(stats["batch_sizes"].values()) == stats["executions"]
-    # Triton's time inside the server is part of what the client saw; the split adds up
+    # Triton's time inside the server is part of what the client saw
     assert 0 < stats["server_ms"] <= point["service_latency"]["mean_ms"]
+    # the split is Triton's own per-request stage times (one model request per bench request),
+    # and client + network is what the client saw beyond Triton's request time
     b = point["breakdown"]
-    assert b["client_network_ms"] >= 0 and b["queue_ms"] >= 0 and b["compute_ms"] > 0
-    assert b["client_network_ms"] + b["queue_ms"] + b["compute_ms"] + b["server_other_ms"] == pytest.approx(b["total_ms"])
+    compute = stats["compute_input_ms"] + stats["compute_infer_ms"] + stats["compute_output_ms"]
+    assert b["compute_ms"] == pytest.approx(compute) and b["queue_ms"] == pytest.approx(stats["queue_ms"])
+    assert b["client_network_ms"] == pytest.approx(point["service_latency"]["mean_ms"] - stats["server_ms"])
+    assert b["client_network_ms"] > 0 and b["compute_ms"] > 0 and b["queue_ms"] >= 0
+    assert b["queue_ms"] + b["compute_ms"] <= stats["server_ms"] * 1.001  # the stages lie inside the request
     assert point["latency"]["p50_ms"] <= point["latency"]["p99_ms"] <= point["latency"]["max_ms"]
+    assert point["latency_all"] == point["latency"]  # no failures: every request is an answered one
 
 
 @pytest.mark.triton
@@ -202,3 +212,65 @@ def test_run_variants_interleaves_levels_and_counts_agree_when_two_variants():
     assert all(p["triton"]["embedder"]["mean_batch"] == 1.0 for p in reports["batching_off"]["points"])
     c = compare(reports["batching_on"], reports["batching_off"])
     assert [r["level"] for r in c["rows"]] == [1, 2]
+
+
+@pytest.mark.triton
+def test_latency_all_shows_slow_failures_that_success_only_percentiles_drop_when_some_requests_fail(embedder_server,
+                                                                                                  tmp_path):
+    with _client(embedder_server) as client:
+        good = model_workload(client, "embedder", pool=2)
+
+        def call(i: int):
+            if i % 4 == 3:  # a request that fails after 0.3 s (as a deadline would)
+                time.sleep(0.3)
+                raise errors.DeadlineExceeded("simulated deadline")
+            return good.call(i)
+
+        workload = Workload(name="embedder", kind="model", models=("embedder",), call=call)
+        report = run_load(client, workload, LoadSpec(mode="closed", levels=(1,), duration_s=1.5, max_requests=12,
+                                                     warmup_s=0.0), progress=False)
+    point = report["points"][0]
+    assert point["requests"] == 12 and point["errors"] == {"DeadlineExceeded": 3} and point["ok"] == 9
+    assert point["latency"]["max_ms"] < 300 <= point["latency_all"]["p99_ms"]
+    assert "p99 all ms" in write_load_report(report, tmp_path / "out", "f")[1].read_text()
+    # the three failures never reached Triton: the bench's count and Triton's disagree, and it says so
+    assert point["agreement"]["counts_match"] is False and point["agreement"]["triton_requests"] == {"embedder": 9}
+
+
+@pytest.mark.triton
+def test_cli_bench_model_names_the_served_models_at_once_when_the_name_is_unknown(embedder_server, tmp_path):
+    from lookserve.cli import app
+
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["bench", "model", "embeder", "-u", embedder_server.grpc_url, "--levels", "1",
+                                      "--duration", "0.2", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "'embeder' is not served" in result.output and "served models: embedder" in result.output
+    assert time.monotonic() - start < 10  # not the 60 s readiness wait
+    assert not (tmp_path / "out").exists()
+
+
+def test_closed_loop_counts_untyped_errors_or_raises_them_and_stops_at_max_requests_when_told():
+    def call(worker: int, i: int):
+        if i % 3 == 1:
+            raise errors.ServerUnavailable("down")
+        if i % 3 == 2:
+            raise KeyError("a bug")
+        return i
+
+    load = ClosedLoop(call, 2, max_requests=30, max_s=10, untyped="count").start()
+    outcomes = load.wait()
+    acc = load.accounting(wrong=lambda o: o.value == 0)
+    assert len(outcomes) == 30 == acc["sent"] and acc["accounted"]
+    assert (acc["ok"], acc["wrong"], acc["failed_typed"], acc["untyped"]) == (9, 1, 10, 10)
+    assert sorted(o.index for o in outcomes) == list(range(30))
+    with pytest.raises(KeyError):
+        ClosedLoop(call, 2, max_requests=30, max_s=10, untyped="raise").start().wait()
+    bounded = ClosedLoop(lambda w, i: time.sleep(0.01), 2, max_s=0.2).start().wait()
+    assert 0 < len(bounded) < 60
+
+
+def test_latency_summary_is_empty_when_nothing_answered():
+    assert latency_summary([]) == {"mean_ms": None, "p50_ms": None, "p90_ms": None, "p95_ms": None, "p99_ms": None,
+                                   "max_ms": None}
+    assert latency_summary([0.001, 0.003])["max_ms"] == pytest.approx(3.0)
