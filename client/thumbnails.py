@@ -242,31 +242,7 @@ def write_outputs(results: Sequence[ThumbnailResult], out_dir: str | os.PathLike
     return paths[0], paths[1]
 
 
-def evaluate(results: Sequence[ThumbnailResult], ground_truth: str | os.PathLike,
-             splits: Sequence[str] | None = ("test",)) -> dict[str, float]:
-    """Accuracy against a data set's ``footwear/ground_truth.json`` (``{"images": [{"path",
-    "shoe_id", "view", "type", "split", "best_view"}]}``) on shoes of ``splits`` (held out):
-    thumbnail accuracy = the chosen view is a best view; type accuracy = the type is right."""
-    raw = json.loads(Path(ground_truth).read_text())
-    rows = raw["images"] if isinstance(raw, dict) and "images" in raw else raw
-    try:
-        by_name = {Path(str(g["path"])).name: g for g in rows}
-    except (KeyError, TypeError) as e:
-        raise DataError(f"{ground_truth}: expected {{'images': [{{'path': ...}}]}}") from e
-    best_hits = type_hits = n = 0
-    for r in results:
-        g = by_name.get(Path(r.thumbnail).name)
-        if g is None or (splits and g.get("split") not in splits):
-            continue
-        n += 1
-        best_hits += bool(g.get("best_view"))
-        type_hits += g.get("type") == r.footwear_type
-    if n == 0:
-        raise DataError(f"none of the thumbnails appears in {ground_truth}")
-    return {"products": n, "thumbnail_accuracy": best_hits / n, "type_accuracy": type_hits / n}
-
-
 __all__ = [
     "AsyncThumbnailPipeline", "ThumbnailConfig", "ThumbnailPipeline", "ThumbnailResult", "ViewScore", "decide",
-    "evaluate", "find_products", "write_outputs",
+    "find_products", "write_outputs",
 ]

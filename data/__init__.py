@@ -6,7 +6,8 @@ Modules (imported on demand; none is imported here, so ``import lookserve.data``
   ``generate(out_dir, config, seed) -> Path``, ``bench_street(...)``;
 * :mod:`lookserve.data.render` — the procedural drawing (products, street scenes, shoe views);
 * :mod:`lookserve.data.street2shop` — ``load(root) -> Street2Shop`` for generated or real data;
-* :mod:`lookserve.data.footwear` — ``load_views(root)``;
+* :mod:`lookserve.data.footwear` — ``load_views(root)``, ``read_ground_truth(root)`` (the one reader
+  of ``footwear/ground_truth.json``);
 * :mod:`lookserve.data.download` — ``download(root, DownloadConfig)``, ``select_pairs(root)``;
 * :mod:`lookserve.data.preview` — ``write_previews(data, out)``;
 * :mod:`lookserve.data.difficulty` — ``colour_baseline(root)``;

@@ -28,6 +28,7 @@ from PIL import Image
 from lookserve.data import footwear, street2shop
 from lookserve.errors import CatalogError, DataError, InvalidInputError
 from lookserve.images import DecodeLimits, decode_image, to_rgb
+from lookserve.taxonomy import FOOTWEAR_TYPES, VIEWS
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True, database=None)
@@ -350,8 +351,10 @@ def _load_fw_or_data_error(root: Path, text: str) -> None:
     views = _load_with(root / "footwear" / "ground_truth.json", text, _GT, lambda: footwear.load_views(root), DataError)
     if views is None:
         return
-    for v in views["s1"]:  # what loads carries a known view and type
-        assert v.view is None or isinstance(v.view, str)
+    assert [v.rel for v in views["s1"]] == ["views/s1/a.jpg", "views/s1/b.jpg"]
+    for v in views["s1"]:  # what loads carries a known view and type, a split and a true/false best view
+        assert v.view in VIEWS and v.type in FOOTWEAR_TYPES, (v.view, v.type)
+        assert isinstance(v.split, str) and isinstance(v.best_view, bool), (v.split, v.best_view)
 
 
 @FUZZ

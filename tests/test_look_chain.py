@@ -419,8 +419,8 @@ def test_look_cli_writes_json_and_png_when_catalog_is_built_by_cli(served, tmp_p
     assert res.exit_code == 1 and "bad.jpg is truncated or corrupt" in res.output
 
 
-def test_look_evaluation_counts_hits_when_run_on_street2shop_pairs(served, tmp_path: Path) -> None:
-    from lookserve.client.look import evaluate_pairs
+def test_look_evaluation_counts_hits_only_on_overlapping_items_when_run_on_street2shop_pairs(served, tmp_path: Path) -> None:
+    from lookserve.client.evaluation import evaluate_pairs
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
@@ -430,23 +430,48 @@ def test_look_evaluation_counts_hits_when_run_on_street2shop_pairs(served, tmp_p
     for r in served["records"]:  # shop photos: ids 1000+
         Image.open(r.path).save(root / "images" / f"{r.product_id + 900}.png")
         lines.append(f"{r.product_id + 900},images/{r.product_id + 900}.png")
-    street_a = street_photo([(230, "tops")], seed=31)  # detected as tops
+    street_a = street_photo([(230, "tops"), (220, "hats")], seed=31)  # detected: tops (slot 0), hats (slot 1)
     street_b = street_photo([], seed=32)  # nothing detected
     for pid, img in ((1, street_a), (2, street_b)):
         Image.fromarray(img).save(root / "images" / f"{pid}.png")
         lines.append(f"{pid},images/{pid}.png")
     (root / "photos" / "photos.txt").write_text("\n".join(lines) + "\n")
-    bbox = {"left": 0, "top": 0, "width": 10, "height": 10}
+    x1, y1, x2, y2 = (BOXES[0] - np.array([0, PAD_Y, 0, PAD_Y])).tolist()  # slot 0's box in photo pixels
+    tops_box = {"left": x1, "top": y1, "width": x2 - x1, "height": y2 - y1}
+    far_box = {"left": 0, "top": 0, "width": 10, "height": 10}  # slot 1 (hats) is at (20, 8, 60, 38): IoU 0
     want_ids = _expected(served, street_a, [0])[0]["ids"]
     target = want_ids[2]  # a product the chain ranks third
     for category in ("tops", "bags", "hats"):
         (root / "meta" / "json" / f"retrieval_{category}.json").write_text(json.dumps(
             [{"product": r.product_id, "photo": r.product_id + 900} for r in served["records"] if r.category == category]))
-    (root / "meta" / "json" / "test_pairs_tops.json").write_text(json.dumps([{"photo": 1, "product": target, "bbox": bbox}]))
-    (root / "meta" / "json" / "test_pairs_bags.json").write_text(json.dumps([{"photo": 2, "product": 112, "bbox": bbox}]))
+    (root / "meta" / "json" / "test_pairs_tops.json").write_text(json.dumps([{"photo": 1, "product": target, "bbox": tops_box}]))
+    hats_product = next(r.product_id for r in served["records"] if r.category == "hats")
+    (root / "meta" / "json" / "test_pairs_hats.json").write_text(json.dumps([{"photo": 1, "product": hats_product, "bbox": far_box}]))
+    (root / "meta" / "json" / "test_pairs_bags.json").write_text(json.dumps([{"photo": 2, "product": 112, "bbox": far_box}]))
     with TritonClient(served["server"].grpc_url) as client:
         figures = evaluate_pairs(_pipeline(client, served), root, "test", concurrency=2)
-    assert figures["pairs"] == 2 and figures["street_photos"] == 2 and figures["failed_photos"] == 0
-    assert figures["detected"] == 0.5 and figures["top1_accuracy"] == 0.0 and figures["top6_accuracy"] == 0.5
+    assert figures["pairs"] == 3 and figures["street_photos"] == 2 and figures["failed_photos"] == 0
+    assert figures["detected_category_only"] == pytest.approx(2 / 3)  # tops and hats kept
+    assert figures["detected"] == pytest.approx(1 / 3)  # but only tops where the ground truth is
+    assert figures["top1_accuracy"] == 0.0 and figures["top6_accuracy"] == pytest.approx(1 / 3)
     assert figures["per_category"]["tops"]["top6_accuracy"] == 1.0
+    assert figures["per_category"]["hats"] == {"pairs": 1, "detected": 0.0, "detected_category_only": 1.0,
+                                               "top1_accuracy": 0.0, "top6_accuracy": 0.0,
+                                               "chance_top1": 1 / 6, "chance_top6": 1.0}  # 6 hats in the catalog
     assert figures["per_category"]["bags"]["detected"] == 0.0
+    assert figures["chance_top1"] == pytest.approx((1 / 12 + 1 / 6 + 1 / 8) / 3)
+    # the CLI prints the same figures, as JSON or as a table with a row per category and one for all
+    from typer.testing import CliRunner
+
+    from lookserve.cli import app
+
+    args = ["eval", "look", str(root), "--catalog", str(served["catalog"]), "--url", served["server"].grpc_url]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads(json.dumps(figures))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.split("│")[1:-1]] for line in res.stdout.splitlines())
+            if len(r) == 8}
+    assert rows["hats"] == ["1", "0.000", "1.000", "0.000", "0.167", "0.000", "1.000"], res.stdout
+    assert rows["all"][:3] == ["3", "0.333", "0.667"], res.stdout

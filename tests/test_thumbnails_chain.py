@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from lookserve.client.thumbnails import (
     AsyncThumbnailPipeline,
     ThumbnailPipeline,
     decide,
-    evaluate,
     find_products,
 )
 from lookserve.errors import ContractMismatch, InvalidInputError
@@ -142,6 +142,43 @@ def test_thumbnails_cli_writes_csv_json_and_sheet_when_given_a_folder(tmp_path: 
     assert (out / "contact_sheet.png").stat().st_size > 1000
 
 
+@pytest.mark.triton
+def test_eval_thumbnails_cli_prints_accuracy_beside_baselines_when_given_a_data_set(tmp_path: Path, repo: Path,
+                                                                                   triton_factory, rng) -> None:
+    from lookserve.cli import app
+
+    data = tmp_path / "data"
+    views_dir = _views(data / "footwear" / "views", rng, products=4)
+    model = repo / "view_classifier" / "1" / "model.onnx"
+    truth = []
+    for i, (name, views) in enumerate(find_products(views_dir).items()):
+        want = _expected(model, name, views)
+        best = Path(want.thumbnail).name if i != 2 else next(v.name for v in views if v.name != Path(want.thumbnail).name)
+        others = iter(["back", "left", "right", "sole"])
+        for v in views:  # the one best view is the front; shoe02's is not the one the model picks
+            truth.append({"path": f"views/{name}/{v.name}", "shoe_id": name, "view": "front" if v.name == best else next(others),
+                          "type": want.footwear_type, "split": "train" if i == 3 else "test", "best_view": v.name == best})
+    (data / "footwear" / "ground_truth.json").write_text(json.dumps({"images": truth}))
+    server = triton_factory(repo, models=["view_classifier"])
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "thumbnails", str(data), "--url", server.grpc_url, "--json"])
+    assert res.exit_code == 0, res.output
+    figures = json.loads(res.stdout)
+    assert figures == {"products": 3, "thumbnail_accuracy": pytest.approx(2 / 3), "thumbnail_baseline_random": pytest.approx(0.2),
+                       "thumbnail_baseline_no_back_sole": pytest.approx(1 / 3), "type_accuracy": 1.0,
+                       "type_baseline_majority": pytest.approx(max(Counter(_types(truth)).values()) / 3),
+                       "failed_products": 0}
+    res = runner.invoke(app, ["eval", "thumbnails", str(data), "--url", server.grpc_url])
+    assert res.exit_code == 0, res.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in res.stdout.splitlines() if line.count("│") == 5]
+    assert rows[:2] == [["thumbnail is a best view", "0.667", "random view", "0.200"],
+                        ["", "", "never back or sole", "0.333"]], res.stdout
+
+
+def _types(truth: list[dict]) -> list[str]:
+    return [t["type"] for t in truth if t["split"] == "test" and t["view"] == "front"]
+
+
 def test_decide_picks_highest_best_view_and_mean_type_when_given_outputs() -> None:
     tp = np.zeros((3, 6), np.float32)
     tp[0, 5], tp[1, 0], tp[2, 0] = 1.0, 0.6, 0.6
@@ -151,22 +188,6 @@ def test_decide_picks_highest_best_view_and_mean_type_when_given_outputs() -> No
     assert r.type_probability == pytest.approx(0.6)
     with pytest.raises(ContractMismatch):
         decide("s", ["a", "b"], tp, np.array([0.1, 0.2]), "3")
-
-
-def test_evaluate_scores_held_out_shoes_when_given_ground_truth(tmp_path: Path) -> None:
-    gt = {"images": [
-        {"path": "views/s1/a.jpg", "shoe_id": "s1", "view": "front", "type": "zip", "split": "test", "best_view": True},
-        {"path": "views/s1/b.jpg", "shoe_id": "s1", "view": "sole", "type": "zip", "split": "test", "best_view": False},
-        {"path": "views/s2/c.jpg", "shoe_id": "s2", "view": "sole", "type": "buckle", "split": "test", "best_view": False},
-        {"path": "views/s3/d.jpg", "shoe_id": "s3", "view": "front", "type": "buckle", "split": "train", "best_view": True},
-    ]}
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
-    tp = np.eye(6, dtype=np.float32)[[5]]
-    results = [decide("s1", ["/x/a.jpg"], tp, np.array([0.9]), "1"),
-               decide("s2", ["/x/c.jpg"], tp, np.array([0.9]), "1"),
-               decide("s3", ["/x/d.jpg"], tp, np.array([0.9]), "1")]
-    figures = evaluate(results, tmp_path / "gt.json")
-    assert figures == {"products": 2, "thumbnail_accuracy": 0.5, "type_accuracy": 0.5}
 
 
 def test_thumbnail_prepare_refuses_when_product_has_no_views() -> None:

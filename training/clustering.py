@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from lookserve.data.footwear import ViewTruth, shoes_in_splits
+from lookserve.data.footwear import read_ground_truth as read_ground_truth
 from lookserve.errors import ConfigError, DataError, InvalidInputError
 from lookserve.taxonomy import FOOTWEAR_TYPES, VIEWS
 from lookserve.training.common import (
@@ -49,7 +51,8 @@ GROUND_TRUTH_NAMING = "ground-truth (evaluation only)"
 
 
 # --------------------------------------------------------------------------------------------
-# data: DIR/footwear/views/<shoe>/<name>.jpg and DIR/footwear/ground_truth.json
+# data: DIR/footwear/views/<shoe>/<name>.jpg and DIR/footwear/ground_truth.json (read by
+# lookserve.data.footwear, the one reader of that file: ViewTruth and read_ground_truth come from it)
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ViewImages:
@@ -60,17 +63,6 @@ class ViewImages:
     paths: list[str]  # relative to DIR/footwear
 
 
-@dataclass(frozen=True)
-class ViewTruth:
-    """Generated ground truth of one image (never used for training)."""
-
-    shoe: str
-    view: str
-    type: str
-    split: str
-    best: bool
-
-
 def list_view_files(root: str | os.PathLike) -> list[tuple[str, Path]]:
     """(shoe id, path) of every view image, sorted (file names reveal nothing)."""
     views = Path(root) / "footwear" / "views"
@@ -79,37 +71,6 @@ def list_view_files(root: str | os.PathLike) -> list[tuple[str, Path]]:
     out = [(p.parent.name, p) for p in sorted(views.glob("*/*.jpg"))]
     if not out:
         raise DataError(f"no view images under {views}")
-    return out
-
-
-def read_ground_truth(root: str | os.PathLike) -> dict[str, ViewTruth]:
-    """``footwear/ground_truth.json`` keyed by the image path relative to ``footwear/``."""
-    path = Path(root) / "footwear" / "ground_truth.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"missing {path}") from e
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from e
-    records: list[tuple[str, dict[str, Any]]]
-    if isinstance(doc, dict) and "images" in doc:
-        doc = doc["images"]
-    if isinstance(doc, dict):
-        records = list(doc.items())
-    elif isinstance(doc, list):
-        records = [(r.get("path") or r.get("image") or r.get("file"), r) for r in doc]
-    else:
-        raise DataError(f"{path}: expected a JSON object or list, got {type(doc).__name__}")
-    out: dict[str, ViewTruth] = {}
-    for key, r in records:
-        if not key:
-            raise DataError(f"{path}: a record has no image path: {str(r)[:120]}")
-        rel = _rel_key(key)
-        try:
-            best = r.get("best_view", r.get("is_best", r.get("best")))
-            out[rel] = ViewTruth(str(r["shoe_id"] if "shoe_id" in r else r["shoe"]), r["view"], r["type"], r["split"], bool(best))
-        except KeyError as e:
-            raise DataError(f"{path}: record for {key} lacks field {e}") from e
     return out
 
 
@@ -135,8 +96,7 @@ def load_view_images(root: str | os.PathLike, shoes: set[str] | None = None) -> 
 
 def shoes_in_split(root: str | os.PathLike, split: str | tuple[str, ...]) -> set[str]:
     """Shoe ids of a split — read from the ground truth, which tells only the split here."""
-    splits = (split,) if isinstance(split, str) else split
-    return {t.shoe for t in read_ground_truth(root).values() if t.split in splits}
+    return shoes_in_splits(root, split)
 
 
 # --------------------------------------------------------------------------------------------
