@@ -28,14 +28,10 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from lookserve import errors
+from lookserve.keys import KEY_ENVVAR, RESTRICTED_HEADER
 from lookserve.modelconfig import ModelConfig, triton_dtype
 
 log = logging.getLogger(__name__)
-
-#: gRPC metadata header that carries the restricted-protocol key (the launcher's key name,
-#: prefixed by Triton with ``triton-grpc-protocol-``).
-RESTRICTED_KEY_NAME = "lookserve-admin-key"
-RESTRICTED_HEADER = f"triton-grpc-protocol-{RESTRICTED_KEY_NAME}"
 
 _STATUS_TO_ERROR: dict[grpc.StatusCode, type[errors.ServerError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.ServerUnavailable,
@@ -61,7 +57,7 @@ _ADVICE: dict[type[errors.ServerError], str] = {
     errors.DeadlineExceeded: "the server is overloaded or the deadline too short (--timeout)",
     errors.ModelNotFound: "load it first (lookserve models list / promote) or check the name and version",
     errors.InvalidRequest: "the request does not match the model's inputs (see its metadata)",
-    errors.PermissionDenied: "this call needs the repository key (LOOKSERVE_REPOSITORY_KEY)",
+    errors.PermissionDenied: f"this call needs the repository key ({KEY_ENVVAR} or --key-file)",
     errors.InternalServerError: "see the server log",
 }
 
@@ -102,6 +98,27 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_s, self.base_s * (2**attempt)))
 
 
+def check_url(url: str) -> str:
+    """Refuse a gRPC address that is not ``host:port`` (no scheme, no path, a port 1-65535).
+
+    Raises :class:`~lookserve.errors.InvalidInputError` at once, before any connection attempt:
+    ``http://host:port`` or ``host`` alone would otherwise only fail after a deadline.
+    """
+    problem = None
+    host, sep, port = url.rpartition(":")
+    if "://" in url:
+        problem = f"it has a scheme ({url.split('://', 1)[0]}://); gRPC wants host:port, e.g. 127.0.0.1:8001"
+    elif "/" in url:
+        problem = "it has a path; gRPC wants host:port, e.g. 127.0.0.1:8001"
+    elif not sep or not host:
+        problem = "it is not host:port, e.g. 127.0.0.1:8001"
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        problem = f"its port {port!r} is not a number from 1 to 65535"
+    if problem:
+        raise errors.InvalidInputError(f"server address {url!r} is malformed: {problem}")
+    return url
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     url: str = "127.0.0.1:8001"
@@ -112,6 +129,9 @@ class ClientOptions:
     root_certificates: str | None = None
     private_key: str | None = None
     certificate_chain: str | None = None
+
+    def __post_init__(self) -> None:
+        check_url(self.url)
 
     def __repr__(self) -> str:  # never show the key
         key = "***" if self.repository_key else None
@@ -173,6 +193,8 @@ class _Core:
                 datatype = triton_dtype(array.dtype)
             except errors.ConfigError as e:
                 raise errors.InvalidInputError(f"input {name!r}: {e}") from e
+            if datatype == "STRING":  # bytes elements travel as KServe v2 BYTES
+                datatype = "BYTES"
             tensor = module.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             built.append(tensor)
@@ -236,6 +258,19 @@ class _Core:
             )
         self._verified.add((expected.name, version))
 
+    def _unreachable(self, error: BaseException) -> errors.ServerUnavailable:
+        code = status_code(error)
+        return errors.ServerUnavailable(
+            f"nothing answers at {self.url} ({code.name if code else 'no status'}: connection refused or no route); "
+            "is tritonserver running there? (lookserve serve; --url/-u or LOOKSERVE_URL sets the address)"
+        )
+
+    def _not_ready(self, deadline_s: float) -> errors.ServerUnavailable:
+        return errors.ServerUnavailable(
+            f"server at {self.url} answers but was not ready within {deadline_s:.0f} s (models still loading?); "
+            "see the server log"
+        )
+
     def _diagnosis(self, error: BaseException, what: str, live: bool | None, restricted: bool) -> errors.ServerError:
         mapped = map_error(error, what)
         if isinstance(mapped, errors.ServerUnavailable) and live:
@@ -245,7 +280,7 @@ class _Core:
                 return errors.PermissionDenied(
                     f"{what} was refused: the server at {self.url} restricts this protocol and "
                     f"{'the key sent is wrong' if self.options.repository_key else 'no key was sent'}; "
-                    "pass the repository key (LOOKSERVE_REPOSITORY_KEY)"
+                    f"pass the repository key ({KEY_ENVVAR} or --key-file)"
                 )
             return errors.ModelNotReady(f"{what} failed: the server is up but the model is not ready ({mapped})")
         return mapped
@@ -285,20 +320,28 @@ class TritonClient(_Core):
     def is_live(self) -> bool:
         return self._live_quietly()
 
-    def wait_ready(self, deadline_s: float = 30.0) -> None:
-        """Block until the server is live and ready, or raise ServerUnavailable."""
-        end = time.monotonic() + deadline_s
+    def wait_ready(self, deadline_s: float = 30.0, connect_grace_s: float = 1.0) -> None:
+        """Block until the server is live and ready, or raise ServerUnavailable.
+
+        A server that answers but is not ready yet (models loading) is waited for up to
+        ``deadline_s``; an address where nothing answers at all (connection refused, no route)
+        fails after ``connect_grace_s``, so a wrong ``--url`` is reported in about a second.
+        """
+        start = time.monotonic()
+        end = start + deadline_s
         last: BaseException | None = None
+        answered = False
         while time.monotonic() < end:
             try:
                 if self._client.is_server_ready(client_timeout=min(2.0, max(0.1, end - time.monotonic()))):
                     return
+                answered = True
             except (InferenceServerException, grpc.RpcError) as e:
                 last = e
+                if not answered and time.monotonic() - start >= connect_grace_s:
+                    raise self._unreachable(e) from e
             time.sleep(0.1)
-        raise errors.ServerUnavailable(
-            f"server at {self.url} not ready within {deadline_s:.0f} s; is tritonserver running? (lookserve serve)"
-        ) from last
+        raise (self._not_ready(deadline_s) if answered or last is None else self._unreachable(last)) from last
 
     def wait_model_ready(self, name: str, deadline_s: float = 60.0, version: str = "") -> None:
         end = time.monotonic() + deadline_s
@@ -437,17 +480,23 @@ class AsyncTritonClient(_Core):
         except (InferenceServerException, grpc.RpcError):
             return False
 
-    async def wait_ready(self, deadline_s: float = 30.0) -> None:
-        end = time.monotonic() + deadline_s
+    async def wait_ready(self, deadline_s: float = 30.0, connect_grace_s: float = 1.0) -> None:
+        """The asyncio twin of :meth:`TritonClient.wait_ready`."""
+        start = time.monotonic()
+        end = start + deadline_s
         last: BaseException | None = None
+        answered = False
         while time.monotonic() < end:
             try:
-                if await self._client.is_server_ready(client_timeout=2.0):
+                if await self._client.is_server_ready(client_timeout=min(2.0, max(0.1, end - time.monotonic()))):
                     return
+                answered = True
             except (InferenceServerException, grpc.RpcError) as e:
                 last = e
+                if not answered and time.monotonic() - start >= connect_grace_s:
+                    raise self._unreachable(e) from e
             await asyncio.sleep(0.1)
-        raise errors.ServerUnavailable(f"server at {self.url} not ready within {deadline_s:.0f} s") from last
+        raise (self._not_ready(deadline_s) if answered or last is None else self._unreachable(last)) from last
 
     async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         meta = await self._call(

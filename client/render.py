@@ -20,8 +20,9 @@ from lookserve.images import decode_image, paste_mask
 
 log = logging.getLogger(__name__)
 
-_COLOURS = [(0.89, 0.10, 0.11), (0.22, 0.49, 0.72), (0.30, 0.69, 0.29), (0.60, 0.31, 0.64), (1.0, 0.5, 0.0),
-            (0.65, 0.34, 0.16), (0.97, 0.51, 0.75), (0.4, 0.4, 0.4), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)]
+#: The colour of item n is COLOURS[n % len(COLOURS)] (RGB in 0..1): masks, boxes and rows agree.
+COLOURS = [(0.89, 0.10, 0.11), (0.22, 0.49, 0.72), (0.30, 0.69, 0.29), (0.60, 0.31, 0.64), (1.0, 0.5, 0.0),
+           (0.65, 0.34, 0.16), (0.97, 0.51, 0.75), (0.4, 0.4, 0.4), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)]
 
 
 def _pyplot():
@@ -61,7 +62,7 @@ def overlay(image: np.ndarray, result, alpha: float = 0.45) -> np.ndarray:
         if d.mask is None:
             continue
         m = paste_mask(d.mask, np.array(d.box), w, h)
-        colour = np.array(_COLOURS[n % len(_COLOURS)], np.float32) * 255
+        colour = np.array(COLOURS[n % len(COLOURS)], np.float32) * 255
         out[m] = (1 - alpha) * out[m] + alpha * colour
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -81,7 +82,7 @@ def render_look(result, image, catalog, path: str | os.PathLike, k: int | None =
     ax.imshow(overlay(photo, result))
     for n, item in enumerate(items):
         d = item.detection
-        colour = _COLOURS[n % len(_COLOURS)]
+        colour = COLOURS[n % len(COLOURS)]
         x1, y1, x2, y2 = d.box
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2))
         ax.text(x1, y1, f"{d.category} {d.score:.2f}", color="white", fontsize=8, va="bottom",
@@ -92,7 +93,7 @@ def render_look(result, image, catalog, path: str | os.PathLike, k: int | None =
     if not items:
         ax.text(0.5, -0.05, "no garment detected", transform=ax.transAxes, ha="center", fontsize=10)
     for r, item in enumerate(items):
-        colour = _COLOURS[r % len(_COLOURS)]
+        colour = COLOURS[r % len(COLOURS)]
         for c in range(k):
             sub = fig.add_subplot(grid[r, c + 2])
             sub.axis("off")

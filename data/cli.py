@@ -14,19 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lookserve.cliutil import fail, stdout_console
+
 app = typer.Typer(no_args_is_help=True, help="Generate, load, download and preview street2shop-format data.")
 
 
 def _console() -> Console:
-    return Console()
-
-
-def _fail(e: Exception) -> None:
-    from rich.markup import escape
-
-    # the message quotes file names and JSON values: print it as text, not as markup
-    Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, markup=True, highlight=False)
-    raise typer.Exit(2)
+    return stdout_console()
 
 
 @app.command()
@@ -47,6 +41,8 @@ def synth(
     from lookserve.data import synth as S
     from lookserve.errors import LookserveError
 
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        fail(f"{out} exists and is not empty; pass --overwrite to replace it")
     try:
         config = S.SynthConfig.preset(preset)
         over = {k: v for k, v in {"n_products": n_products, "n_street": n_street, "n_shoes": n_shoes,
@@ -54,7 +50,7 @@ def synth(
         config = dataclasses.replace(config, **over)
         root = S.generate(out, config, seed, overwrite=overwrite, progress=True, workers=workers)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     info = json.loads((root / "dataset.json").read_text())
     t = Table(title=f"{root} (seed {seed}, preset {preset})")
     t.add_column("what")
@@ -108,7 +104,7 @@ def info(data: Path = typer.Option(..., "--data", help="Data set root (street2sh
     try:
         ds = street2shop.load(data)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     s = ds.summary()
     t = Table(title=f"{data}")
     t.add_column("category")
@@ -136,7 +132,7 @@ def preview(
     try:
         files = P.write_previews(data, out, n, fmt)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     for f in files:
         _console().print(f"wrote {f}")
 
@@ -174,7 +170,7 @@ def download(
             c.print(f"usable pairs: {s['pairs']} ({s['street_photos']} street photos); "
                     f"{s['missing_rows']} rows skipped for missing images; written to {data / D.USABLE}")
     except LookserveError as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command()
@@ -191,7 +187,7 @@ def difficulty(
     try:
         res = Dif.colour_baseline(data, split, k)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     t = Table(title=f"colour-histogram street→shop retrieval, {split} pairs of {data}")
     t.add_column("metric")
     t.add_column("value", justify="right")

@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import stat
 import threading
 from pathlib import Path
 
 import typer
 
+from lookserve.cliutil import fail, handle_errors
+from lookserve.errors import ServerError
+from lookserve.keys import KEY_ENVVAR, KeyFile, key_file_for
+
 app = typer.Typer(no_args_is_help=True)
 log = logging.getLogger(__name__)
 
-DEFAULT_KEY_FILE = Path(".lookserve/repository.key")
-
-
-def write_key_file(path: Path, key: str) -> None:
-    """Write the repository key readable by the owner only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    os.replace(tmp, path)
-
-
-def read_key(key_file: Path | None = None) -> str | None:
-    """The repository key from LOOKSERVE_REPOSITORY_KEY or the key file, if any."""
-    if os.environ.get("LOOKSERVE_REPOSITORY_KEY"):
-        return os.environ["LOOKSERVE_REPOSITORY_KEY"]
-    path = key_file or DEFAULT_KEY_FILE
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
 
 @app.command()
+@handle_errors
 def serve(
     model_repository: Path = typer.Option(Path("model_repository"), "--model-repository", "-r", help="Triton model repository."),
     grpc_address: str = typer.Option("127.0.0.1", help="Address gRPC binds to. Keep 127.0.0.1 unless a gateway fronts it."),
@@ -50,10 +30,12 @@ def serve(
     load_model: list[str] = typer.Option([], "--load-model", "-m", help="Model to load at start (repeatable; '*' = all)."),
     model_config_name: str | None = typer.Option(None, help="Config variant: <model>/configs/<NAME>.pbtxt, e.g. gpu."),
     repository_key: str | None = typer.Option(
-        None, envvar="LOOKSERVE_REPOSITORY_KEY", show_envvar=True,
+        None, envvar=KEY_ENVVAR, show_envvar=True,
         help="Key guarding the model-repository, shared-memory, logging and trace protocols (random if unset).",
     ),
-    key_file: Path = typer.Option(DEFAULT_KEY_FILE, help="Where the key is written (mode 0600) for local clients."),
+    key_file: Path | None = typer.Option(
+        None, help="Where the key is written (mode 0600) for local clients; default .lookserve/<host>-<port>.key, "
+                   "the file `lookserve models --url host:port` reads. Refused while another server holds it."),
     no_restrict: bool = typer.Option(False, "--no-restrict", help="Do not restrict any protocol (never in production)."),
     exit_timeout: int = typer.Option(30, help="Seconds in-flight requests get to finish on SIGINT/SIGTERM."),
     ready_timeout: float = typer.Option(180.0, help="Seconds to wait for the server and its models to be ready."),
@@ -68,50 +50,59 @@ def serve(
     python-based onnxruntime backend, and run until Ctrl-C / SIGTERM, then drain in-flight requests."""
     from lookserve.server.launcher import ServerOptions, TritonServer
 
-    options = ServerOptions(
-        model_repository=model_repository,
-        grpc_address=grpc_address,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        metrics_port=metrics_port,
-        model_control=model_control,
-        load_models=tuple(load_model),
-        model_config_name=model_config_name,
-        repository_key=repository_key,
-        restrict_protocols=not no_restrict,
-        exit_timeout_s=exit_timeout,
-        ready_timeout_s=ready_timeout,
-        log_file=log_file,
-        log_verbose=log_verbose,
-        ssl_cert=ssl_cert,
-        ssl_key=ssl_key,
-        ssl_root_cert=ssl_root_cert,
-    )
+    try:
+        options = ServerOptions(
+            model_repository=model_repository,
+            grpc_address=grpc_address,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            model_control=model_control,
+            load_models=tuple(load_model),
+            model_config_name=model_config_name,
+            repository_key=repository_key,
+            restrict_protocols=not no_restrict,
+            exit_timeout_s=exit_timeout,
+            ready_timeout_s=ready_timeout,
+            log_file=log_file,
+            log_verbose=log_verbose,
+            ssl_cert=ssl_cert,
+            ssl_key=ssl_key,
+            ssl_root_cert=ssl_root_cert,
+        )
+    except ValueError as e:  # an inconsistent combination of options
+        fail(str(e))
     server = TritonServer(options)
+    key = KeyFile(key_file or key_file_for(server.grpc_url)) if options.restrict_protocols else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    if options.restrict_protocols:
-        write_key_file(key_file, server.repository_key)
-    typer.echo(f"tritonserver ready: grpc {server.grpc_url} (pid {server.pid}); log {server.log_file}")
-    if options.restrict_protocols:
-        typer.echo(f"repository key written to {key_file} (mode 0600)")
     with contextlib.ExitStack() as stack:
-        if watchdog and options.restrict_protocols:
-            from lookserve.client.core import ClientOptions, TritonClient
-            from lookserve.server.watchdog import StubWatchdog
-
-            admin = stack.enter_context(TritonClient(ClientOptions(
-                url=server.grpc_url, repository_key=server.repository_key, ssl=bool(ssl_cert),
-                root_certificates=str(ssl_root_cert or ssl_cert) if ssl_cert else None,
-            )))
-            stack.enter_context(StubWatchdog(server.pid, admin))
+        if key is not None:
+            stack.enter_context(key)  # before the start: never overwrite the key of a live server
+        server.start()
         try:
-            while not stop.wait(1.0):
-                if not server.is_alive():
-                    typer.echo(f"tritonserver exited; log {server.log_file}", err=True)
-                    raise typer.Exit(1)
+            if key is not None:
+                key.write(server.repository_key)
+            typer.echo(f"tritonserver ready: grpc {server.grpc_url} (pid {server.pid}); log {server.log_file}")
+            if key is not None:
+                typer.echo(f"repository key written to {key.path} (mode 0600)")
+            with contextlib.ExitStack() as watching:
+                if watchdog and options.restrict_protocols:
+                    from lookserve.client.core import ClientOptions, TritonClient
+                    from lookserve.server.watchdog import StubWatchdog
+
+                    admin = watching.enter_context(TritonClient(ClientOptions(
+                        url=server.grpc_url, repository_key=server.repository_key, ssl=bool(ssl_cert),
+                        root_certificates=str(ssl_root_cert or ssl_cert) if ssl_cert else None,
+                    )))
+                    watching.enter_context(StubWatchdog(server.pid, admin))
+                while not stop.wait(1.0):
+                    if not server.is_alive():
+                        fail(ServerError(f"tritonserver exited while serving; log {server.log_file}"))
         finally:
             typer.echo("stopping: letting in-flight requests finish…")
-            server.stop()
+            code = server.stop()
+            kept = (f"log {server.log_file}" if server.log_file.exists()
+                    else "its temp work dir and log were removed (--log-file keeps a log)")
+            typer.echo(f"tritonserver stopped (exit code {code}); {kept}")

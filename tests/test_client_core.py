@@ -130,3 +130,44 @@ def test_retry_policy_delays_grow_and_stay_bounded_when_attempts_increase() -> N
     delays = [max(policy.delay(a, rng) for _ in range(200)) for a in range(5)]
     assert all(d <= 0.5 for d in delays)
     assert delays[0] <= 0.1 < delays[2]
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("http://127.0.0.1:8001", "it has a scheme (http://); gRPC wants host:port"),
+    ("grpc://127.0.0.1:8001", "it has a scheme (grpc://)"),
+    ("127.0.0.1:8001/v2", "it has a path"),
+    ("127.0.0.1", "it is not host:port"),
+    (":8001", "it is not host:port"),
+    ("127.0.0.1:99999", "its port '99999' is not a number from 1 to 65535"),
+    ("127.0.0.1:http", "its port 'http' is not a number"),
+], ids=["http-scheme", "grpc-scheme", "path", "no-port", "no-host", "port-range", "port-text"])
+def test_client_refuses_a_malformed_url_at_construction_when_it_is_not_host_port(url: str, fragment: str) -> None:
+    with pytest.raises(errors.InvalidInputError, match="is malformed") as caught:
+        TritonClient(url)
+    assert fragment in str(caught.value)
+
+
+def test_client_accepts_host_port_urls_when_well_formed() -> None:
+    for url in ("127.0.0.1:8001", "localhost:1", "[::1]:8001", "triton.internal:65535"):
+        assert ClientOptions(url=url).url == url
+
+
+def test_wait_ready_fails_in_about_a_second_naming_the_address_when_nothing_listens() -> None:
+    url = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with TritonClient(url) as client, pytest.raises(errors.ServerUnavailable, match=f"nothing answers at {url}"):
+        client.wait_ready(deadline_s=30)
+    assert time.monotonic() - start < 5  # the grace is 1 s; the 30 s deadline is for a server that answers
+
+
+def test_async_wait_ready_fails_in_about_a_second_when_nothing_listens() -> None:
+    url = f"127.0.0.1:{free_port()}"
+
+    async def main() -> None:
+        async with AsyncTritonClient(url) as client:
+            await client.wait_ready(deadline_s=30)
+
+    start = time.monotonic()
+    with pytest.raises(errors.ServerUnavailable, match="nothing answers"):
+        asyncio.run(main())
+    assert time.monotonic() - start < 5

@@ -28,6 +28,18 @@ def test_data_cli_generates_inspects_and_previews_when_preset_is_tiny(tmp_path):
 def test_data_cli_exits_2_with_the_problem_when_data_is_not_a_dataset(tmp_path):
     r = CliRunner().invoke(app, ["data", "info", "--data", str(tmp_path)])
     assert r.exit_code == 2 and "photos.txt is missing" in r.output
+    assert r.stderr.startswith("error: ") and r.stdout == ""  # plain text on stderr
+
+
+def test_data_synth_refuses_a_non_empty_folder_naming_the_cli_flag_when_overwrite_is_not_given(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep.txt").write_text("x")
+    r = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--preset", "tiny"])
+    assert r.exit_code == 2, r.output
+    assert r.stdout == ""
+    assert r.stderr == f"error: {tmp_path / 'd'} exists and is not empty; pass --overwrite to replace it\n"
+    assert "overwrite=True" not in r.output
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.txt"]
 
 
 def test_data_cli_imports_nothing_heavy_when_loaded():

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from lookserve import contracts
-from lookserve.client.core import RESTRICTED_HEADER
+from lookserve.keys import RESTRICTED_HEADER
 from tinymodels import projection_embedder, write_model
 
 pytestmark = pytest.mark.triton

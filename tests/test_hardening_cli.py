@@ -65,13 +65,18 @@ def test_thumbnails_cli_names_the_broken_view_and_keeps_the_other_products_when_
     broken = sorted((root / "shoe01").iterdir())[0]
     broken.write_bytes(broken.read_bytes()[:40])  # truncated PNG
     (root / "shoe02" / "huge.png").write_bytes(_encode(Image.new("L", (20_000, 2)), "PNG"))  # over the per-side limit
-    res = _cli("thumbnails", str(root), "--url", server.grpc_url, "--out", str(tmp_path / "out"), "--no-sheet")
+    out = tmp_path / "out"
+    res = _cli("thumbnails", str(root), "--url", server.grpc_url, "--out", str(out))
     assert res.exit_code == 1, res.output
-    text = " ".join(res.output.split())
-    assert f"{broken.name} is truncated or corrupt" in text
+    text = " ".join(res.stderr.split())
+    assert f"error: shoe01: {broken}" in text and f"{broken.name} is truncated or corrupt" in text
     assert "huge.png is 20000x2" in text and "decompression bomb" in text
-    rows = json.loads((tmp_path / "out" / "thumbnails.json").read_text())
+    assert res.stderr.splitlines()[-1] == "error: 2 of 3 products failed"
+    rows = json.loads((out / "thumbnails.json").read_text())
     assert [r["product"] for r in rows] == ["shoe00"]  # the intact product is still written
+    wrote = " ".join(res.stdout.split())  # every file written is named, the contact sheet too
+    assert f"wrote {out / 'thumbnails.csv'}, {out / 'thumbnails.json'}, {out / 'contact_sheet.png'}" in wrote
+    assert (out / "contact_sheet.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(

@@ -267,7 +267,7 @@ def _disk_full_in_np_save(monkeypatch) -> None:
         Path(file).write_bytes(b"\x93NUMPY partial")  # a partial write, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cat.np, "save", save)
+    monkeypatch.setattr(np, "save", save)
     assert real_save is not save
 
 
@@ -275,7 +275,7 @@ def _interrupt_before_switch(monkeypatch) -> None:
     def switch(new_dir, target):
         raise KeyboardInterrupt("interrupted just before the switch")
 
-    monkeypatch.setattr(cat, "switch_into_place", switch)
+    monkeypatch.setattr(cat.store, "switch_into_place", switch)
 
 
 @pytest.mark.parametrize(("fault", "raises"), [(_disk_full_in_np_save, OSError), (_interrupt_before_switch, KeyboardInterrupt)],

@@ -102,7 +102,7 @@ def test_server_finishes_inflight_requests_when_sent_sigterm(tmp_path: Path, tri
     assert code == 0
 
 
-def test_server_start_fails_with_log_tail_when_a_model_cannot_load(tmp_path: Path) -> None:
+def test_server_start_fails_naming_tritons_cause_from_its_log_when_a_model_cannot_load(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     config = ModelConfig("broken", (TensorSpec("x", "UINT8", (4,)),), (TensorSpec("y", "FP32", (4,)),))
     config.write(repo / "broken" / "config.pbtxt")
@@ -111,9 +111,59 @@ def test_server_start_fails_with_log_tail_when_a_model_cannot_load(tmp_path: Pat
     server = TritonServer(
         ServerOptions(repo, grpc_port=0, load_models=("broken",), work_dir=tmp_path / "w", ready_timeout_s=60)
     )
-    with pytest.raises(ServerStartError, match="broken"):
-        server.start()
+    with pytest.raises(ServerStartError, match="during start-up: .*failed to load 'broken' version 1: .*INVALID_PROTOBUF"):
+        server.start()  # the cause is read from Triton's log
     assert not server.is_alive()
+
+
+def test_server_start_refuses_without_starting_triton_when_the_grpc_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = TritonServer(ServerOptions(tmp_path, grpc_port=port, work_dir=tmp_path / "w"))
+        with pytest.raises(ServerStartError, match=f"gRPC port 127.0.0.1:{port} is already in use"):
+            server.start()
+    assert server.pid is None  # refused before any process was started
+
+
+def test_server_start_fails_with_tritons_cause_when_another_server_answers_on_its_port(
+    tmp_path: Path, triton_factory, monkeypatch
+) -> None:
+    first = triton_factory(_repo(tmp_path), models=["embedder"])
+    # Past the port check (as in a race with another process): the other server answers the
+    # readiness probe at once, but only the child's own readiness counts.
+    monkeypatch.setattr("lookserve.server.launcher.check_port_free", lambda *a, **k: None)
+    second = TritonServer(ServerOptions(tmp_path / "repo", grpc_port=first.grpc_port, work_dir=tmp_path / "w2",
+                                        ready_timeout_s=60))
+    with pytest.raises(ServerStartError, match="exited with code 1 during start-up: .*Address already in use"):
+        second.start()
+    assert first.is_alive()
+
+
+def test_server_stop_removes_its_temp_work_dir_when_triton_exits_cleanly(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    server = TritonServer(ServerOptions(_repo(tmp_path), grpc_port=0, load_models=("embedder",), exit_timeout_s=5))
+    server.start()
+    assert (server.work_dir / "backends").is_dir()
+    assert server.stop() == 0
+    assert not server.work_dir.exists()
+
+
+def test_log_errors_gives_each_error_message_first_line_unquoted_without_gpu_noise_when_parsing_a_log() -> None:
+    from lookserve.server.launcher import log_errors
+
+    text = (
+        "I1201 20:20:13.000001 77 server.cc:1] started\n"
+        'E1201 20:20:13.000002 77 pinned_memory_manager.cc:1] "CudaDriverHelper has not been initialized."\n'
+        'E1201 20:20:13.000003 77 model_lifecycle.cc:1] "failed to load \'m\' version 1: bad\\n\\nAt:\\n  x.py(1)"\n'
+        "E1201 20:20:13.000004 77 main.cc:1] UNKNOWN:Address already in use\n"
+    )
+    assert log_errors(text) == ["failed to load 'm' version 1: bad", "UNKNOWN:Address already in use"]
 
 
 def test_server_command_binds_loopback_and_hides_the_key_when_logged(tmp_path: Path) -> None:

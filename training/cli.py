@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
+
+from lookserve.cliutil import fail
 
 app = typer.Typer(no_args_is_help=True, help="Train the detector, the embedder and the view classifier.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate trained models on held-out data.")
@@ -46,9 +47,6 @@ def _retrieval_table(title: str, scores) -> Any:
     return t
 
 
-def _fail(e: Exception) -> None:
-    _console().print(f"[red]error:[/] {escape(str(e))}")
-    raise typer.Exit(2) from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def train_embedder(
                           "eval_split": eval_split, "eval": {k: vars(v) for k, v in scores.items()},
                           "total_seconds": round(time.monotonic() - t0, 1)})
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     c = _console()
     c.print(f"trained {res.steps} steps in {res.seconds:.0f} s ({cfg.mining}); weights in {out}")
     c.print(_retrieval_table(f"held-out ({eval_split} split) street→shop retrieval", scores))
@@ -135,7 +133,7 @@ def compare_mining(
             E.save(res, Path(out) / mining, {"seed": seed, "data": str(data), "machine": _machine(),
                                              "eval": {k: vars(v) for k, v in E.evaluate(res.model, eval_data).items()}})
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     t = Table(title="mining variants, same data/seed/steps; held-out (test split) overall")
     for col in ("mining", "steps", "seconds", "final_loss", "top1", "recall6", "recall20", "queries"):
         t.add_column(col)
@@ -163,7 +161,7 @@ def eval_embedder(
         model = E.load_model(weights)
         scores = E.evaluate(model, E.load_eval_data(data, gallery, split))
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     _console().print(_retrieval_table(f"held-out ({split} split) street→shop retrieval, gallery={gallery}", scores))
 
 
@@ -234,7 +232,7 @@ def train_views(
             pca_dims, types_from, eval_split, by_type, init,
         )
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     report["machine"] = _machine()
     _print_views(report)
     if "next" in report:
@@ -254,7 +252,7 @@ def eval_views(
     try:
         report = V.evaluate(data, weights, split)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     _print_views(report)
 
 
@@ -280,7 +278,7 @@ def train_detector(
         result = _train(data, out, seed=seed, size=size, steps=steps, max_minutes=max_minutes,
                         init_weights=init_weights)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     if result is not None:
         _console().print_json(json.dumps(result, default=str))
 
@@ -298,7 +296,7 @@ def eval_detector(
     try:
         result = _eval(data, weights, split)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     if result is not None:
         _console().print_json(json.dumps(result, default=str))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from lookserve.cliutil import fail, url_option, warn
 from lookserve.errors import LookserveError
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,14 @@ def streamlit_command(config, port: int = 8501, address: str = "127.0.0.1", verb
 def ui(
     catalog: Path | None = typer.Option(None, "--catalog", "-c", help="Catalog directory (lookserve catalog build; make demo: runs/demo/catalog)."),
     samples: Path | None = typer.Option(None, "--samples", "-s", help="Data set to pick samples from (make demo: runs/demo/data)."),
-    url: str = typer.Option("127.0.0.1:8001", "--url", "-u", envvar="LOOKSERVE_URL", help="Triton gRPC address."),
+    url: str = url_option(),
     port: int = typer.Option(8501, "--port", "-p", min=1, max=65535, help="Port of the web page."),
     address: str = typer.Option("127.0.0.1", "--address", help="Address the page binds to. Keep 127.0.0.1 unless a proxy fronts it."),
     model_repository: Path | None = typer.Option(None, "--model-repository", help="Served model repository: also check the embedder's model-file checksum."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Per-request deadline in seconds."),
 ) -> None:
     """The web page: shop the look and footwear thumbnails against a running Triton (lookserve serve)."""
+    from lookserve.client.core import check_url
     from lookserve.ui.logic import UiConfig
 
     level = logging.getLogger().getEffectiveLevel()  # lookserve -v / -vv: the page logs alike
@@ -67,13 +69,13 @@ def ui(
 
     for what, path in (("catalog", catalog), ("samples folder", samples)):
         if path is not None and not path.is_dir():
-            typer.echo(f"warning: {what} {path} does not exist; the page will say so", err=True)
+            warn(f"{what} {path} does not exist; the page will say so")
     try:
+        check_url(url)  # a malformed --url is refused here, not on the page
         config = UiConfig(url=url, catalog=catalog, samples=samples, model_repository=model_repository, timeout_s=timeout)
         argv, env = streamlit_command(config, port=port, address=address, verbose=verbose)
     except LookserveError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from e
+        fail(e)
     typer.echo(f"lookserve ui: open http://{address}:{port} (Triton at {url}; Ctrl-C stops)", err=True)
     log.info("running %s", " ".join(argv))
     sys.stdout.flush()

@@ -295,7 +295,7 @@ class LookView:
 def _palette():
     from lookserve.client import render
 
-    return render._COLOURS  # the colours render.overlay tints masks with, item by item
+    return render.COLOURS  # the colours render.overlay tints masks with, item by item
 
 
 def _hex(rgb: Sequence[float]) -> str:
@@ -373,9 +373,10 @@ def _existing(path: Path | None) -> Path | None:
 
 
 def run_look(services: Services, inp: ImageInput, min_score: float | None = None, k: int | None = None,
-             truth: Mapping[str, int] | None = None) -> LookView:
+             truth: Mapping[str, int] | None = None, catalog_filter: str | None = None) -> LookView:
     """Shop the look for one decoded input (``min_score``/``k`` override the chain's defaults;
-    ``truth``: category → the product the photo shows, to mark it among the matches)."""
+    ``truth``: category → the product the photo shows, to mark it among the matches;
+    ``catalog_filter``: only products whose attributes pass, e.g. ``price < 50 and in_stock``)."""
     if services.look is None:
         raise errors.CatalogError(services.look_error or "shop the look is not available")
     pipe = services.look
@@ -384,6 +385,9 @@ def run_look(services: Services, inp: ImageInput, min_score: float | None = None
         config = replace(config, filter=replace(config.filter, min_score=float(min_score)))
     if k is not None and k != config.k:
         config = replace(config, k=int(k))
+    catalog_filter = (catalog_filter or "").strip() or None
+    if catalog_filter != config.catalog_filter:
+        config = replace(config, catalog_filter=catalog_filter)  # a malformed filter raises FilterError here
     if config is not pipe.config:
         pipe = _with_config(pipe, config)
     result = pipe.run(inp.source)
