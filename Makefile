@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
+# pip -qq: errors only (pip on this kind of machine warns about absent local index folders, and
+# setuptools about editable installs in general); a failed install still stops make.
 # hnswlib compiles with -march=native unless HNSWLIB_NO_NATIVE=1; build it portable and
 # uncached, so a wheel built on one CPU is never reused on another.
 # The web page's browser test drives Debian's chromium (headless); installed when we may.
@@ -17,9 +19,18 @@ $(STAMP): pyproject.toml
 	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)); } || \
 	  echo "note: chromium not installed (not root or no apt-get): the browser test will be skipped"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
-	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install --quiet --no-cache-dir "hnswlib==0.8.0"
-	$(BIN)/pip install --quiet -e '.[all]'
+	$(BIN)/pip install -qq --upgrade pip wheel setuptools
+	HNSWLIB_NO_NATIVE=1 $(BIN)/pip install -qq --no-cache-dir "hnswlib==0.8.0"
+	$(BIN)/pip install -qq -e '.[all]'
+	@# perf_analyzer (bench --engine perf_analyzer): only the binary of the tritonclient 2.41.0
+	@# manylinux wheel (the project needs tritonclient >= 2.51); it links libb64.so.0d (Debian) and
+	@# libcudart.so.12 (the bench extra's nvidia-cuda-runtime-cu12, found by bench/perf_analyzer.py).
+	@ldconfig -p 2>/dev/null | grep -q libb64.so.0d || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q libb64-0d >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libb64-0d >/dev/null)); } || \
+	  echo "note: libb64-0d not installed (not root or no apt-get): perf_analyzer will not run"
+	$(BIN)/pip download -qq --no-deps --only-binary=:all: -d $(VENV)/cache/perf_analyzer "tritonclient==2.41.0"
+	$(BIN)/python -m lookserve.bench.perf_analyzer install $(VENV)/cache/perf_analyzer $(BIN)
 	touch $(STAMP)
 
 demo: install

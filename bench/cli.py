@@ -10,13 +10,14 @@ import shlex
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
+from lookserve.bench.report import DEFAULT_OUT
+from lookserve.cliutil import fail, stderr_console, url_option
 from lookserve.errors import LookserveError
 
 app = typer.Typer(no_args_is_help=True, help="Latency and throughput benchmarks.")
 
-OUT = typer.Option(Path("bench/results"), "--out", help="Directory for the JSON, Markdown and PNG outputs.")
+OUT = typer.Option(DEFAULT_OUT, "--out", help="Directory for the JSON, Markdown and PNG outputs.")
 
 
 def _console():
@@ -40,11 +41,6 @@ def _command_line(ctx: typer.Context) -> str:
         else:
             words += [param.opts[0], shlex.quote(str(value))]
     return " ".join(words)
-
-
-def _fail(e: LookserveError) -> None:
-    _console().print(f"[red]error:[/red] {escape(str(e))}")
-    raise typer.Exit(2) from e
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -86,17 +82,24 @@ def search(
     stem: str = typer.Option("search", "--stem", help="Output file name stem."),
 ) -> None:
     """hnswlib vs exact (numpy) vs faiss HNSW: recall@k, single/batched q/s, build time and memory."""
-    from lookserve.bench.search import SearchSpec, markdown, run_search_bench, write_search_report
+    from lookserve.bench.search import (
+        SearchSpec,
+        expected_time,
+        markdown,
+        run_search_bench,
+        write_search_report,
+    )
 
     try:
         spec = SearchSpec(n=n, dim=dim, queries=queries, k=k, efs=_ints(efs, "--efs"), m=m, ef_construction=ef_construction,
                           threads=threads, clusters=clusters, seed=seed,
                           engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
                           exact_single_queries=exact_single)
+        stderr_console().print(f"search bench: N={n:,}, engines {', '.join(spec.engines)}; {expected_time(spec)}")
         report = run_search_bench(spec)
         paths = write_search_report(report, out, stem=stem, command=_command_line(ctx))
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     c = _console()
     c.print(markdown(report))
     for p in paths:
@@ -104,7 +107,7 @@ def search(
 
 
 # --- load benches ---------------------------------------------------------------------------------
-URL = typer.Option("127.0.0.1:8001", "--url", help="Triton gRPC address (ignored with --repository).")
+URL = url_option(help="Triton gRPC address host:port, env LOOKSERVE_URL (ignored with --repository).")
 REPO = typer.Option(None, "--repository", help="Serve this model repository on a private tritonserver for the run.")
 CONFIG_NAME = typer.Option(None, "--model-config-name", help="With --repository: Triton config variant (configs/<NAME>.pbtxt).")
 MODE = typer.Option("closed", "--mode", help="closed (concurrency sweep), constant or poisson (open-loop rates).")
@@ -129,12 +132,29 @@ def _spec(mode: str, levels: str | None, duration: float, max_requests: int | No
 
 
 def _run_load(make_workload, url: str, repository: Path | None, config_name: str | None, models: list[str], spec,
-              variant: str, out: Path, stem: str, command: str) -> None:
-    """Run one sweep against ``url`` or a private server on ``repository``, write and print the report."""
+              variant: str, out: Path, stem: str, command: str, engine: str = "lookserve", batch_size: int = 1,
+              version: str = "") -> None:
+    """Run one sweep against ``url`` or a private server on ``repository``, write and print the report.
+
+    ``engine``: lookserve's load generator, perf_analyzer (``models[0]``, same load points), or
+    both interleaved level by level, with perf_analyzer/lookserve ratios."""
     import contextlib
 
-    from lookserve.bench.load import markdown, run_load, write_load_report
+    from lookserve.bench import perf_analyzer as pa_engine
+    from lookserve.bench.load import (
+        check_served,
+        compare,
+        compare_markdown,
+        markdown,
+        run_load,
+        write_load_report,
+    )
+    from lookserve.bench.report import atomic_write_json, atomic_write_text
     from lookserve.client.core import TritonClient
+
+    if engine not in pa_engine.ENGINES:
+        raise typer.BadParameter(f"--engine must be one of {', '.join(pa_engine.ENGINES)}, got {engine!r}")
+    pa = pa_engine.locate() if engine != "lookserve" else None  # a missing binary fails before any server starts
 
     with contextlib.ExitStack() as stack:
         if repository is not None:
@@ -149,14 +169,32 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
         client = stack.enter_context(TritonClient(url, timeout_s=spec.timeout_s))
         client.wait_ready(deadline_s=30)
         for m in models:
+            check_served(client, m)  # an unknown name is answered at once, with the served ones
             client.wait_model_ready(m, deadline_s=60)
-        workload = make_workload(client)
-        report = run_load(client, workload, spec, variant=variant or (config_name or ""))
-    paths = write_load_report(report, out, stem, command=command)
+        label = variant or (config_name or "")
+        if engine == "perf_analyzer":
+            reports = {"": pa_engine.run_perf_analyzer(models[0], url, spec, batch_size=batch_size, version=version,
+                                                       variant=label, pa=pa)}
+        elif engine == "both":
+            ours, theirs = pa_engine.run_interleaved(client, make_workload(client), models[0], url, spec,
+                                                     batch_size=batch_size, version=version, variant=label, pa=pa)
+            reports = {"_lookserve": ours, "_perf_analyzer": theirs}
+        else:
+            reports = {"": run_load(client, make_workload(client), spec, variant=label)}
     c = _console()
-    c.print(markdown(report))
-    for p in paths:
-        c.print(f"wrote {p}")
+    for suffix, report in reports.items():
+        c.print(markdown(report))
+        for p in write_load_report(report, out, stem + suffix, command=command):
+            c.print(f"wrote {p}")
+    if engine == "both":
+        cmp = compare(reports["_lookserve"], reports["_perf_analyzer"])
+        md = ("# perf_analyzer (B) vs lookserve bench (A), interleaved level by level\n\n" + compare_markdown(cmp)
+              + "\nperf_analyzer commands:\n\n" + "\n".join(f"    {p['command']}" for p in reports["_perf_analyzer"]["points"])
+              + f"\n\nCommand: `{command}`\n")
+        c.print(md)
+        for p in (atomic_write_text(out / f"{stem}_engines.md", md),
+                  atomic_write_json(out / f"{stem}_engines.json", {**cmp, "command": command})):
+            c.print(f"wrote {p}")
 
 
 @app.command()
@@ -169,6 +207,9 @@ def model(
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
     warmup: float = WARMUP, timeout: float = TIMEOUT, variant: str = VARIANT, seed: int = SEED, out: Path = OUT,
     stem: str | None = typer.Option(None, "--stem", help="Output file name stem (default model_<name>_<mode>)."),
+    engine: str = typer.Option("lookserve", "--engine",
+                               help="lookserve (its own load generator), perf_analyzer (NVIDIA's, same load points), "
+                                    "or both, interleaved level by level with their ratios."),
 ) -> None:
     """Load one served model: throughput, latency percentiles and the Triton stage breakdown per point."""
     from lookserve.bench.load import model_workload
@@ -176,9 +217,10 @@ def model(
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         _run_load(lambda client: model_workload(client, name, batch_size=batch_size, version=model_version, seed=seed),
-                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}", _command_line(ctx))
+                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}", _command_line(ctx),
+                  engine=engine, batch_size=batch_size, version=model_version)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
 
 
 def _read_photos(directory: Path, limit: int = 64) -> list[bytes]:
@@ -210,7 +252,7 @@ def look(
                   url, repository,
                   model_config_name, ["detector", "embedder"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command()
@@ -231,7 +273,7 @@ def thumbnails(
         _run_load(lambda client: chain_workload("thumbnails", client, views=views, size=photo_size, seed=seed), url, repository,
                   model_config_name, ["view_classifier"], spec, variant, out, stem, _command_line(ctx))
     except LookserveError as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command("compare")
@@ -248,7 +290,7 @@ def compare_cmd(
     try:
         c = compare(read_report(a), read_report(b))
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     md = compare_markdown(c)
     _console().print(md)
     if out is not None:
@@ -260,12 +302,17 @@ def compare_cmd(
 def variants(
     ctx: typer.Context,
     names: str = typer.Option(",".join(("batching_on", "batching_off", "instances_2", "fp32_input", "int8")), "--variants",
-                              help="Comma-separated variants; the first is the baseline of the comparisons."),
+                              help="Comma-separated variants; the first is the baseline of the comparisons. Known: "
+                                   "batching_on, batching_off, instances_2, fp32_input, int8, delay_1000, delay_500, "
+                                   "delay_100, delay_0, preferred_4_8, threads_2, instances_2_t1, and ort_direct_1t / "
+                                   "ort_direct_2t (the same model.onnx in this process, no server)."),
     onnx_path: Path | None = typer.Option(None, "--onnx", help="An exported FP32 embedder model.onnx (default: synthetic conv embedder)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1),
     mode: str = MODE, levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
     warmup: float = WARMUP, timeout: float = TIMEOUT, seed: int = SEED, out: Path = OUT,
     prefix: str = typer.Option("variants", "--prefix", help="Output file name prefix."),
+    rounds: int = typer.Option(1, "--rounds", min=1, help="Visit every variant this many times per level (order "
+                               "rotated each round); the report gives the median of the rounds."),
 ) -> None:
     """Embedder config variants (typed configs via dataclasses.replace) on private servers, compared as ratios."""
     from lookserve.bench.load import compare, compare_markdown, plot_comparison, write_load_report
@@ -276,9 +323,9 @@ def variants(
     command = _command_line(ctx)
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
-        reports = run_variants(wanted, spec, onnx_path=onnx_path, batch_size=batch_size)
+        reports = run_variants(wanted, spec, onnx_path=onnx_path, batch_size=batch_size, rounds=rounds)
     except LookserveError as e:
-        _fail(e)
+        fail(e)
     c = _console()
     for name, report in reports.items():
         for p in write_load_report(report, out, f"{prefix}_{name}", command=command):
@@ -295,6 +342,93 @@ def variants(
     atomic_write_text(out / f"{prefix}_compare.md", "\n".join(summary))
     atomic_write_json(out / f"{prefix}_compare.json", {"command": command, "baseline": base, "comparisons": comparisons})
     c.print("\n".join(summary))
+
+
+@app.command()
+def tune(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model in --repository to tune, e.g. embedder."),
+    repository: Path = typer.Option(Path("model_repository"), "--repository",
+                                    help="Model repository holding <NAME>/config.pbtxt and <NAME>/<version>/model.onnx."),
+    instances: str = typer.Option("1,2", "--instances", help="Instance counts to try."),
+    threads: str = typer.Option("1,2", "--threads", help="Intra-op thread counts to try."),
+    delays: str = typer.Option("0,500", "--delays", help="max_queue_delay_microseconds values to try (0 allowed)."),
+    max_batches: str = typer.Option("", "--max-batch", help="max_batch_size values to try (default: the config's)."),
+    thread_budget: int = typer.Option(2, "--thread-budget", min=1, help="Skip candidates with instances × threads above this."),
+    objective: str = typer.Option("latency", "--objective", help="latency (best throughput with p99 ≤ --p99-ms at every "
+                                  "level) or throughput (best throughput at the top level)."),
+    p99_ms: float | None = typer.Option(None, "--p99-ms", min=0.001, help="The latency objective's p99 bound."),
+    variant_name: str = typer.Option("tuned", "--name", help="Write the winner as <NAME>/configs/<this>.pbtxt."),
+    apply: bool = typer.Option(False, "--apply", help="Also replace <NAME>/config.pbtxt with the winner."),
+    levels: str | None = LEVELS, duration: float = DURATION, max_requests: int | None = MAX_REQUESTS,
+    warmup: float = WARMUP, timeout: float = TIMEOUT, seed: int = SEED,
+    rounds: int = typer.Option(1, "--rounds", min=1, help="Visits per candidate and level (median reported)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1),
+) -> None:
+    """Search instance count × threads × queue delay × max batch under an objective; write the winner as a variant."""
+    from lookserve.bench.report import markdown_table
+    from lookserve.bench.tune import grid, write_winner
+    from lookserve.bench.tune import tune as run_tune
+    from lookserve.modelconfig import ModelConfig
+
+    command = _command_line(ctx)
+    model_dir = repository / name
+    try:
+        base = ModelConfig.read(model_dir / "config.pbtxt")
+        versions = sorted((int(p.parent.name) for p in model_dir.glob("[0-9]*/model.onnx")), reverse=True)
+        if not versions:
+            raise typer.BadParameter(f"{model_dir} has no <version>/model.onnx")
+        onnx_path = model_dir / str(versions[0]) / "model.onnx"
+        batches = _ints(max_batches, "--max-batch") if max_batches else (base.max_batch_size,)
+        delay_values = tuple(int(v) for v in delays.split(",") if v.strip())
+        if not delay_values or any(v < 0 for v in delay_values):
+            raise typer.BadParameter(f"--delays must be comma-separated integers ≥ 0, got {delays!r}")
+        candidates = grid(_ints(instances, "--instances"), _ints(threads, "--threads"), delay_values, batches,
+                          thread_budget)
+        spec = _spec("closed", levels or "1,8", duration, max_requests, warmup, timeout, seed)
+        stderr_console().print(f"tune {name}: {len(candidates)} candidates × {len(spec.levels)} levels × {rounds} round(s)")
+        result = run_tune(base, onnx_path, candidates, spec, objective, p99_ms=p99_ms, rounds=rounds,
+                          batch_size=batch_size)
+        rows = [[n, c["instances"], c["threads"], c["delay_us"], c["max_batch"], c["throughput_rps_at_top"],
+                 c["worst_p99_ms"], "yes" if c["meets"] else "no", "**winner**" if n == result["winner"] else ""]
+                for n, c in result["candidates"].items()]
+        _console().print(markdown_table(["candidate", "instances", "threads", "delay µs", "max batch",
+                                         "req/s at top level", "worst p99 ms", "meets", ""], rows))
+        paths = write_winner(result, model_dir, variant_name, command, apply=apply)
+    except LookserveError as e:
+        fail(e)
+    for p in paths:
+        _console().print(f"wrote {p}")
+
+
+@app.command("perf-analyzer-data")
+def perf_analyzer_data(
+    out_path: Path = typer.Argument(..., help="JSON file to write (perf_analyzer --input-data)."),
+    kind: str = typer.Option("look", "--kind", help="look (one photo per request, input 'image') or thumbnails "
+                             "(--views photos per request, input 'images')."),
+    photos_dir: Path | None = typer.Option(None, "--photos", help="Use these jpg/png files instead of generated photos."),
+    n: int = typer.Option(8, "--n", min=1, help="Requests in the file (perf_analyzer cycles through them)."),
+    views: int = typer.Option(5, "--views", min=1, help="thumbnails: photos per request."),
+    photo_size: int = typer.Option(640, "--photo-size", min=32, help="Side of the generated photos (JPEG)."),
+    seed: int = SEED,
+) -> None:
+    """Write perf_analyzer's input data for the server-side look/thumbnails models (BYTES photos)."""
+    import json
+
+    from lookserve.bench.load import encoded_photos
+    from lookserve.bench.perf_analyzer import bytes_input_data
+    from lookserve.bench.report import atomic_write_text
+
+    if kind not in ("look", "thumbnails"):
+        raise typer.BadParameter(f"--kind must be look or thumbnails, got {kind!r}")
+    per = 1 if kind == "look" else views
+    photos = _read_photos(photos_dir, limit=n * per) if photos_dir is not None else \
+        encoded_photos(n * per, photo_size, seed=seed)[0]
+    items = [[photos[(i * per + j) % len(photos)] for j in range(per)] for i in range(n)]
+    data = bytes_input_data(items, "image" if kind == "look" else "images")
+    atomic_write_text(out_path, json.dumps(data))
+    shape = "image:1" if kind == "look" else f"images:{per}"
+    _console().print(f"wrote {out_path} ({n} requests); run perf_analyzer -m {kind} --input-data {out_path} --shape {shape}")
 
 
 @app.command("synthetic-repository")

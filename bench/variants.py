@@ -25,11 +25,16 @@ from typing import Any
 import numpy as np
 
 from lookserve import contracts, errors
-from lookserve.modelconfig import InstanceGroup, ModelConfig, TensorSpec
+from lookserve.modelconfig import DynamicBatching, InstanceGroup, ModelConfig, TensorSpec
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("batching_on", "batching_off", "instances_2", "fp32_input", "int8")
+#: serving-policy variants (issue 18), each an absolute config so a run compares policies, not defaults
+POLICY_VARIANTS = ("delay_1000", "delay_500", "delay_100", "delay_0", "preferred_4_8", "threads_2", "instances_2_t1")
+#: not served: the same model.onnx run in this process by onnxruntime with 1 or 2 intra-op threads,
+#: one ``session.run`` per request from ``c`` caller threads (the floor the served variants are held to)
+ORT_DIRECT = {"ort_direct_1t": 1, "ort_direct_2t": 2}
 
 
 def _conv_trunk(rng: np.random.Generator, input_name: str) -> tuple[list, list, str, int]:
@@ -159,7 +164,22 @@ def embedder_variants(base: ModelConfig | None = None) -> dict[str, Variant]:
 
         return apply_variant(p, "int8", kind="embedder")
 
+    def policy(delay_us: int, preferred: tuple[int, ...] = (), instances: int = 1, threads: int = 1) -> ModelConfig:
+        return replace(base, dynamic_batching=DynamicBatching(delay_us, preferred),
+                       instance_groups=(InstanceGroup("KIND_CPU", instances),),
+                       parameters={**base.parameters, "intra_op_thread_count": str(threads)})
+
+    policies = {
+        "delay_1000": (policy(1000), "max_queue_delay 1000 µs (the config before issue 18), 1 instance × 1 thread"),
+        "delay_500": (policy(500), "max_queue_delay 500 µs, 1 instance × 1 thread"),
+        "delay_100": (policy(100), "max_queue_delay 100 µs, 1 instance × 1 thread"),
+        "delay_0": (policy(0), "max_queue_delay 0: batch only what queued while the instance was busy"),
+        "preferred_4_8": (policy(500, (4, 8)), "max_queue_delay 500 µs, preferred_batch_size 4, 8"),
+        "threads_2": (policy(0, threads=2), "delay 0, 1 instance × 2 intra-op threads"),
+        "instances_2_t1": (policy(0, instances=2), "delay 0, 2 instances × 1 intra-op thread"),
+    }
     return {
+        **{name: Variant(name, config, same, note) for name, (config, note) in policies.items()},
         "batching_on": Variant("batching_on", base, same, "contract config: dynamic batching on, 1 CPU instance, UINT8 input"),
         "batching_off": Variant("batching_off", replace(base, dynamic_batching=None), same, "dynamic batching off"),
         "instances_2": Variant("instances_2", replace(base, instance_groups=(InstanceGroup("KIND_CPU", 2),)), same,
@@ -182,17 +202,47 @@ def write_variant_repository(variant: Variant, base_model, root: Path) -> Path:
     return root
 
 
+def median_point(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One point from the same level measured in several rounds: the median of every figure
+    (throughput, each latency percentile, each breakdown stage), request counts summed; the
+    rounds themselves are kept under ``rounds``."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def med(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else None
+
+    merged = dict(rounds[0])
+    for key in ("throughput_rps", "throughput_items_per_s", "elapsed_s"):
+        merged[key] = med([p[key] for p in rounds])
+    for group in ("latency", "latency_all", "service_latency", "breakdown"):
+        merged[group] = {k: med([p[group].get(k) for p in rounds]) for k in rounds[0][group]}
+    for key in ("requests", "ok"):
+        merged[key] = sum(p[key] for p in rounds)
+    merged["errors"] = {k: sum(p["errors"].get(k, 0) for p in rounds) for p in rounds for k in p["errors"]}
+    merged["rounds"] = [{k: p[k] for k in ("throughput_rps", "latency", "breakdown", "requests")} for p in rounds]
+    return merged
+
+
 def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, batch_size: int = 1,
-                 ready_timeout_s: float = 180.0) -> dict[str, dict[str, Any]]:
-    """Serve every variant on its own tritonserver and run one sweep, interleaved by level; reports by name."""
+                 ready_timeout_s: float = 180.0, rounds: int = 1,
+                 variants: dict[str, Variant] | None = None) -> dict[str, dict[str, Any]]:
+    """Serve every variant on its own tritonserver and run one sweep, interleaved by level; reports by name.
+
+    With ``rounds`` > 1 every level visits every variant ``rounds`` times (the order rotated each
+    round, so no variant always runs right after another) and reports the median of the rounds.
+    ``variants``: the named variants to choose from (default :func:`embedder_variants`)."""
     import onnx
 
     from lookserve.bench.load import model_workload, run_load
     from lookserve.client.core import TritonClient
     from lookserve.server.launcher import ServerOptions, TritonServer
 
-    variants = embedder_variants()
-    unknown = [n for n in names if n not in variants]
+    if rounds < 1:
+        raise errors.ConfigError(f"rounds must be ≥ 1, got {rounds}")
+    variants = variants if variants is not None else embedder_variants()
+    unknown = [n for n in names if n not in variants and n not in ORT_DIRECT]
     if unknown:
         raise errors.ConfigError(f"unknown variants {unknown}; known: {', '.join(variants)}")
     if onnx_path is not None:
@@ -209,7 +259,11 @@ def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, b
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lookserve-bench-variants-")))
         workloads = {}
+        direct = {}
         for name in names:
+            if name in ORT_DIRECT:
+                direct[name] = OrtDirect(base_model, ORT_DIRECT[name], batch_size=batch_size, seed=spec.seed)
+                continue
             variant = variants[name]
             repo = write_variant_repository(variant, base_model, tmp / name / "repository")
             options = ServerOptions(model_repository=repo, grpc_port=0, load_models=(variant.config.name,),
@@ -222,11 +276,72 @@ def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, b
             workload.details.update(model_source=source, variant_note=variant.note, interleaved_with=list(names))
             workloads[name] = (client, workload)
         for level in spec.levels:
+            measured: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for r in range(rounds):
+                for name in [*names[r % len(names):], *names[:r % len(names)]]:
+                    if name in direct:
+                        one = direct[name].report(replace(spec, levels=(level,)), variant=name, source=source)
+                    else:
+                        client, workload = workloads[name]
+                        one = run_load(client, workload, replace(spec, levels=(level,)), variant=name, progress=False)
+                    measured[name].append(one["points"][0])
+                    if name not in reports:
+                        reports[name] = {**one, "spec": {**asdict(spec), "rounds": rounds}, "points": []}
             for name in names:
-                client, workload = workloads[name]
-                one = run_load(client, workload, replace(spec, levels=(level,)), variant=name, progress=False)
-                if name in reports:
-                    reports[name]["points"].extend(one["points"])
-                else:
-                    reports[name] = {**one, "spec": asdict(spec)}
+                reports[name]["points"].append(median_point(measured[name]))
     return reports
+
+
+class OrtDirect:
+    """The model run in this process by onnxruntime (no server): ``threads`` intra-op threads, one
+    ``session.run`` of ``batch_size`` rows per request, ``c`` caller threads in a closed loop
+    (:class:`~lookserve.bench.load.ClosedLoop`), on the same generated inputs as the served variants."""
+
+    def __init__(self, model_proto, threads: int, batch_size: int = 1, seed: int = 0, pool: int = 16) -> None:
+        import onnxruntime as ort
+
+        from lookserve.bench.load import tensor_inputs
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.threads = threads
+        self.session = ort.InferenceSession(model_proto.SerializeToString(), sess_options=options,
+                                            providers=["CPUExecutionProvider"])
+        crops = contracts.embedder_config().inputs[0]
+        arrays, self.inputs = tensor_inputs(crops, batch_size, pool, seed)
+        name = self.session.get_inputs()[0].name
+        self.feeds = [{name: a} for a in arrays]
+        self.batch_size = batch_size
+
+    def point(self, concurrency: int, duration_s: float, warmup_s: float, max_requests: int | None) -> dict[str, Any]:
+        from lookserve.bench.load import ClosedLoop, latency_summary
+
+        def call(worker: int, i: int) -> None:
+            self.session.run(None, self.feeds[i % len(self.feeds)])
+
+        if warmup_s > 0:
+            ClosedLoop(call, concurrency, max_s=warmup_s, name="ort-warmup").start().wait()
+        outcomes = ClosedLoop(call, concurrency, max_requests=max_requests, max_s=duration_s, name="ort").start().wait()
+        elapsed = max(max((o.t + o.latency_s for o in outcomes), default=0.0), 1e-9)
+        latency = latency_summary([o.latency_s for o in outcomes])
+        return {"level": concurrency, "requests": len(outcomes), "ok": len(outcomes), "errors": {}, "error_examples": {},
+                "elapsed_s": elapsed, "throughput_rps": len(outcomes) / elapsed,
+                "throughput_items_per_s": len(outcomes) * self.batch_size / elapsed,
+                "latency": latency, "latency_all": latency, "service_latency": latency, "triton": {},
+                "breakdown": {"total_ms": latency["mean_ms"], "client_network_ms": 0.0, "queue_ms": 0.0,
+                              "compute_ms": latency["mean_ms"], "server_other_ms": 0.0},
+                "engine": "onnxruntime in-process"}
+
+    def report(self, spec, variant: str, source: str) -> dict[str, Any]:
+        from lookserve.bench.report import environment
+
+        if spec.mode != "closed":
+            raise errors.ConfigError(f"{variant}: onnxruntime in-process runs closed-loop sweeps only, not {spec.mode}")
+        points = [self.point(int(level), spec.duration_s, spec.warmup_s, spec.max_requests) for level in spec.levels]
+        return {"kind": "load", "workload": {"name": contracts.EMBEDDER, "kind": "model", "models": [],
+                                             "items_per_request": self.batch_size, "inputs": self.inputs,
+                                             "model_source": source, "engine": "onnxruntime in-process",
+                                             "variant_note": f"onnxruntime in-process, {self.threads} intra-op thread(s)"},
+                "variant": variant, "spec": asdict(spec), "level_name": "concurrency", "points": points,
+                "environment": environment(models={})}

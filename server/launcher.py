@@ -12,14 +12,22 @@ container (where Triton's native onnxruntime backend takes it).
 
 Defaults are the safe ones: bind 127.0.0.1, explicit model control, HTTP and metrics off, and the
 ``model-repository``, ``shared-memory``, ``logging`` and ``trace`` gRPC protocols restricted with
-a key that :class:`lookserve.client.core.TritonClient` sends as a header and never logs.
+a key (:mod:`lookserve.keys`) that :class:`lookserve.client.core.TritonClient` sends as a header
+and never logs.
+
+``start()`` is ready only when *this* process is: the ports are checked free before it starts,
+and readiness counts only while the child is alive and itself listens on the gRPC port (another
+server answering on that port is never taken for ours). When the child exits during start-up,
+the error lines of Triton's log are shown. A temp work dir is removed after a clean stop.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,8 +39,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lookserve.client.core import RESTRICTED_KEY_NAME
+import psutil
+
 from lookserve.errors import ServerStartError
+from lookserve.keys import RESTRICTED_KEY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +81,83 @@ class ServerOptions:
             raise ValueError("TLS needs both ssl_cert and ssl_key")
 
 
+def cuda_devices_visible() -> bool:
+    """True when this machine shows an NVIDIA device node (what Triton needs for KIND_GPU)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def gpu_config_fallback(repository: Path, config_name: str | None) -> str | None:
+    """The ``--model-config-name`` to pass: ``config_name``, or None (each model's config.pbtxt)
+    when a model's ``configs/<config_name>.pbtxt`` asks for KIND_GPU on a machine without a GPU
+    (Triton would refuse to load it); the fallback is logged as a warning naming the models."""
+    if not config_name or cuda_devices_visible():
+        return config_name
+    from lookserve.errors import ConfigError
+    from lookserve.modelconfig import ModelConfig
+
+    gpu_models = []
+    for variant in sorted(Path(repository).glob(f"*/configs/{config_name}.pbtxt")):
+        try:
+            config = ModelConfig.read(variant)
+        except ConfigError:
+            continue  # Triton reports a broken config itself
+        if any(g.kind == "KIND_GPU" for g in config.instance_groups):
+            gpu_models.append(variant.parent.parent.name)
+    if not gpu_models:
+        return config_name
+    log.warning("model config %r asks for KIND_GPU (%s) but no GPU is visible (no /dev/nvidia*): "
+                "falling back to each model's config.pbtxt (CPU)", config_name, ", ".join(gpu_models))
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, what: str = "gRPC") -> None:
+    """Raise ServerStartError naming the port when something already listens on ``host:port``.
+
+    The probe binds with ``SO_REUSEADDR`` (as a server does), so connections of a server that
+    just stopped (TIME_WAIT) do not count; only a live listener does.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise ServerStartError(f"cannot bind {what} port {host}:{port}: {e.strerror}") from e
+            raise ServerStartError(
+                f"{what} port {host}:{port} is already in use (another tritonserver or program listens there); "
+                "stop it, or pick another port (0 picks a free one)"
+            ) from e
+
+
+#: Triton's log lines of errors: ``E1201 20:10:00.123456 1234 file.cc:12] message``.
+_LOG_ERROR = re.compile(r"^E\d{4} [\d:.]+ +\d+ [^\]]*\] ?(.*)$")
+
+
+#: Error lines Triton logs on every start of a machine without a GPU: not a cause.
+_LOG_NOISE = ("CudaDriverHelper has not been initialized",)
+
+
+def log_errors(text: str) -> list[str]:
+    """The messages of the error lines of a Triton log, in order: first line of each, unquoted."""
+    found = []
+    for line in text.splitlines():
+        m = _LOG_ERROR.match(line)
+        if not m:
+            continue
+        message = m.group(1).strip()
+        if len(message) > 1 and message[0] == message[-1] == '"':
+            message = message[1:-1]
+        message = message.split("\\n")[0].strip()  # Triton escapes a multi-line message as \n
+        if message and not any(noise in message for noise in _LOG_NOISE):
+            found.append(message)
+    return found
 
 
 def pytriton_root() -> Path:
@@ -148,6 +231,19 @@ class TritonServer:
     def is_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def listens_on_grpc_port(self) -> bool:
+        """True when this tritonserver process itself listens on its gRPC port."""
+        if not self.is_alive():
+            return False
+        try:
+            connections = psutil.Process(self.pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:  # cannot tell here: the liveness and port checks must do
+            log.debug("cannot list the sockets of tritonserver pid %s", self.pid)
+            return True
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.grpc_port for c in connections)
+
     # --- command line -------------------------------------------------------------------
     def command(self) -> list[str]:
         o = self.options
@@ -176,8 +272,9 @@ class TritonServer:
             args.append("--repository-poll-secs=2")
         for name in o.load_models:
             args.append(f"--load-model={name}")
-        if o.model_config_name:
-            args.append(f"--model-config-name={o.model_config_name}")
+        config_name = gpu_config_fallback(Path(o.model_repository), o.model_config_name)
+        if config_name:
+            args.append(f"--model-config-name={config_name}")
         if o.restrict_protocols:
             args.append(
                 f"--grpc-restricted-protocol={','.join(RESTRICTED_PROTOCOLS)}:"
@@ -211,6 +308,15 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self.is_alive():
             return self
+        try:
+            check_port_free(self.options.grpc_address or "0.0.0.0", self.grpc_port, "gRPC")
+            for what, port in (("HTTP", self.http_port), ("metrics", self.metrics_port)):
+                if port is not None:
+                    check_port_free("127.0.0.1", port, what)
+        except ServerStartError:
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)  # nothing in it yet
+            raise
         assemble_backends(self.work_dir / "backends")
         command = self.command()
         log.info("starting tritonserver: %s", " ".join(self._redacted(command)))
@@ -254,12 +360,11 @@ class TritonServer:
         try:
             while time.monotonic() < deadline:
                 if not self.is_alive():
-                    raise ServerStartError(
-                        f"tritonserver exited with code {self._process.returncode} during start-up; "
-                        f"log {self.log_file}:\n{self.log_tail()}"
-                    )
+                    raise self._exited_error()
                 try:
-                    if client.is_server_live(client_timeout=1.0) and client.is_server_ready(client_timeout=1.0):
+                    # Ready only when the answer is ours: the child still runs and listens there.
+                    if (client.is_server_live(client_timeout=1.0) and client.is_server_ready(client_timeout=1.0)
+                            and self.listens_on_grpc_port()):
                         return
                 except (InferenceServerException, grpc.RpcError):
                     pass
@@ -268,6 +373,20 @@ class TritonServer:
             client.close()
         raise ServerStartError(
             f"tritonserver was not ready on {self.grpc_url} within {timeout_s:.0f} s; "
+            f"log {self.log_file}:\n{self.log_tail()}"
+        )
+
+    def _exited_error(self) -> ServerStartError:
+        try:
+            found = log_errors(self.log_file.read_text(errors="replace"))
+        except OSError:
+            found = []
+        code = self._process.returncode
+        if found:  # the cause, then where to read more
+            cause = "; ".join(found).replace(self.repository_key, "***")
+            return ServerStartError(f"tritonserver exited with code {code} during start-up: {cause} (log {self.log_file})")
+        return ServerStartError(
+            f"tritonserver exited with code {code} during start-up (no error line in its log); "
             f"log {self.log_file}:\n{self.log_tail()}"
         )
 
@@ -291,9 +410,20 @@ class TritonServer:
         except (ProcessLookupError, PermissionError):
             pass
         self._process = None
-        if self._own_work_dir and self.options.log_file is None:
-            log.debug("server log kept at %s", self.log_file)
+        self._clean_work_dir(code)
         return code
+
+    def _clean_work_dir(self, code: int | None) -> None:
+        """Remove a work dir lookserve created: all of it after a clean exit (code 0), else all but
+        the log (kept for a post-mortem when the log is in it)."""
+        if not self._own_work_dir:
+            return
+        log_inside = self.log_file.parent == self.work_dir
+        if code == 0 or not log_inside:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        else:
+            shutil.rmtree(self.work_dir / "backends", ignore_errors=True)
+            log.warning("tritonserver exited with code %s; its log is kept at %s", code, self.log_file)
 
     def kill(self) -> None:
         """SIGKILL the server and its stubs at once (fault tests)."""

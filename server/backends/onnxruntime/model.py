@@ -11,8 +11,19 @@ It honours the model config as the native backend does, where it can:
   along the batch axis and run as one batch, then split back per request;
 * ``instance_group`` kind: KIND_GPU uses CUDAExecutionProvider (and TensorRT when the config asks
   for the ``tensorrt`` GPU accelerator) if onnxruntime-gpu is installed, else the CPU;
-* ``parameters``: ``intra_op_thread_count``, ``inter_op_thread_count``,
-  ``enable_mem_arena`` / ``graph_optimization_level`` (``0``..``3``).
+* ``parameters``: ``intra_op_thread_count`` (default 1), ``inter_op_thread_count`` (default 1; a
+  sequential graph uses one), ``allow_spinning`` (``0`` stops idle intra-op threads from spinning,
+  for a box whose cores other models share), ``enable_mem_arena`` / ``graph_optimization_level``
+  (``0``..``3``).
+
+A KIND_GPU instance without CUDA (onnxruntime, not onnxruntime-gpu, or no device) runs on the
+CPU and says so once in Triton's log (``KIND_GPU requested ... falling back to CPU``).
+
+The hot path copies nothing it can avoid: inputs are read with ``as_numpy()`` (a view of the
+request's shared memory) and cast only when the dtype differs; one request skips the grouping and
+concatenation; outputs are passed on as onnxruntime returned them (contiguous, already the
+config's dtype) without an ``astype``/``ascontiguousarray`` copy; what remains is the stub's own
+transfer of each tensor into the response.
 
 This module runs inside Triton's python backend stub, not in lookserve's process; it imports only
 numpy, onnxruntime and ``triton_python_backend_utils``.
@@ -32,6 +43,16 @@ _GRAPH_LEVELS = {
     "2": "ORT_ENABLE_EXTENDED",
     "3": "ORT_ENABLE_ALL",
 }
+
+
+def _log_warn(message: str) -> None:
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_warn(message)
+    else:  # older python backends: the stub's stderr lands in Triton's log
+        import sys
+
+        sys.stderr.write(message + "\n")
 
 
 def _param(config: dict, key: str) -> str | None:
@@ -59,8 +80,10 @@ class TritonPythonModel:
         intra = _param(self.config, "intra_op_thread_count")
         inter = _param(self.config, "inter_op_thread_count")
         options.intra_op_num_threads = int(intra) if intra else 1
-        if inter:
-            options.inter_op_num_threads = int(inter)
+        options.inter_op_num_threads = int(inter) if inter else 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if _param(self.config, "allow_spinning") == "0":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         level = _param(self.config, "graph_optimization_level")
         if level in _GRAPH_LEVELS:
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[level])
@@ -93,7 +116,14 @@ class TritonPythonModel:
 
     def _providers(self, args: dict, available: list[str]) -> list:
         kind = args.get("model_instance_kind", "CPU")
-        if kind != "GPU" or "CUDAExecutionProvider" not in available:
+        if kind != "GPU":
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in available:
+            import onnxruntime as ort
+
+            _log_warn(f"{self.model_name} v{self.version}: KIND_GPU requested but onnxruntime {ort.__version__} has "
+                      f"no CUDAExecutionProvider (providers: {', '.join(available)}); falling back to CPU "
+                      f"(install lookserve[gpu], i.e. onnxruntime-gpu, on a CUDA machine)")
             return ["CPUExecutionProvider"]
         device = int(args.get("model_instance_device_id", 0))
         providers: list = []
@@ -125,17 +155,32 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"input {name!r} is missing")
-            feeds[name] = tensor.as_numpy().astype(dtype, copy=False)
+            array = tensor.as_numpy()  # a view of the request's shared memory, no copy
+            feeds[name] = array if array.dtype == dtype else array.astype(dtype)
         return feeds
 
     def _respond(self, results: list[np.ndarray]):
-        tensors = [
-            pb_utils.Tensor(name, np.ascontiguousarray(value.astype(dtype, copy=False)))
-            for (name, dtype), value in zip(self.outputs, results, strict=True)
-        ]
+        tensors = []
+        for (name, dtype), value in zip(self.outputs, results, strict=True):
+            if value.dtype != dtype:
+                value = value.astype(dtype)
+            if not value.flags.c_contiguous:
+                value = np.ascontiguousarray(value)
+            tensors.append(pb_utils.Tensor(name, value))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def execute(self, requests):
+        if len(requests) == 1:  # the common case at low load: no grouping, no concatenation
+            request = requests[0]
+            try:
+                feeds = self._read(request)
+            except Exception as e:  # noqa: BLE001 - the request's error
+                return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))]
+            try:
+                return [self._respond(self.session.run(self.output_names, feeds))]
+            except Exception as e:  # noqa: BLE001 - reported to the client as the request's error
+                return [pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"{self.model_name} v{self.version}: onnxruntime failed: {e}"))]
         feeds_per_request = []
         responses: list = [None] * len(requests)
         for i, request in enumerate(requests):
