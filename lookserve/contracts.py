@@ -21,12 +21,33 @@ from lookserve.taxonomy import FOOTWEAR_TYPES
 DETECTOR = "detector"
 EMBEDDER = "embedder"
 VIEW_CLASSIFIER = "view_classifier"
+LOOK = "look"  # python backend (BLS): the whole shop-the-look chain in one call
+THUMBNAILS = "thumbnails"  # python backend (BLS): one product's views -> thumbnail and type
 
 DETECTOR_INPUT_SIZE = 512
 DETECTOR_MAX_DETECTIONS = 20
 MASK_SIZE = 28
 CROP_SIZE = 224
 EMBEDDING_DIM = 128
+
+
+# Serving policy of the three onnxruntime models (issue 18; measured in bench/results/serving_*):
+# * max_queue_delay 100 µs: at most 0.1 ms for a request that arrives at an idle instance
+#   (Triton's queue time at c=1: 1.40 ms with 1000 µs, 0.27 ms with 100, 0.17 ms with 0), while
+#   under load the batcher still gathers what queued while the instance was busy; at c=8 it gave
+#   the most throughput of 0/100/500/1000 µs (1.32× 1000 µs; 0 µs: 0.82–0.93×).
+# * 1 instance × 1 intra-op thread per model on the 2-core box: the look chain runs detector and
+#   embedder side by side, and 2 intra-op threads measured 2× slower than 1 under the box's shared
+#   load (its spinning pool competes with the other model and tenants). On a 16-core machine
+#   raise ``intra_op_thread_count`` to 4 for the detector (single-image latency) and run 2–4
+#   embedder instances × 2 threads (throughput), keeping instances × threads within the cores
+#   left after gRPC and the python stubs (``lookserve bench tune MODEL --thread-budget 14``).
+QUEUE_DELAY_US = 100
+INTRA_OP_THREADS = 1
+
+
+def _cpu_parameters(threads: int = INTRA_OP_THREADS) -> dict[str, str]:
+    return {"intra_op_thread_count": str(threads), "inter_op_thread_count": "1"}
 
 
 def _warmup(inputs: tuple[TensorSpec, ...], batch_size: int = 1) -> tuple[Warmup, ...]:
@@ -57,7 +78,8 @@ def detector_config(
             TensorSpec("masks", "FP32", (max_detections, mask_size, mask_size)),
             TensorSpec("num_detections", "INT32", (1,)),
         ),
-        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=2000),
+        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=QUEUE_DELAY_US),
+        parameters=_cpu_parameters(),
         warmup=_warmup(inputs),
     )
 
@@ -69,7 +91,8 @@ def embedder_config(dim: int = EMBEDDING_DIM, crop_size: int = CROP_SIZE, max_ba
         max_batch_size=max_batch_size,
         inputs=inputs,
         outputs=(TensorSpec("embedding", "FP32", (dim,)),),
-        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=1000),
+        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=QUEUE_DELAY_US),
+        parameters=_cpu_parameters(),
         warmup=_warmup(inputs),
     )
 
@@ -84,8 +107,61 @@ def view_classifier_config(image_size: int = CROP_SIZE, max_batch_size: int = 16
             TensorSpec("type_probs", "FP32", (len(FOOTWEAR_TYPES),)),
             TensorSpec("best_view", "FP32", (1,)),
         ),
-        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=1000),
+        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=QUEUE_DELAY_US),
+        parameters=_cpu_parameters(),
         warmup=_warmup(inputs),
+    )
+
+
+def look_config(catalog: str = "../runs/demo/catalog", max_batch_size: int = 8, instances: int = 1,
+                catalog_poll_s: float = 0.5) -> ModelConfig:
+    """``look``: one encoded photo (JPEG/PNG/WebP bytes as sent) → the ``lookserve look`` JSON and
+    typed tensors. ``catalog`` is a catalog directory or a catalog root (its ``current`` pointer is
+    followed); a relative path is relative to the model repository."""
+    return ModelConfig(
+        name=LOOK,
+        backend="python",
+        max_batch_size=max_batch_size,
+        inputs=(
+            TensorSpec("image", "STRING", (1,)),
+            TensorSpec("source", "STRING", (1,), optional=True),  # the name the JSON records
+            TensorSpec("k", "INT32", (1,), optional=True),
+            TensorSpec("min_score", "FP32", (1,), optional=True),
+            TensorSpec("categories", "STRING", (-1,), optional=True),  # keep only these
+            TensorSpec("filter", "STRING", (1,), optional=True),  # on product attributes
+            TensorSpec("masks", "BOOL", (1,), optional=True),  # False: the JSON without the 28x28 masks
+        ),
+        outputs=(
+            TensorSpec("look_json", "STRING", (1,)),
+            TensorSpec("item_category", "STRING", (-1,)),
+            TensorSpec("item_score", "FP32", (-1,)),
+            TensorSpec("item_box", "FP32", (-1, 4)),
+            TensorSpec("match_product_id", "INT64", (-1, -1)),  # [items, k], -1 = no match
+            TensorSpec("match_similarity", "FP32", (-1, -1)),
+        ),
+        dynamic_batching=DynamicBatching(max_queue_delay_microseconds=2000),
+        instance_groups=(InstanceGroup("KIND_CPU", instances),),
+        parameters={"catalog": catalog, "catalog_poll_s": str(catalog_poll_s)},
+    )
+
+
+def thumbnails_config(instances: int = 1) -> ModelConfig:
+    """``thumbnails``: one product's view images (encoded bytes, any count) → best view, per-view
+    scores, footwear type and its probabilities."""
+    return ModelConfig(
+        name=THUMBNAILS,
+        backend="python",
+        max_batch_size=0,
+        inputs=(TensorSpec("images", "STRING", (-1,)),),
+        outputs=(
+            TensorSpec("thumbnails_json", "STRING", (1,)),
+            TensorSpec("best_view_index", "INT32", (1,)),
+            TensorSpec("view_scores", "FP32", (-1,)),
+            TensorSpec("footwear_type", "STRING", (1,)),
+            TensorSpec("type_probs", "FP32", (len(FOOTWEAR_TYPES),)),
+        ),
+        dynamic_batching=None,
+        instance_groups=(InstanceGroup("KIND_CPU", instances),),
     )
 
 

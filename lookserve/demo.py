@@ -44,7 +44,10 @@ class DemoOptions:
 
 
 def _needs_export(repository: Path, name: str, weights: Path) -> bool:
-    """True unless ``<name>/1`` holds a complete export of exactly these weights."""
+    """True unless ``<name>/1`` holds a complete export of exactly these weights: its export.json
+    records these weights' sha256, a passed parity gate and the sha256 of the model.onnx that is
+    there (a model.onnx replaced or damaged since is exported again)."""
+    from lookserve.client.models import verify_export
     from lookserve.export.core import sha256_path
 
     version = repository / name / "1"
@@ -53,9 +56,14 @@ def _needs_export(repository: Path, name: str, weights: Path) -> bool:
         return True
     try:
         info = json.loads(info_path.read_text())
-        return info.get("source", {}).get("sha256") != sha256_path(weights)
-    except (OSError, ValueError, LookserveError):
+        if info.get("source", {}).get("sha256") != sha256_path(weights):
+            return True
+        check = verify_export(version / "model.onnx", info)
+    except (OSError, ValueError, AttributeError, LookserveError):
         return True
+    if not check.verified:
+        log.info("%s version 1 is exported again: %s", name, check.reason)
+    return not check.verified
 
 
 def export_reference(options: DemoOptions) -> list[str]:
@@ -78,6 +86,52 @@ def export_reference(options: DemoOptions) -> list[str]:
     return done
 
 
+def compare_one_call(server, catalog_dir: Path, photos: list[Path], model_repository: Path | None = None) -> dict:
+    """Load the ``look`` model on the demo's catalog and run the same photos through the client
+    chain and through one ``look`` call each (with masks, and without), one after the other
+    (concurrency 1): latency, tensor bytes per photo, and how many JSON documents of the chain and
+    of the one call are identical apart from timings."""
+    import numpy as np
+
+    from lookserve.bench.look_server import CountingClient
+    from lookserve.client.catalog import Catalog
+    from lookserve.client.core import TritonClient
+    from lookserve.client.look import LookPipeline
+    from lookserve.client.look_remote import RemoteLook
+
+    if model_repository is not None and not (Path(model_repository) / contracts.LOOK / "1" / "model.py").is_file():
+        from lookserve.server.pipelines.repository import write_pipeline_models
+
+        write_pipeline_models(Path(model_repository))  # a repository of exports only: add look's entry
+    catalog_dir = Path(catalog_dir).resolve()  # both sides open the catalog by the same path (the JSON names it)
+    catalog = Catalog.open(catalog_dir)
+    with TritonClient(server.grpc_url, repository_key=server.repository_key, timeout_s=120.0) as admin:
+        admin.load_model(contracts.LOOK, config=contracts.look_config(catalog=str(catalog_dir)))
+    figures: dict[str, dict] = {}
+    docs: dict[str, list] = {}
+    with TritonClient(server.grpc_url, timeout_s=120.0) as client:
+        modes = {"client chain": lambda c: LookPipeline(c, catalog).run, "one call": lambda c: RemoteLook(c).run,
+                 "one call, no masks": lambda c: lambda p: RemoteLook(c).run(p, include_masks=False)}
+        for mode, make in modes.items():
+            counter = CountingClient(client)
+            run = make(counter)
+            run(photos[0])  # warm
+            counter.sent = counter.received = 0
+            latencies, docs[mode] = [], []
+            for photo in photos:
+                t = time.perf_counter()
+                out = run(photo)
+                latencies.append((time.perf_counter() - t) * 1e3)
+                doc = out if isinstance(out, dict) else json.loads(out.to_json())
+                docs[mode].append({k: v for k, v in doc.items() if k != "timings_ms"})
+            figures[mode] = {"p50_ms": round(float(np.percentile(latencies, 50)), 1),
+                             "mean_ms": round(float(np.mean(latencies)), 1),
+                             "bytes_per_photo": round((counter.sent + counter.received) / len(photos))}
+    same = sum(a == b for a, b in zip(docs["client chain"], docs["one call"], strict=True))
+    jpeg = float(np.mean([Path(p).stat().st_size for p in photos]))
+    return {**figures, "photos": len(photos), "identical_json": same, "mean_jpeg_bytes": round(jpeg)}
+
+
 def run_demo(options: DemoOptions) -> dict:
     """Run the whole demo and return its figures (also written to ``<out>/summary.json``)."""
     from lookserve.client.catalog import (
@@ -87,14 +141,10 @@ def run_demo(options: DemoOptions) -> dict:
         open_for_client,
     )
     from lookserve.client.core import TritonClient
-    from lookserve.client.look import LookConfig, LookPipeline, evaluate_pairs, write_result
+    from lookserve.client.evaluation import evaluate_pairs, evaluate_thumbnails
+    from lookserve.client.look import LookConfig, LookPipeline, write_result
     from lookserve.client.render import render_look, render_thumbnails
-    from lookserve.client.thumbnails import (
-        ThumbnailPipeline,
-        evaluate,
-        find_products,
-        write_outputs,
-    )
+    from lookserve.client.thumbnails import ThumbnailPipeline, find_products, write_outputs
     from lookserve.data.synth import SynthConfig, generate
     from lookserve.server.launcher import ServerOptions, TritonServer, free_port
 
@@ -141,21 +191,25 @@ def run_demo(options: DemoOptions) -> dict:
             timings["shop the look"] = time.perf_counter() - t
 
             t = time.perf_counter()
+            one_call = compare_one_call(server, catalog_dir, list(results), options.model_repository)
+            timings["shop the look in one call (look model)"] = time.perf_counter() - t
+
+            t = time.perf_counter()
             thumbs = ThumbnailPipeline(client)
             products = find_products(data_root)
             results = [r for r in thumbs.run_many(products, concurrency=2) if not isinstance(r, LookserveError)]
             thumb_dir = out / "thumbnails"
             write_outputs(results, thumb_dir)
             render_thumbnails(results, thumb_dir / "contact_sheet.png")
-            thumb_figures = evaluate(results, data_root / "footwear" / "ground_truth.json", splits=None)
+            thumb_figures = evaluate_thumbnails(results, data_root, splits=None)
             timings["thumbnails"] = time.perf_counter() - t
             versions = {m: client.model_metadata(m).versions for m in MODELS}
 
     summary = {
         "data": str(data_root), "seed": options.seed, "exported": exported, "served_versions": versions,
         "catalog": {"dir": str(catalog_dir), "photos": len(records), "categories": sorted(catalog.categories)},
-        "look": look_figures, "look_outputs": str(look_dir),
-        "thumbnails": {**thumb_figures, "products": len(products), "answered": len(results)},
+        "look": look_figures, "look_outputs": str(look_dir), "one_call": one_call,
+        "thumbnails": {**thumb_figures, "answered": len(results), "failed": len(products) - len(results)},
         "thumbnail_outputs": str(thumb_dir), "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -168,17 +222,33 @@ def _print_summary(summary: dict) -> None:
 
     console = Console()
     look, thumbs = summary["look"], summary["thumbnails"]
-    table = Table("figure", "value", title="lookserve demo (every product held out from training)")
+    table = Table("figure", "value", "baseline / other definition",
+                  title="lookserve demo (every product held out from training)")
     table.add_row("models exported now", ", ".join(summary["exported"]) or "none (already up to date)")
     table.add_row("served versions", ", ".join(f"{m} v{','.join(v)}" for m, v in summary["served_versions"].items()))
     table.add_row("catalog", f"{summary['catalog']['photos']} shop photos, {len(summary['catalog']['categories'])} categories")
-    table.add_row("look: street photos / pairs", f"{look['street_photos']} / {look['pairs']}")
-    table.add_row("look: item detected", f"{look['detected']:.3f}")
-    table.add_row("look: top-1 product", f"{look['top1_accuracy']:.3f}")
     k = look["k"]
-    table.add_row(f"look: top-{k} product", f"{look[f'top{k}_accuracy']:.3f}")
-    for key, value in thumbs.items():
-        table.add_row(f"thumbnails: {key}", f"{value:.3f}" if isinstance(value, float) else str(value))
+    table.add_row("look: street photos / pairs", f"{look['street_photos']} / {look['pairs']}")
+    table.add_row(f"look: item detected (its category, IoU ≥ {look['min_iou']} with the true box)", f"{look['detected']:.3f}",
+                  f"category only, any box: {look['detected_category_only']:.3f}")
+    table.add_row("look: top-1 product", f"{look['top1_accuracy']:.3f}", f"random ranking {look['chance_top1']:.3f}")
+    table.add_row(f"look: top-{k} product", f"{look[f'top{k}_accuracy']:.3f}", f"random ranking {look[f'chance_top{k}']:.3f}")
+    table.add_row("thumbnails: products (answered)", f"{thumbs['products']} ({thumbs['answered']})")
+    table.add_row("thumbnails: thumbnail is a best view", f"{thumbs['thumbnail_accuracy']:.3f}",
+                  f"random view {thumbs['thumbnail_baseline_random']:.3f}; "
+                  f"never back or sole {thumbs['thumbnail_baseline_no_back_sole']:.3f}")
+    table.add_row("thumbnails: footwear type", f"{thumbs['type_accuracy']:.3f}",
+                  f"most common type {thumbs['type_baseline_majority']:.3f}")
+    one = summary.get("one_call")
+    if one:
+        chain, call = one["client chain"], one["one call"]
+        table.add_row("one look call vs client chain: p50 latency (c=1)", f"{call['p50_ms']:.0f} ms",
+                      f"client chain {chain['p50_ms']:.0f} ms")
+        lean = one.get("one call, no masks", {}).get("bytes_per_photo", "-")
+        table.add_row("one look call vs client chain: tensor bytes per photo",
+                      f"{call['bytes_per_photo']} ({lean} without masks)",
+                      f"client chain {chain['bytes_per_photo']}; JPEG {one['mean_jpeg_bytes']}")
+        table.add_row("one look call: JSON identical to the client chain's", f"{one['identical_json']} / {one['photos']}")
     for key, value in summary["timings_s"].items():
         table.add_row(f"time: {key}", f"{value:.1f} s")
     console.print(table)

@@ -34,6 +34,7 @@ DTYPES: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "STRING": np.dtype(np.object_),  # bytes elements (KServe v2 "BYTES"): encoded images, JSON
 }
 _INSTANCE_KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU", "KIND_MODEL")
 
@@ -62,6 +63,7 @@ class TensorSpec:
     name: str
     dtype: str
     dims: tuple[int, ...]
+    optional: bool = False  # an input a request may leave out
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -177,7 +179,7 @@ class ModelConfig:
     def to_proto(self) -> mc.ModelConfig:
         p = mc.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
         for t in self.inputs:
-            p.input.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.dtype), dims=list(t.dims))
+            p.input.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.dtype), dims=list(t.dims), optional=t.optional)
         for t in self.outputs:
             p.output.add(name=t.name, data_type=mc.DataType.Value("TYPE_" + t.dtype), dims=list(t.dims))
         if self.dynamic_batching is not None:
@@ -213,7 +215,8 @@ class ModelConfig:
     @classmethod
     def from_proto(cls, p: mc.ModelConfig) -> ModelConfig:
         def tensors(items) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in items)
+            return tuple(TensorSpec(t.name, mc.DataType.Name(t.data_type), tuple(t.dims), getattr(t, "optional", False))
+                         for t in items)
 
         policy_kind = p.version_policy.WhichOneof("policy_choice")
         if policy_kind in (None, "latest"):
