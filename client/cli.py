@@ -6,12 +6,24 @@ Nothing heavy is imported at module level; every command opens its own client.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 import typer
 
+from lookserve.cliutil import (
+    error,
+    fail,
+    finish_batch,
+    handle_errors,
+    is_interactive,
+    stderr_console,
+    stdout_console,
+    url_option,
+    warn,
+)
 from lookserve.errors import DataError, LookserveError
 
 log = logging.getLogger(__name__)
@@ -20,40 +32,64 @@ app = typer.Typer(no_args_is_help=True)
 catalog_app = typer.Typer(no_args_is_help=True, help="Build and inspect catalog indexes.")
 eval_app = typer.Typer(no_args_is_help=True, help="End-to-end accuracy of the client chains on held-out data.")
 
-_URL = typer.Option("127.0.0.1:8001", "--url", "-u", envvar="LOOKSERVE_URL", help="Triton gRPC address.")
+_URL = url_option()
 _TIMEOUT = typer.Option(30.0, "--timeout", help="Per-request deadline in seconds.")
 _CATALOG = typer.Option(..., "--catalog", "-c", help="Catalog directory (lookserve catalog build).")
 _REPO = typer.Option(None, "--model-repository", help="Served model repository: also check the embedder's model-file checksum.")
 
 
 def _console():
-    from rich.console import Console
-
-    return Console()
-
-
-def _fail(e: LookserveError) -> typer.Exit:
-    from rich.markup import escape
-
-    _console().print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # messages carry file names and data
-    return typer.Exit(code=2)
+    """Results console (stdout); errors go through lookserve.cliutil (stderr, plain text)."""
+    return stdout_console()
 
 
 def _client(url: str, timeout: float):
+    """A client of a ready server: a malformed --url is refused at once (exit 2), an address where
+    nothing answers after about a second, one that answers but is not ready after the deadline."""
     from lookserve.client.core import TritonClient
 
     client = TritonClient(url, timeout_s=timeout)
-    client.wait_ready(deadline_s=min(30.0, timeout))
+    try:
+        client.wait_ready(deadline_s=min(30.0, timeout))
+    except BaseException:
+        client.close()
+        raise
     return client
+
+
+def _progress(enabled: bool | None, total: int, what: str):
+    """A progress bar on stderr (shown when stderr is a terminal, or when asked); yields ``advance()``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    @contextlib.contextmanager
+    def bar():
+        if not (is_interactive() if enabled is None else enabled):
+            yield lambda: None
+            return
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=stderr_console(), transient=False) as p:
+            task = p.add_task(what, total=total)
+            yield lambda: p.advance(task)
+
+    return bar()
 
 
 # ------------------------------------------------------------------------------------------
 # lookserve look
 # ------------------------------------------------------------------------------------------
 @app.command("look")
+@handle_errors
 def look(
-    images: list[Path] = typer.Argument(..., help="Street or model photos (JPEG, PNG, WebP, BMP), or folders of them."),
-    catalog_dir: Path = _CATALOG,
+    images: list[Path] = typer.Argument(..., metavar="IMAGE",
+                                        help="Street or model photos (JPEG, PNG, WebP, BMP), or folders of them."),
+    catalog_dir: Path | None = typer.Option(None, "--catalog", "-c", help="Catalog directory (lookserve catalog build); "
+                                            "not needed with --server."),
     out: Path = typer.Option(Path("runs/look"), "--out", "-o", help="Folder for <image>.json and <image>.png."),
     url: str = _URL,
     k: int = typer.Option(6, "--k", "-k", min=1, help="Products per item."),
@@ -71,6 +107,12 @@ def look(
         None, "--watch-interval", min=0.0,
         help="--catalog is a catalog root (catalog-v<N> folders + `current`): look at `current` every this many "
              "seconds and move to the catalog it names mid-run (lookserve models swap-embedder)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="Progress bar on stderr (default: when stderr is a terminal)."),
+    catalog_filter: str | None = typer.Option(
+        None, "--filter", help='Only products whose attributes pass, e.g. \'price < 50 and brand in ["a", "b"] and in_stock\'.'),
+    server: bool = typer.Option(False, "--server", help="One call per photo to the server's `look` model (the same "
+                                "chain, run inside Triton on the catalog it serves) instead of the client chain."),
 ) -> None:
     """Shop the look: detect garments, match each against the catalog, write JSON (+ PNG)."""
     from rich.markup import escape
@@ -86,53 +128,115 @@ def look(
     images = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
                                           if p.is_dir() else [p])]
     if not images:
-        raise _fail(DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, given))}: "
-                              "the folder is empty or holds no image files"))
-    try:
-        config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
-                            timeout_s=timeout)
-        with _client(url, timeout) as client:
-            if watch_interval is None:
-                pipe = LookPipeline(client, open_for_client(catalog_dir, client, model_repository), config)
-            else:
-                pipe = LookPipeline(client, CatalogWatcher(catalog_dir, client, watch_interval, model_repository), config)
-            searched: dict[str, Catalog] = {}  # the catalog each result was matched in, for its shop photos
+        fail(DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, given))}: "
+                       "the folder is empty or holds no image files"))
+    config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
+                        timeout_s=timeout, catalog_filter=catalog_filter)
+    if server:
+        _look_server(images, config, out, url, timeout, concurrency, render, masks_in_json, progress)
+        return
+    if catalog_dir is None:
+        fail("--catalog is required (or --server: the look model searches the catalog the server serves)")
+    with _client(url, timeout) as client:
+        if watch_interval is None:
+            pipe = LookPipeline(client, open_for_client(catalog_dir, client, model_repository), config)
+        else:
+            pipe = LookPipeline(client, CatalogWatcher(catalog_dir, client, watch_interval, model_repository), config)
+        if catalog_filter is not None:  # an unknown attribute or a type mismatch is refused before any image
+            from lookserve.client.catalog.filters import check, parse
 
-            def catalog_of(result) -> Catalog:
-                if result.catalog not in searched:
-                    now = pipe.catalog
-                    searched[result.catalog] = now if str(now.path) == result.catalog else Catalog.open(result.catalog, verify=False)
-                return searched[result.catalog]
+            check(parse(catalog_filter), pipe.catalog.manifest.attributes)
+        searched: dict[str, Catalog] = {}  # the catalog each result was matched in, for its shop photos
 
-            table = Table("image", "items", "top-1 per item", "client ms", "total ms")
-            failed: list[tuple[Path, LookserveError]] = []
-            names: dict[Path, str] = {}
-            for p in images:  # unique output names even when stems repeat across folders
-                stem, n = p.stem, 2
-                while stem in names.values():
-                    stem, n = f"{p.stem}-{n}", n + 1
-                names[p] = stem
+        def catalog_of(result) -> Catalog:
+            if result.catalog not in searched:
+                now = pipe.catalog
+                searched[result.catalog] = now if str(now.path) == result.catalog else Catalog.open(result.catalog, verify=False)
+            return searched[result.catalog]
+
+        table = Table("image", "items", "top-1 per item", "client ms", "total ms")
+        failed: list[tuple[Path, LookserveError]] = []
+        names: dict[Path, str] = {}
+        for p in images:  # unique output names even when stems repeat across folders
+            stem, n = p.stem, 2
+            while stem in names.values():
+                stem, n = f"{p.stem}-{n}", n + 1
+            names[p] = stem
+        with _progress(progress, len(images), "looking") as advance:
             for path, result in zip(images, pipe.run_many(images, concurrency=concurrency), strict=True):
+                advance()
                 if isinstance(result, LookserveError):
                     failed.append((path, result))
-                    table.add_row(escape(path.name), "[red]error[/red]", "", "", "")
+                    table.add_row(escape(path.name), "error", "", "", "")
                     continue
                 write_result(result, out / f"{names[path]}.json", include_masks=masks_in_json)
                 if render:
                     render_look(result, path, catalog_of(result), out / f"{names[path]}.png", k)
                 tops = "; ".join(f"{i.detection.category}→#{i.matches[0].product_id} ({i.matches[0].similarity:.2f})"
                                  if i.matches else f"{i.detection.category}→-" for i in result.items)
-                table.add_row(escape(path.name), str(len(result.items)), tops or "-", f"{result.timings_ms['client']:.1f}",
-                              f"{result.timings_ms['total']:.1f}")
-        console = _console()
-        console.print(table)
-        for path, error in failed:
-            console.print(f"[red]{escape(str(path))}:[/red] {escape(str(error))}", soft_wrap=True)
-        console.print(f"wrote results to {escape(str(out))}", soft_wrap=True)
-        if failed:
-            raise typer.Exit(code=1)
-    except LookserveError as e:
-        raise _fail(e) from e
+                table.add_row(escape(path.name), str(len(result.items)), tops or "-",
+                              f"{result.timings_ms['client']:.1f}", f"{result.timings_ms['total']:.1f}")
+    console = _console()
+    console.print(table)
+    done = len(images) - len(failed)
+    console.print(f"wrote {done} result{'s' * (done != 1)} to {escape(str(out))}", soft_wrap=True)
+    for path, e in failed:
+        error(f"{path}: {e}")
+    finish_batch(len(failed), len(images), "images")
+
+
+def _output_names(images: list[Path]) -> dict[Path, str]:
+    names: dict[Path, str] = {}
+    for p in images:  # unique output names even when stems repeat across folders
+        stem, n = p.stem, 2
+        while stem in names.values():
+            stem, n = f"{p.stem}-{n}", n + 1
+        names[p] = stem
+    return names
+
+
+def _look_server(images: list[Path], config, out: Path, url: str, timeout: float, concurrency: int, render: bool,
+                 masks_in_json: bool, progress: bool | None) -> None:
+    """``lookserve look --server``: the JSON the client chain writes, from one ``look`` call per photo;
+    the PNG is drawn when the catalog the server searched is readable here."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lookserve.client.catalog import Catalog
+    from lookserve.client.look_remote import RemoteLook, result_from_dict, write_document
+    from lookserve.client.render import render_look
+
+    names = _output_names(images)
+    table = Table("image", "items", "top-1 per item", "server ms")
+    failed: list[tuple[Path, LookserveError]] = []
+    catalogs: dict[str, Catalog | None] = {}
+    with _client(url, timeout) as client, _progress(progress, len(images), "looking") as advance:
+        remote = RemoteLook(client, config)
+        for path, doc in zip(images, remote.run_many(images, concurrency, include_masks=masks_in_json), strict=True):
+            advance()
+            if isinstance(doc, LookserveError):
+                failed.append((path, doc))
+                table.add_row(escape(path.name), "error", "", "")
+                continue
+            write_document(doc, out / f"{names[path]}.json")
+            if render:
+                if doc["catalog"] not in catalogs:
+                    here = Path(doc["catalog"])
+                    catalogs[doc["catalog"]] = Catalog.open(here, verify=False) if (here / "manifest.json").is_file() else None
+                    if catalogs[doc["catalog"]] is None:
+                        warn(f"the server's catalog {doc['catalog']} is not readable here: no PNG drawn")
+                if catalogs[doc["catalog"]] is not None:
+                    render_look(result_from_dict(doc), path, catalogs[doc["catalog"]], out / f"{names[path]}.png", config.k)
+            tops = "; ".join(f"{i['category']}→#{i['matches'][0]['product_id']} ({i['matches'][0]['similarity']:.2f})"
+                             if i["matches"] else f"{i['category']}→-" for i in doc["items"])
+            table.add_row(escape(path.name), str(len(doc["items"])), tops or "-", f"{doc['timings_ms']['total']:.1f}")
+    console = _console()
+    console.print(table)
+    done = len(images) - len(failed)
+    console.print(f"wrote {done} result{'s' * (done != 1)} to {escape(str(out))}", soft_wrap=True)
+    for path, e in failed:
+        error(f"{path}: {e}")
+    finish_batch(len(failed), len(images), "images")
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,6 +257,7 @@ def _collect_views(paths: list[Path]) -> dict[str, list[Path]]:
 
 
 @app.command("thumbnails")
+@handle_errors
 def thumbnails(
     views: list[Path] = typer.Argument(..., help="Product folders of view images, or folders of product folders "
                                        "(e.g. a data set root: its footwear/views)."),
@@ -161,6 +266,8 @@ def thumbnails(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Products in flight."),
     sheet: bool = typer.Option(True, "--sheet/--no-sheet", help="Write contact_sheet.png."),
     timeout: float = _TIMEOUT,
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="Progress bar on stderr (default: when stderr is a terminal)."),
 ) -> None:
     """Pick each product's best view as its thumbnail and tag its footwear type."""
     from rich.markup import escape
@@ -169,36 +276,37 @@ def thumbnails(
     from lookserve.client.render import render_thumbnails
     from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline, write_outputs
 
-    try:
-        products = _collect_views(views)
-        with _client(url, timeout) as client:
-            pipe = ThumbnailPipeline(client, ThumbnailConfig(timeout_s=timeout))
-            results, failed = [], 0
+    products = _collect_views(views)
+    with _client(url, timeout) as client:
+        pipe = ThumbnailPipeline(client, ThumbnailConfig(timeout_s=timeout))
+        results, failed = [], 0
+        with _progress(progress, len(products), "thumbnails") as advance:
             for name, r in zip(products, pipe.run_many(products, concurrency), strict=True):
+                advance()
                 if isinstance(r, LookserveError):
                     failed += 1
-                    _console().print(f"[red]{escape(name)}:[/red] {escape(str(r))}", soft_wrap=True)
+                    error(f"{name}: {r}")
                 else:
                     results.append(r)
-        csv_path, json_path = write_outputs(results, out)
-        if sheet and results:
-            render_thumbnails(results, out / "contact_sheet.png")
-        table = Table("product", "thumbnail", "best-view p", "type", "type p")
-        for r in results[:30]:
-            table.add_row(escape(r.product), escape(Path(r.thumbnail).name), f"{r.best_view:.2f}", r.footwear_type,
-                          f"{r.type_probability:.2f}")
-        _console().print(table)
-        _console().print(f"wrote {csv_path} and {json_path}")
-        if failed:
-            raise typer.Exit(code=1)
-    except LookserveError as e:
-        raise _fail(e) from e
+    written = list(write_outputs(results, out))
+    if sheet and results:
+        written.append(render_thumbnails(results, out / "contact_sheet.png"))
+    shown = results[:30]
+    table = Table("product", "thumbnail", "best-view p", "type", "type p",
+                  caption=f"first {len(shown)} of {len(results)}" if len(shown) < len(results) else None)
+    for r in shown:
+        table.add_row(escape(r.product), escape(Path(r.thumbnail).name), f"{r.best_view:.2f}", r.footwear_type,
+                      f"{r.type_probability:.2f}")
+    _console().print(table)
+    _console().print(f"wrote {', '.join(escape(str(w)) for w in written)}", soft_wrap=True)
+    finish_batch(failed, len(products), "products")
 
 
 # ------------------------------------------------------------------------------------------
 # lookserve catalog ...
 # ------------------------------------------------------------------------------------------
 @catalog_app.command("build")
+@handle_errors
 def catalog_build(
     photos: Path = typer.Argument(..., help="A street2shop-format data set root, or a folder of images with a CSV."),
     out: Path = typer.Option(..., "--out", "-o", help="Catalog directory (replaced atomically)."),
@@ -227,27 +335,28 @@ def catalog_build(
         load_records,
     )
 
-    try:
-        records = load_records(photos, metadata, split or None)
-        params = IndexParams(M=m, ef_construction=ef_construction, k=k, recall_target=recall_target)
-        with _client(url, timeout) as client:
-            manifest = build_catalog(records, out, TritonEmbedder(client, embedder, embedder_version), params,
-                                     batch_size=batch_size, concurrency=concurrency, model_repository=model_repository,
-                                     progress=True, images_root=photos)
-        _print_catalog(describe(Catalog.open(out)))
-        if manifest.skipped:
-            _console().print(f"[yellow]{len(manifest.skipped)} photos could not be read and were skipped[/yellow]")
-    except LookserveError as e:
-        raise _fail(e) from e
+    records = load_records(photos, metadata, split or None)
+    params = IndexParams(M=m, ef_construction=ef_construction, k=k, recall_target=recall_target)
+    with _client(url, timeout) as client:
+        manifest = build_catalog(records, out, TritonEmbedder(client, embedder, embedder_version), params,
+                                 batch_size=batch_size, concurrency=concurrency, model_repository=model_repository,
+                                 progress=True, images_root=photos)
+    _print_catalog(describe(Catalog.open(out)))
+    if manifest.skipped:
+        warn(f"{len(manifest.skipped)} of {len(records)} photos could not be read and were skipped "
+             f"(listed in {out / 'manifest.json'})")
 
 
 def _print_catalog(info: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     c = _console()
-    e = info["embedder"]
-    c.print(f"catalog {info['path']}: embedder {e['name']} v{e['version']}, dim {info['dim']}, {info['space']}, "
-            f"M={info['M']}, ef_construction={info['ef_construction']}, {info['counts']}")
+    e, n = info["embedder"], info["counts"]
+    c.print(f"catalog {escape(info['path'])}: {n.get('photos', 0)} photos of {n.get('products', 0)} products "
+            f"in {n.get('categories', len(info['categories']))} categories", soft_wrap=True)
+    c.print(f"  embedded with model {escape(e['name'])!r} version {e['version']}: {info['dim']}-d vectors, "
+            f"{info['space']} distance; HNSW M={info['M']}, ef_construction={info['ef_construction']}", soft_wrap=True)
     table = Table("category", "photos", "products", "ef", "recall@K", "K")
     for cat, v in info["categories"].items():
         table.add_row(cat, str(v["count"]), str(v["products"]), str(v["ef"]), f"{v['recall_at_k']:.4f}", str(v["k"]))
@@ -255,27 +364,30 @@ def _print_catalog(info: dict) -> None:
 
 
 @catalog_app.command("info")
+@handle_errors
 def catalog_info(
     catalog_dir: Path = typer.Argument(..., help="Catalog directory."),
-    url: str | None = typer.Option(None, "--url", "-u", help="Also check the server serves the catalog's embedder version."),
+    url: str | None = url_option(None, "Also check that this server (host:port; env LOOKSERVE_URL) serves the "
+                                       "catalog's embedder version."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Verify a catalog (checksums; with --url the served embedder version) and describe it."""
     from lookserve.client.catalog import Catalog, describe, open_for_client
 
-    try:
-        if url:
-            with _client(url, 30.0) as client:
-                catalog = open_for_client(catalog_dir, client)
-        else:
-            catalog = Catalog.open(catalog_dir)
-        info = describe(catalog)
-    except LookserveError as e:
-        raise _fail(e) from e
+    if url:
+        with _client(url, 30.0) as client:
+            catalog = open_for_client(catalog_dir, client)
+    else:
+        catalog = Catalog.open(catalog_dir)
+    info = describe(catalog)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
-    else:
-        _print_catalog(info)
+        return
+    _print_catalog(info)
+    e = info["embedder"]
+    _console().print("checksums verified" + (
+        f"; {url} serves {e['name']!r} version {e['version']}, the version this catalog was built with" if url
+        else " (give --url to also check the served embedder version)"), soft_wrap=True)
 
 
 @catalog_app.command("bench-search")
@@ -290,15 +402,18 @@ def catalog_bench_search(
     seed: int = typer.Option(0, "--seed"),
     out: Path | None = typer.Option(None, "--out", help="Append the figures as JSON lines here."),
 ) -> None:
-    """HNSW search latency per item and recall@K vs exact search on synthetic categories."""
+    """HNSW search latency per item and recall@K vs exact search on synthetic categories, with ef
+    tuned as ``catalog build`` tunes it (lookserve.bench.search; ``lookserve bench search`` compares
+    engines at large sizes)."""
     from rich.table import Table
 
-    from lookserve.client.catalog import IndexParams, bench_search
+    from lookserve.bench.search import catalog_search_bench
+    from lookserve.client.catalog import IndexParams
 
     params = IndexParams(M=m, ef_construction=ef_construction, k=k)
     rows = []
     for size in n:
-        rows.append(bench_search(size, dim, queries, params, seed, threads=threads, progress=True))
+        rows.append(catalog_search_bench(size, dim, queries, params, seed, threads=threads))
         if out:  # each size as soon as it is measured
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.open("a") as f:
@@ -322,19 +437,44 @@ def eval_look(
     limit: int = typer.Option(0, "--limit", min=0, help="At most this many street photos (0 = all)."),
     concurrency: int = typer.Option(4, "--concurrency", min=1),
     out: Path | None = typer.Option(None, "--out", help="Write the figures as JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
     timeout: float = _TIMEOUT,
 ) -> None:
-    """End-to-end top-K accuracy: the right product among the top-K of the detected item of its category."""
+    """End-to-end top-K accuracy: the right product among the top-K of the item detected (its
+    category, IoU ≥ 0.5 with the ground-truth box), beside the chance of a random ranking."""
     from lookserve.client.catalog import open_for_client
-    from lookserve.client.look import LookConfig, LookPipeline, evaluate_pairs
+    from lookserve.client.evaluation import evaluate_pairs
+    from lookserve.client.look import LookConfig, LookPipeline
 
     try:
         with _client(url, timeout) as client:
             pipe = LookPipeline(client, open_for_client(catalog_dir, client), LookConfig(k=k, timeout_s=timeout))
             figures = evaluate_pairs(pipe, data, split, limit or None, concurrency)
     except LookserveError as e:
-        raise _fail(e) from e
-    _console().print_json(json.dumps(figures))
+        fail(e)
+    _write_figures(figures, out)
+    if as_json:
+        stdout_console().print_json(json.dumps(figures))
+    else:
+        _print_look_figures(figures, split, k)
+    finish_batch(figures["failed_photos"], figures["street_photos"], "street photos")
+
+
+def _print_look_figures(figures: dict, split: str, k: int) -> None:
+    from rich.table import Table
+
+    table = Table("category", "pairs", f"detected (IoU ≥ {figures['min_iou']})", "detected (category only)",
+                  "top-1", "chance top-1", f"top-{k}", f"chance top-{k}",
+                  title=f"shop the look, {split} split: {figures['street_photos']} street photos "
+                        f"({figures['failed_photos']} failed)")
+    for name, row in [*figures["per_category"].items(), ("all", figures)]:
+        table.add_row(name, str(row["pairs"]), *(f"{row[key]:.3f}" if key in row else "—" for key in (
+            "detected", "detected_category_only", "top1_accuracy", "chance_top1", f"top{k}_accuracy", f"chance_top{k}")),
+            end_section=name == list(figures["per_category"])[-1])
+    stdout_console().print(table)
+
+
+def _write_figures(figures: dict, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(figures, indent=2))
@@ -347,31 +487,46 @@ def eval_thumbnails(
     url: str = _URL,
     concurrency: int = typer.Option(4, "--concurrency", min=1),
     out: Path | None = typer.Option(None, "--out", help="Write the figures as JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON instead of a table."),
     timeout: float = _TIMEOUT,
 ) -> None:
-    """Thumbnail accuracy (the chosen view is a best view) and type accuracy on held-out shoes."""
-    from lookserve.client.thumbnails import (
-        ThumbnailConfig,
-        ThumbnailPipeline,
-        evaluate,
-        find_products,
-    )
+    """Thumbnail accuracy (the chosen view is a best view) and type accuracy on held-out shoes,
+    each beside its baselines computed from the same shoes' ground truth."""
+    from lookserve.client.evaluation import evaluate_thumbnails
+    from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline, find_products
+    from lookserve.data.footwear import shoes_in_splits
 
     try:
-        products = find_products(data)
-        gt = json.loads((data / "footwear" / "ground_truth.json").read_text())
-        held_out = {g["shoe_id"] for g in gt["images"] if g.get("split") == split}
-        products = {p: v for p, v in products.items() if p in held_out}
+        held_out = shoes_in_splits(data, split)
+        products = {p: v for p, v in find_products(data).items() if p in held_out}
+        if not products:
+            raise DataError(f"no product of split {split!r} under {data / 'footwear' / 'views'}")
         with _client(url, timeout) as client:
             pipe = ThumbnailPipeline(client, ThumbnailConfig(timeout_s=timeout))
-            results = [r for r in pipe.run_many(products, concurrency) if not isinstance(r, LookserveError)]
-        figures = evaluate(results, data / "footwear" / "ground_truth.json", splits=(split,))
+            answers = list(pipe.run_many(products, concurrency))
+        results = [r for r in answers if not isinstance(r, LookserveError)]
+        for name, r in zip(products, answers, strict=True):
+            if isinstance(r, LookserveError):
+                warn(f"{name}: {r}")
+        figures = {**evaluate_thumbnails(results, data, splits=(split,)), "failed_products": len(answers) - len(results)}
     except LookserveError as e:
-        raise _fail(e) from e
-    except (OSError, KeyError, json.JSONDecodeError) as e:
-        _console().print(f"[red]error:[/red] cannot read {data / 'footwear' / 'ground_truth.json'}: {e!r}")
-        raise typer.Exit(code=2) from e
-    _console().print_json(json.dumps(figures))
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(figures, indent=2))
+        fail(e)
+    _write_figures(figures, out)
+    if as_json:
+        stdout_console().print_json(json.dumps(figures))
+    else:
+        _print_thumbnail_figures(figures, split)
+    finish_batch(figures["failed_products"], figures["failed_products"] + figures["products"], "products")
+
+
+def _print_thumbnail_figures(figures: dict, split: str) -> None:
+    from rich.table import Table
+
+    table = Table("figure", "value", "baseline", "baseline value",
+                  title=f"thumbnails, {split} split: {figures['products']} products ({figures['failed_products']} failed)")
+    table.add_row("thumbnail is a best view", f"{figures['thumbnail_accuracy']:.3f}", "random view",
+                  f"{figures['thumbnail_baseline_random']:.3f}")
+    table.add_row("", "", "never back or sole", f"{figures['thumbnail_baseline_no_back_sole']:.3f}")
+    table.add_row("footwear type", f"{figures['type_accuracy']:.3f}", "most common type",
+                  f"{figures['type_baseline_majority']:.3f}")
+    stdout_console().print(table)

@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 
 from lookserve import contracts, errors
-from lookserve.client.catalog import Catalog, CatalogRef, Match
+from lookserve.client.catalog import Catalog, CatalogRef, Match, parse_filter
 from lookserve.errors import (
     CatalogVersionMismatch,
     ConfigError,
     ContractMismatch,
     InvalidInputError,
 )
+from lookserve.fsutil import atomic_write_text
 from lookserve.images import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -66,10 +67,14 @@ class FilterConfig:
     use_min_score: bool = True  # drop instances scoring below min_score
     catalog_categories_only: bool = True  # drop categories the catalog does not have
     best_per_category: bool = True  # keep only the highest-score instance per category
+    categories: tuple[str, ...] = ()  # keep only these categories (empty: all)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"min_score must be in [0, 1], got {self.min_score}")
+        unknown = sorted(set(self.categories) - set(CATEGORIES))
+        if unknown:
+            raise ConfigError(f"unknown categories {unknown}; expected some of {', '.join(CATEGORIES)}")
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,13 @@ class LookConfig:
     pin_embedder_version: bool = True  # ask the embedder for the catalog's version explicitly
     limits: DecodeLimits = DEFAULT_LIMITS
     timeout_s: float | None = None
+    catalog_filter: str | None = None  # on product attributes (lookserve.client.catalog.filters), inside the search
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"k must be ≥ 1, got {self.k}")
+        if self.catalog_filter is not None:
+            parse_filter(self.catalog_filter)  # a malformed filter is refused before any request
         if self.crop not in ("box", "mask"):
             raise ConfigError(f"crop must be 'box' or 'mask', got {self.crop!r}")
 
@@ -134,6 +142,7 @@ class LookResult:
     timings_ms: dict[str, float]
     catalog: str
     catalog_embedder: dict[str, str] = field(default_factory=dict)  # name, version of the catalog's manifest
+    catalog_version: str = ""  # the catalog version searched (CatalogBackend.version; changes with every update)
 
     def to_dict(self, include_masks: bool = True) -> dict[str, Any]:
         return {
@@ -148,6 +157,7 @@ class LookResult:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "catalog": self.catalog,
             "catalog_embedder": dict(self.catalog_embedder),
+            "catalog_version": self.catalog_version,
         }
 
     def to_json(self, include_masks: bool = True, indent: int | None = 2) -> str:
@@ -202,6 +212,8 @@ def filter_detections(
             dropped.append(Dropped(d, "score"))
         elif config.catalog_categories_only and d.category not in available:
             dropped.append(Dropped(d, "category_not_in_catalog"))
+        elif config.categories and d.category not in config.categories:
+            dropped.append(Dropped(d, "category_not_requested"))
         elif d.box[2] - d.box[0] < 2 or d.box[3] - d.box[1] < 2:
             dropped.append(Dropped(d, "empty_box"))
         else:
@@ -323,7 +335,8 @@ class _Steps:
                     for i in rows:
                         found[i] = []
                     continue
-                for i, matches in zip(rows, job.catalog.search(category, vectors[rows], self.config.k), strict=True):
+                extra = {} if self.config.catalog_filter is None else {"filter": self.config.catalog_filter}
+                for i, matches in zip(rows, job.catalog.search(category, vectors[rows], self.config.k, **extra), strict=True):
                     found[i] = matches
             items = [LookItem(d, tuple(found[i])) for i, d in enumerate(kept)]
         t1 = time.perf_counter()
@@ -336,6 +349,7 @@ class _Steps:
             dropped=tuple(dropped), model_versions=dict(job.versions), timings_ms=dict(job.timings),
             catalog=str(job.catalog.path),
             catalog_embedder={"name": job.catalog.embedder.name, "version": str(job.catalog.embedder.version)},
+            catalog_version=str(getattr(job.catalog, "version", "")),
         )
 
 
@@ -449,67 +463,12 @@ class AsyncLookPipeline(_Steps):
         return list(await asyncio.gather(*(one(s) for s in sources)))
 
 
-def evaluate_pairs(pipeline: LookPipeline, root: str | os.PathLike, split: str = "test", limit: int | None = None,
-                   concurrency: int = 4,
-                   results: dict[Path, LookResult | errors.LookserveError] | None = None) -> dict[str, Any]:
-    """End-to-end accuracy on a street2shop-format data set's held-out street photos.
-
-    For every (street photo, product) pair of ``split``: a *hit@1*/*hit@K* when the chain's item
-    of the pair's category has the product first / within its top-K; *detected* when the chain
-    kept an item of that category at all. Figures overall and per category. Given ``results``,
-    it is filled with each photo's result (or error), in the order the photos were sent."""
-    from lookserve.data import street2shop
-
-    data = street2shop.load(root)
-    pairs = data.pairs_of(split)
-    if not pairs:
-        raise errors.DataError(f"no {split} pairs under {root}")
-    photos = list(dict.fromkeys(p.street_path for p in pairs))
-    if limit:
-        photos = photos[:limit]
-        keep = set(photos)
-        pairs = [p for p in pairs if p.street_path in keep]
-    by_photo: dict[Path, LookResult | errors.LookserveError] = {} if results is None else results
-    failed = 0
-    for path, result in zip(photos, pipeline.run_many(photos, concurrency), strict=True):
-        by_photo[path] = result
-        failed += isinstance(result, errors.LookserveError)
-    per_cat: dict[str, dict[str, int]] = {}
-    for p in pairs:
-        c = per_cat.setdefault(p.category, {"pairs": 0, "detected": 0, "hit@1": 0, "hit@k": 0})
-        c["pairs"] += 1
-        result = by_photo[p.street_path]
-        if isinstance(result, errors.LookserveError):
-            continue
-        items = [i for i in result.items if i.detection.category == p.category]
-        if not items:
-            continue
-        c["detected"] += 1
-        ids = [[m.product_id for m in i.matches] for i in items]
-        c["hit@1"] += any(x[:1] == [p.product] for x in ids)
-        c["hit@k"] += any(p.product in x for x in ids)
-    total = {key: sum(c[key] for c in per_cat.values()) for key in ("pairs", "detected", "hit@1", "hit@k")}
-
-    def rates(c: dict[str, int]) -> dict[str, float]:
-        n = max(c["pairs"], 1)
-        return {"pairs": c["pairs"], "detected": c["detected"] / n, "top1_accuracy": c["hit@1"] / n,
-                f"top{pipeline.config.k}_accuracy": c["hit@k"] / n}
-
-    return {"split": split, "street_photos": len(photos), "failed_photos": failed, "k": pipeline.config.k,
-            **rates(total), "per_category": {cat: rates(c) for cat, c in sorted(per_cat.items())}}
-
-
 def write_result(result: LookResult, path: Path, include_masks: bool = True) -> Path:
     """Write a result's JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(result.to_json(include_masks))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, result.to_json(include_masks))
 
 
 __all__ = [
     "AsyncLookPipeline", "Detection", "Dropped", "FilterConfig", "LookConfig", "LookItem", "LookPipeline",
-    "LookResult", "evaluate_pairs", "filter_detections", "write_result",
+    "LookResult", "filter_detections", "write_result",
 ]

@@ -33,6 +33,7 @@ from lookserve import contracts, errors
 from lookserve.client.catalog import Match
 from lookserve.client.look import Detection, Dropped, LookConfig, LookItem, LookResult
 from lookserve.errors import ConfigError, InvalidInputError
+from lookserve.fsutil import atomic_write_text
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits, read_source
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,7 @@ class RemoteLook:
 
 def write_document(doc: dict[str, Any], path: Path) -> Path:
     """Write a look document's JSON atomically (the layout :func:`~lookserve.client.look.write_result` writes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=2))
 
 
 __all__ = [

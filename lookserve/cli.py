@@ -18,12 +18,13 @@ app = typer.Typer(
     help="Fashion visual search on NVIDIA Triton: shop the look and product thumbnails over gRPC.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
 @app.callback()
 def _main(
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v for INFO, -vv for DEBUG."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, show_default=False, help="-v for INFO, -vv for DEBUG."),
 ) -> None:
     setup_logging(verbose)
 
@@ -39,11 +40,13 @@ _SUBCOMMANDS: tuple[tuple[str, str, str | None, str], ...] = (
     ("lookserve.export.cli", "app", "export", "Export trained models to ONNX behind a parity gate."),
     ("lookserve.client.cli", "app", None, "look, thumbnails: the client chains"),
     ("lookserve.client.cli", "catalog_app", "catalog", "Build and inspect catalog indexes."),
+    ("lookserve.client.catalog_cli", "app", "catalog", ""),
     ("lookserve.client.models_cli", "app", "models", "Publish, promote and roll back model versions."),
     ("lookserve.client.cli", "eval_app", "eval", ""),
     ("lookserve.bench.cli", "app", "bench", "Latency and throughput benchmarks."),
     ("lookserve.bench.swap", "app", "bench", ""),
     ("lookserve.bench.reliability", "app", "bench", ""),
+    ("lookserve.bench.catalog_update", "app", "bench", ""),
     ("lookserve.ui.cli", "app", None, "ui: the web page"),
     ("lookserve.demo", "app", None, "demo: the main job end to end"),
 )

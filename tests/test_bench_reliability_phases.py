@@ -13,6 +13,8 @@ import pytest
 
 from lookserve.bench import reliability as rel
 from lookserve.bench.load import Outcome, accounting
+from lookserve.bench.variants import synthetic_embedder
+from lookserve.client.core import TritonClient
 
 SPEC = rel.ReliabilitySpec(concurrency=2, steady_s=1.0, fault_s=0.6, down_s=0.4, max_requests=2000, max_phase_s=30.0,
                            timeout_s=2.0, retries=3, bad_images=20, bad_json=24, seed=0)
@@ -54,8 +56,6 @@ def test_judge_tells_a_changed_meaning_from_skipped_rows_when_documents_load() -
 
 @pytest.mark.triton
 def test_steady_counts_wrong_answers_when_the_served_model_differs_from_the_reference(env, tmp_path: Path) -> None:
-    from lookserve.bench.variants import synthetic_embedder
-
     other = tmp_path / "other.onnx"
     onnx.save(synthetic_embedder(size=rel.SIZE, dim=rel.DIM, seed=5), other)
     result = rel.phase_steady(dataclasses.replace(env, spec=dataclasses.replace(SPEC, steady_s=0.5),
@@ -67,8 +67,6 @@ def test_steady_counts_wrong_answers_when_the_served_model_differs_from_the_refe
 
 @pytest.mark.triton
 def test_reference_matches_the_served_embedding_when_same_file(env) -> None:
-    from lookserve.client.core import TritonClient
-
     crops = np.random.default_rng(3).integers(0, 256, (1, rel.SIZE, rel.SIZE, 3), dtype=np.uint8)
     with TritonClient(env.url, timeout_s=10) as client:
         served = client.infer("embedder", {"crops": crops}).outputs["embedding"]
@@ -131,9 +129,5 @@ def test_bad_json_phase_lets_only_documented_errors_escape_and_accounts_for_ever
 
 
 @pytest.mark.triton
-@pytest.mark.xfail(strict=True, reason="known loader gaps the phase now reports: Catalog.open accepts a manifest whose "
-                   "embedder name/version, params or images_root were changed to other values, street2shop accepts "
-                   "a bbox coordinate of 2**70, footwear.load_views accepts an empty view type (see the phase's "
-                   "examples)")
 def test_bad_json_phase_accepts_only_documents_that_mean_the_same_when_mutated(bad_json) -> None:
     _assert_passed(bad_json)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
 
+from lookserve.cli import app
 from lookserve.client import catalog as cat
 from lookserve.client.catalog import (
     Catalog,
@@ -123,6 +127,21 @@ def test_catalog_manifest_records_binding_and_checksums_when_built(tmp_path: Pat
         assert info["sha256"] == cat.sha256_file(out / name)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: m["embedder"].update(version="4"),  # another embedder version: vectors of another space
+    lambda m: m["params"].update(M=48),
+    lambda m: m.update(images_root="/elsewhere"),
+    lambda m: m.pop("checksum"),
+], ids=["embedder_version", "params", "images_root", "checksum_removed"])
+def test_catalog_refuses_a_manifest_edited_after_it_was_written(tmp_path: Path, rng, edit) -> None:
+    out, _, _ = _build(tmp_path, rng)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CatalogIntegrityError, match="checksum"):
+        Catalog.open(out)
+
+
 def test_catalog_refuses_when_an_index_file_is_tampered(tmp_path: Path, rng) -> None:
     out, _, _ = _build(tmp_path, rng)
     data = bytearray((out / "index_tops.bin").read_bytes())
@@ -134,7 +153,6 @@ def test_catalog_refuses_when_an_index_file_is_tampered(tmp_path: Path, rng) -> 
 
 def test_catalog_refuses_when_the_database_is_tampered(tmp_path: Path, rng) -> None:
     out, _, _ = _build(tmp_path, rng)
-    import sqlite3
 
     with sqlite3.connect(out / "products.sqlite") as db:
         db.execute("UPDATE products SET title = 'x' WHERE id = 1000")
@@ -296,8 +314,6 @@ class _NumpyEmbedder:
 
 
 def _photo_records(tmp_path: Path, rng, n: int) -> list[PhotoRecord]:
-    from PIL import Image
-
     folder = tmp_path / "shop"
     folder.mkdir()
     records = []
@@ -338,3 +354,17 @@ def test_catalog_build_skips_unreadable_photos_when_some_are_corrupt(tmp_path: P
     records[3].path.write_bytes(b"not an image")
     manifest = cat.build_catalog(records, tmp_path / "catalog", _NumpyEmbedder(), batch_size=4)
     assert manifest.skipped == ("3.png",) and manifest.counts["photos"] == 9
+
+
+def test_catalog_bench_search_writes_the_committed_figures_when_run_small(tmp_path: Path) -> None:
+
+    out = tmp_path / "bench.jsonl"
+    result = CliRunner().invoke(app, ["catalog", "bench-search", "--n", "3000", "--queries", "200", "--M", "8",
+                                      "--ef-construction", "40", "--threads", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    committed = Path(__file__).parents[1] / "client" / "results" / "search_bench.jsonl"
+    assert list(row) == list(json.loads(committed.read_text().splitlines()[0]))  # same figures as the committed run
+    assert row["n"] == 3000 and row["queries"] == 200 and row["k"] == 6
+    assert row["tune_recall_at_k"] >= 0.99 and row["held_out_recall_at_k"] >= 0.95
+    assert 0 < row["search_ms_median"] <= row["search_ms_p99"]

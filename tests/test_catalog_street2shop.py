@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_thumbnails_chain import tiny_view_classifier
 from typer.testing import CliRunner
 
 from lookserve import contracts
+from lookserve.cli import app
 from lookserve.client.catalog import Catalog, records_from_street2shop
+from lookserve.client.cli import eval_app
+from lookserve.data import synth
 from lookserve.images import decode_image, resize_square
 from tinymodels import projection_embedder, run_onnx, write_model
 
@@ -21,15 +25,10 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    from lookserve.data import synth
-
     return synth.generate(tmp_path_factory.mktemp("synth") / "data", synth.SynthConfig.tiny(), seed=0)
 
 
 def test_catalog_cli_indexes_every_shop_photo_when_given_generated_data(synth_root: Path, tmp_path: Path, triton_factory) -> None:
-    from test_thumbnails_chain import tiny_view_classifier
-
-    from lookserve.cli import app
 
     repo = tmp_path / "repo"
     write_model(repo, replace(contracts.embedder_config(dim=32), warmup=()), lambda p: projection_embedder(p, dim=32))
@@ -57,7 +56,6 @@ def test_catalog_cli_indexes_every_shop_photo_when_given_generated_data(synth_ro
     figures_path = tmp_path / "thumbs.json"
     res = runner.invoke(app, ["thumbnails", str(synth_root), "--url", server.grpc_url, "--out", str(tmp_path / "thumbs")])
     assert res.exit_code == 0, res.output
-    from lookserve.client.cli import eval_app
 
     res = runner.invoke(eval_app, ["thumbnails", str(synth_root), "--url", server.grpc_url, "--out", str(figures_path)])
     assert res.exit_code == 0, res.output

@@ -9,7 +9,9 @@ letterboxed pixels. Test photos are S wide, so the letterbox only pads verticall
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +20,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from typer.testing import CliRunner
 
 from lookserve import contracts
+from lookserve.cli import app
 from lookserve.client.catalog import (
     Catalog,
     PhotoRecord,
@@ -28,7 +32,9 @@ from lookserve.client.catalog import (
     exact_search,
     open_for_client,
 )
+from lookserve.client.catalog.store import manifest_checksum
 from lookserve.client.core import AsyncTritonClient, TritonClient
+from lookserve.client.evaluation import evaluate_pairs
 from lookserve.client.look import AsyncLookPipeline, FilterConfig, LookConfig, LookPipeline
 from lookserve.errors import CatalogIntegrityError, CatalogVersionMismatch
 from lookserve.images import crop_box, crop_mask, letterbox
@@ -319,12 +325,11 @@ def test_look_embeds_all_crops_in_one_request_when_several_items_are_kept(served
 
 
 def test_look_refuses_when_catalog_embedder_version_differs(served, tmp_path: Path) -> None:
-    import shutil
-
     other = tmp_path / "catalog"
     shutil.copytree(served["catalog"], other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["embedder"]["version"] = "7"
+    manifest["checksum"] = manifest_checksum(manifest)  # a catalog written this way, not a damaged one
     (other / "manifest.json").write_text(json.dumps(manifest))
     img = street_photo([(230, "tops")], seed=8)
     with TritonClient(served["server"].grpc_url) as client:
@@ -345,8 +350,6 @@ def _run_after_swap(client, served, catalog, img):
 
 
 def test_look_refuses_when_index_file_is_tampered(served, tmp_path: Path) -> None:
-    import shutil
-
     other = tmp_path / "catalog"
     shutil.copytree(served["catalog"], other)
     data = bytearray((other / "index_tops.bin").read_bytes())
@@ -374,17 +377,12 @@ def test_look_async_equals_sync_when_many_images_are_pipelined(served) -> None:
 
 
 def img_bytes(img: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def test_look_cli_writes_json_and_png_when_catalog_is_built_by_cli(served, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from lookserve.cli import app
 
     shop = served["root"] / "shop"
     csv_path = tmp_path / "metadata.csv"
@@ -420,8 +418,6 @@ def test_look_cli_writes_json_and_png_when_catalog_is_built_by_cli(served, tmp_p
 
 
 def test_look_evaluation_counts_hits_only_on_overlapping_items_when_run_on_street2shop_pairs(served, tmp_path: Path) -> None:
-    from lookserve.client.evaluation import evaluate_pairs
-
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     (root / "meta" / "json").mkdir(parents=True)
@@ -461,9 +457,7 @@ def test_look_evaluation_counts_hits_only_on_overlapping_items_when_run_on_stree
     assert figures["per_category"]["bags"]["detected"] == 0.0
     assert figures["chance_top1"] == pytest.approx((1 / 12 + 1 / 6 + 1 / 8) / 3)
     # the CLI prints the same figures, as JSON or as a table with a row per category and one for all
-    from typer.testing import CliRunner
 
-    from lookserve.cli import app
 
     args = ["eval", "look", str(root), "--catalog", str(served["catalog"]), "--url", served["server"].grpc_url]
     res = CliRunner().invoke(app, [*args, "--json"])

@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,9 +22,12 @@ from PIL import Image
 from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
 from test_models_embedder_swap import FAST, PHOTO_SLOTS, _served
 from test_models_swap import LoadThreads
+from typer.testing import CliRunner
 
 from lookserve import contracts, errors
+from lookserve.cli import app
 from lookserve.client.catalog import PhotoRecord, TritonEmbedder, build_catalog, open_for_client
+from lookserve.client.catalog.store import manifest_checksum
 from lookserve.client.core import TritonClient
 from lookserve.client.look import FilterConfig, LookConfig, LookPipeline
 from lookserve.client.look_remote import (
@@ -36,7 +40,9 @@ from lookserve.client.look_remote import (
     server_message,
 )
 from lookserve.client.swap import swap_embedder
+from lookserve.demo import compare_one_call
 from lookserve.modelconfig import ModelConfig
+from lookserve.server.launcher import ServerOptions, TritonServer
 from lookserve.server.pipelines.repository import (
     SHIM,
     check_embedder_on_disk,
@@ -70,8 +76,6 @@ def _outcome(fn):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, request):
-    from lookserve.server.launcher import ServerOptions, TritonServer
-
     root = tmp_path_factory.mktemp("look-server")
     repo = root / "repo"
     write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()),
@@ -136,9 +140,6 @@ def test_look_server_json_equals_client_chain_apart_from_timings_when_given_gene
 
 @pytest.mark.triton
 def test_look_cli_server_writes_the_client_chains_json_apart_from_timings_when_given_photos(served, tmp_path) -> None:
-    from typer.testing import CliRunner
-
-    from lookserve.cli import app
 
     photos = []
     for seed, slots in enumerate(PHOTOS[:3]):
@@ -162,8 +163,6 @@ def test_look_cli_server_writes_the_client_chains_json_apart_from_timings_when_g
 
 @pytest.mark.triton
 def test_demo_one_call_comparison_reports_identical_json_when_run_on_the_served_catalog(served, tmp_path) -> None:
-    from lookserve.demo import compare_one_call
-
     photos = []
     for seed, slots in enumerate(PHOTOS):
         photos.append(tmp_path / f"street-{seed}.png")
@@ -266,6 +265,7 @@ def test_look_model_fails_to_load_with_reason_when_catalog_is_missing_or_of_anot
             shutil.copytree(served["catalog"], other)
             manifest = json.loads((other / "manifest.json").read_text())
             manifest["embedder"]["version"] = "7"
+            manifest["checksum"] = manifest_checksum(manifest)  # a catalog written this way, not a damaged one
             (other / "manifest.json").write_text(json.dumps(manifest))
             write_pipeline_models(repo, catalog=str(other))
             with pytest.raises(errors.ServerError, match="embedder version 7.*holds versions \\[1\\]"):
@@ -328,8 +328,6 @@ def test_open_catalog_ref_names_the_path_when_catalog_is_missing(tmp_path: Path)
 
 
 def test_check_embedder_on_disk_refuses_when_version_folder_is_missing(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     catalog = SimpleNamespace(path=tmp_path / "c", embedder=SimpleNamespace(name="embedder", version="2"))
     (tmp_path / "embedder" / "1").mkdir(parents=True)
     with pytest.raises(errors.CatalogVersionMismatch, match="version 2.*holds versions \\[1\\]"):

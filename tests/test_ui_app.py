@@ -24,6 +24,7 @@ from test_thumbnails_chain import SIZE, tiny_view_classifier
 
 from lookserve import contracts
 from lookserve.client.catalog import PhotoRecord, TritonEmbedder, build_catalog, open_for_client
+from lookserve.client.catalog.store import manifest_checksum
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookPipeline
 from lookserve.client.thumbnails import ThumbnailPipeline
@@ -267,6 +268,7 @@ def test_page_names_the_catalog_problem_when_catalog_missing_or_foreign(ui_serve
     shutil.copytree(ui_served["catalog"], foreign)
     manifest = json.loads((foreign / "manifest.json").read_text())
     manifest["embedder"]["version"] = "7"  # built by an embedder version the server does not serve
+    manifest["checksum"] = manifest_checksum(manifest)  # a catalog written this way, not a damaged one
     (foreign / "manifest.json").write_text(json.dumps(manifest))
     at = app_for(monkeypatch, ui_served["url"], foreign, ui_served["samples"], sample=LOOK_PHOTO)
     at.run()

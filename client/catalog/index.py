@@ -1,0 +1,136 @@
+"""The HNSW index of one category: its parameters, building it (:func:`new_index`), tuning its
+search breadth ``ef`` to a recall target (:func:`tune_ef`) and the exact search it is measured
+against (:func:`exact_search`, :func:`recall_at_k`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lookserve.errors import CatalogError, ConfigError
+
+SPACE = "cosine"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    M: int = 16
+    ef_construction: int = 200
+    k: int = 6  # the K of recall@K used to tune ef
+    recall_target: float = 0.99
+    tune_sample: int = 256  # queries per category used to tune ef
+    query_noise: float = 1.0  # largest norm of the noise that turns an indexed (unit) vector into a query
+    ef_candidates: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+    seed: int = 0
+    build_threads: int = 1  # >1 is faster but makes the graph depend on thread timing
+
+    def __post_init__(self) -> None:
+        if self.M < 2 or self.ef_construction < 1 or self.k < 1:
+            raise ConfigError(f"invalid HNSW parameters M={self.M}, ef_construction={self.ef_construction}, k={self.k}")
+        if not 0 < self.recall_target <= 1:
+            raise ConfigError(f"recall_target must be in (0, 1], got {self.recall_target}")
+
+
+@dataclass(frozen=True)
+class FilteredSearch:
+    """How a filtered search runs (:meth:`~lookserve.client.catalog.directory.Catalog.search`).
+
+    A filter keeping at most ``max(exact_rows, exact_fraction × photos)`` photos is answered by
+    exact search over those photos (cost ∝ photos kept; their vectors are gathered once per
+    filter); a broader one by hnswlib's ``knn_query(filter=...)``, asking for
+    ``ef / selectivity ** ef_power`` candidates (at least the tuned ef) since fewer of the nodes
+    it visits count. The threshold comes from ``lookserve bench catalog-update``
+    (bench/results/catalog_update.md, 500k photos): the filtered graph walk's cost grows about
+    as 1/selectivity (Python calls the filter for every node it visits: 3.7 ms a query at 50 %,
+    8 ms at 10 %, 270 ms at 1 %) while the exact scan's grows with the photos kept (about 4 ms
+    for 50k of 128-d), so they cross near 10 % at that size.
+    """
+
+    exact_rows: int = 4096
+    exact_fraction: float = 0.1
+    ef_power: float = 0.5
+    max_ef: int = 2048
+    cache: int = 64  # filter masks kept per catalog
+    gather_bytes: int = 256 << 20  # kept photos' vectors gathered for exact search, kept per catalog
+
+    def ef_for(self, ef: int, selectivity: float) -> int:
+        return int(min(self.max_ef, max(ef, np.ceil(ef / max(selectivity, 1e-9) ** self.ef_power))))
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int,
+                 normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k with numpy: (indices [n, k], similarities [n, k]), best first.
+    ``normalized``: ``vectors`` rows are unit already (not normalised again)."""
+    v = vectors if normalized else vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    sims = q @ v.T
+    n = v.shape[0]
+    k = min(k, n)
+    if k < n:
+        part = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # the k largest, without negating a copy
+        order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, axis=1)
+    else:
+        idx = np.argsort(-sims, axis=1, kind="stable")
+    return idx, np.take_along_axis(sims, idx, axis=1)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of the exact top-k found among the approximate top-k."""
+    if exact.size == 0:
+        return 1.0
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
+    return hits / exact.size
+
+
+def hnsw(dim: int):
+    """An uninitialised ``hnswlib.Index`` (space cosine) of ``dim``. hnswlib is imported here, on
+    first use, so importing the client stays light (tests/test_look_filter.py)."""
+    import hnswlib
+
+    return hnswlib.Index(space=SPACE, dim=dim)
+
+
+def new_index(dim: int, n: int, params: IndexParams):
+    """An empty hnswlib index (space cosine) for up to ``n`` vectors of ``dim``, seeded by ``params``."""
+    index = hnsw(dim)
+    index.init_index(max_elements=max(n, 1), M=params.M, ef_construction=params.ef_construction, random_seed=params.seed)
+    return index
+
+
+def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
+            labels: np.ndarray | None = None) -> tuple[int, float, int]:
+    """The smallest candidate ef with recall@K ≥ target on noisy copies of sampled vectors
+    (against exact search). ``labels``: the index label of each row of ``vectors`` (default:
+    the row number; an updated index holds removed labels the rows skip). Returns (ef,
+    measured recall, sample size)."""
+    n, dim = vectors.shape
+    k = min(params.k, n)
+    m = min(params.tune_sample, n)
+    picks = rng.choice(n, size=m, replace=False)
+    # Queries at several distances from their source vector (a street crop is rarely as close
+    # to its shop photo as a near-duplicate): noise norms cycle through 1/3, 2/3 and 1 × query_noise.
+    noise = rng.normal(size=(m, dim)).astype(np.float32)
+    levels = params.query_noise * (1 + np.arange(m) % 3) / 3
+    noise *= (levels / np.maximum(np.linalg.norm(noise, axis=1), 1e-12))[:, None]
+    unit = vectors[picks] / np.maximum(np.linalg.norm(vectors[picks], axis=1, keepdims=True), 1e-12)
+    queries = unit + noise
+    exact, _ = exact_search(vectors, queries, k)
+    if labels is not None:
+        exact = np.asarray(labels, dtype=np.int64)[exact]
+    best = (max(params.ef_candidates[-1], n), 0.0)
+    for ef in sorted({max(e, k) for e in params.ef_candidates} | {max(n, k)}):
+        index.set_ef(ef)
+        labels, _ = index.knn_query(queries, k=k, num_threads=1)
+        recall = recall_at_k(labels.astype(np.int64), exact)
+        if recall >= params.recall_target:
+            return ef, recall, m
+        best = (ef, recall)
+        if ef >= n:
+            break
+    raise CatalogError(
+        f"recall@{k} of the HNSW graph stays below {params.recall_target} at every ef (best {best[1]:.4f} at "
+        f"ef={best[0]}); build with a larger M or ef_construction (now M={params.M}, "
+        f"ef_construction={params.ef_construction})"
+    )
