@@ -6,14 +6,46 @@ the commands.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shlex
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
-from lookserve.bench.report import DEFAULT_OUT
+from lookserve.bench import perf_analyzer as pa_engine
+from lookserve.bench.load import (
+    LoadSpec,
+    chain_workload,
+    check_served,
+    compare,
+    compare_markdown,
+    encoded_photos,
+    model_workload,
+    plot_comparison,
+    read_report,
+    run_load,
+    write_load_report,
+)
+from lookserve.bench.load import markdown as load_markdown
+from lookserve.bench.perf_analyzer import bytes_input_data
+from lookserve.bench.report import DEFAULT_OUT, atomic_write_json, atomic_write_text, markdown_table
+from lookserve.bench.search import (
+    SearchSpec,
+    expected_time,
+    run_search_bench,
+    write_search_report,
+)
+from lookserve.bench.search import markdown as search_markdown
+from lookserve.bench.tune import grid, write_winner
+from lookserve.bench.tune import tune as run_tune
+from lookserve.bench.variants import run_variants, write_synthetic_repository
+from lookserve.client.core import TritonClient
 from lookserve.cliutil import fail, stderr_console, url_option
 from lookserve.errors import LookserveError
+from lookserve.modelconfig import ModelConfig
+from lookserve.server.launcher import ServerOptions, TritonServer
 
 app = typer.Typer(no_args_is_help=True, help="Latency and throughput benchmarks.")
 
@@ -21,8 +53,6 @@ OUT = typer.Option(DEFAULT_OUT, "--out", help="Directory for the JSON, Markdown 
 
 
 def _console():
-    from rich.console import Console
-
     return Console(soft_wrap=True)
 
 
@@ -82,13 +112,6 @@ def search(
     stem: str = typer.Option("search", "--stem", help="Output file name stem."),
 ) -> None:
     """hnswlib vs exact (numpy) vs faiss HNSW: recall@k, single/batched q/s, build time and memory."""
-    from lookserve.bench.search import (
-        SearchSpec,
-        expected_time,
-        markdown,
-        run_search_bench,
-        write_search_report,
-    )
 
     try:
         spec = SearchSpec(n=n, dim=dim, queries=queries, k=k, efs=_ints(efs, "--efs"), m=m, ef_construction=ef_construction,
@@ -101,7 +124,7 @@ def search(
     except LookserveError as e:
         fail(e)
     c = _console()
-    c.print(markdown(report))
+    c.print(search_markdown(report))
     for p in paths:
         c.print(f"wrote {p}")
 
@@ -121,8 +144,6 @@ SEED = typer.Option(0, "--seed")
 
 
 def _spec(mode: str, levels: str | None, duration: float, max_requests: int | None, warmup: float, timeout: float, seed: int):
-    from lookserve.bench.load import LoadSpec
-
     if levels is None:
         parsed: tuple[float, ...] = (1, 2, 4, 8, 16) if mode == "closed" else (10, 20, 40)
     else:
@@ -138,19 +159,7 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
 
     ``engine``: lookserve's load generator, perf_analyzer (``models[0]``, same load points), or
     both interleaved level by level, with perf_analyzer/lookserve ratios."""
-    import contextlib
 
-    from lookserve.bench import perf_analyzer as pa_engine
-    from lookserve.bench.load import (
-        check_served,
-        compare,
-        compare_markdown,
-        markdown,
-        run_load,
-        write_load_report,
-    )
-    from lookserve.bench.report import atomic_write_json, atomic_write_text
-    from lookserve.client.core import TritonClient
 
     if engine not in pa_engine.ENGINES:
         raise typer.BadParameter(f"--engine must be one of {', '.join(pa_engine.ENGINES)}, got {engine!r}")
@@ -158,8 +167,6 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
 
     with contextlib.ExitStack() as stack:
         if repository is not None:
-            from lookserve.server.launcher import ServerOptions, TritonServer
-
             if not repository.is_dir():
                 raise typer.BadParameter(f"--repository {repository} is not a directory")
             server = stack.enter_context(TritonServer(ServerOptions(
@@ -183,7 +190,7 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
             reports = {"": run_load(client, make_workload(client), spec, variant=label)}
     c = _console()
     for suffix, report in reports.items():
-        c.print(markdown(report))
+        c.print(load_markdown(report))
         for p in write_load_report(report, out, stem + suffix, command=command):
             c.print(f"wrote {p}")
     if engine == "both":
@@ -212,7 +219,6 @@ def model(
                                     "or both, interleaved level by level with their ratios."),
 ) -> None:
     """Load one served model: throughput, latency percentiles and the Triton stage breakdown per point."""
-    from lookserve.bench.load import model_workload
 
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
@@ -243,7 +249,6 @@ def look(
     stem: str = typer.Option("look", "--stem"),
 ) -> None:
     """Load the shop-the-look chain (detector → embedder → search) with street photos."""
-    from lookserve.bench.load import chain_workload
 
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
@@ -266,7 +271,6 @@ def thumbnails(
     stem: str = typer.Option("thumbnails", "--stem"),
 ) -> None:
     """Load the thumbnails chain (views → view_classifier → best view + type), one product per request."""
-    from lookserve.bench.load import chain_workload
 
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
@@ -284,8 +288,6 @@ def compare_cmd(
     out: Path | None = typer.Option(None, "--out", help="Also write the comparison here (.md; .json beside it)."),
 ) -> None:
     """Two load reports side by side: every figure in both and B/A, per shared load level."""
-    from lookserve.bench.load import compare, compare_markdown, read_report
-    from lookserve.bench.report import atomic_write_json, atomic_write_text
 
     try:
         c = compare(read_report(a), read_report(b))
@@ -315,9 +317,6 @@ def variants(
                                "rotated each round); the report gives the median of the rounds."),
 ) -> None:
     """Embedder config variants (typed configs via dataclasses.replace) on private servers, compared as ratios."""
-    from lookserve.bench.load import compare, compare_markdown, plot_comparison, write_load_report
-    from lookserve.bench.report import atomic_write_json, atomic_write_text
-    from lookserve.bench.variants import run_variants
 
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     command = _command_line(ctx)
@@ -366,10 +365,6 @@ def tune(
     batch_size: int = typer.Option(1, "--batch-size", min=1),
 ) -> None:
     """Search instance count × threads × queue delay × max batch under an objective; write the winner as a variant."""
-    from lookserve.bench.report import markdown_table
-    from lookserve.bench.tune import grid, write_winner
-    from lookserve.bench.tune import tune as run_tune
-    from lookserve.modelconfig import ModelConfig
 
     command = _command_line(ctx)
     model_dir = repository / name
@@ -413,11 +408,7 @@ def perf_analyzer_data(
     seed: int = SEED,
 ) -> None:
     """Write perf_analyzer's input data for the server-side look/thumbnails models (BYTES photos)."""
-    import json
 
-    from lookserve.bench.load import encoded_photos
-    from lookserve.bench.perf_analyzer import bytes_input_data
-    from lookserve.bench.report import atomic_write_text
 
     if kind not in ("look", "thumbnails"):
         raise typer.BadParameter(f"--kind must be look or thumbnails, got {kind!r}")
@@ -434,7 +425,6 @@ def perf_analyzer_data(
 @app.command("synthetic-repository")
 def synthetic_repository(path: Path = typer.Argument(..., help="Directory to write (a Triton model repository).")) -> None:
     """Write the synthetic conv embedder and view classifier (contract configs) for benches without trained models."""
-    from lookserve.bench.variants import write_synthetic_repository
 
     if path.exists() and any(path.iterdir()):
         raise typer.BadParameter(f"{path} exists and is not empty; pick a new directory")

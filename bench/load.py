@@ -22,6 +22,7 @@ over the answered requests and over all of them (``latency_all``: a failure at t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -33,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lookserve import errors
 from lookserve.bench.report import (
@@ -43,6 +46,10 @@ from lookserve.bench.report import (
     markdown_table,
     save_figure,
 )
+from lookserve.client.catalog import open_for_client
+from lookserve.client.look import LookConfig, LookPipeline
+from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline
+from lookserve.export.samples import photos
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +108,6 @@ class Workload:
 # --- inputs -----------------------------------------------------------------------------------
 def image_pool(n: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """``n`` photo-like UINT8 images (lookserve.data's generator if present, else structured scenes)."""
-    from lookserve.export.samples import photos
 
     return photos(n, height, width, seed=seed)
 
@@ -559,8 +565,6 @@ def run_load(client, workload: Workload, spec: LoadSpec, variant: str = "", prog
     """The whole sweep: one point per level, plus the environment and the workload's description."""
     points = []
     if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                        TimeElapsedColumn(), transient=True)
     else:
@@ -721,7 +725,6 @@ def compare_markdown(c: dict[str, Any]) -> str:
 
 def read_report(path: str | Path) -> dict[str, Any]:
     """A load report written by :func:`write_load_report`, with a clear error for anything else."""
-    import json
 
     path = Path(path)
     try:
@@ -738,7 +741,6 @@ def read_report(path: str | Path) -> dict[str, Any]:
 # --- the client chains --------------------------------------------------------------------------
 def encoded_photos(n: int, size: int, seed: int = 0, quality: int = 90) -> tuple[list[bytes], str]:
     """``n`` generated photos as JPEG bytes: the chains' real inputs (their decoding is part of a request)."""
-    import cv2
 
     images, source = image_pool(n, size, size, seed=seed)
     out = []
@@ -752,7 +754,6 @@ def encoded_photos(n: int, size: int, seed: int = 0, quality: int = 90) -> tuple
 
 def thumbnails_workload(client, views: int = 5, pool: int = 8, size: int = 256, seed: int = 0) -> Workload:
     """One request = one product: ``views`` JPEG views through :class:`ThumbnailPipeline` (one batched infer)."""
-    from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline
 
     if views < 1:
         raise errors.ConfigError(f"a product needs at least one view, got {views}")
@@ -773,8 +774,6 @@ def look_workload(client, catalog: str | Path, pool: int = 8, size: int = 640, s
 
     ``photos`` (encoded images) replace the generated ones, e.g. street photos of a data set.
     """
-    from lookserve.client.catalog import open_for_client
-    from lookserve.client.look import LookConfig, LookPipeline
 
     cat = open_for_client(catalog, client)
     pipeline = LookPipeline(client, cat, LookConfig())

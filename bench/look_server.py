@@ -15,25 +15,33 @@ of this process (client). The catalog is built through the served embedder when 
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
 import json
 import logging
 import os
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import psutil
 
+from lookserve.bench.perf_analyzer import locate
 from lookserve.client.catalog import TritonEmbedder, build_catalog, load_records, open_for_client
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookPipeline
 from lookserve.client.look_remote import RemoteLook
+from lookserve.data import street2shop
 from lookserve.server.launcher import ServerOptions, TritonServer
 from lookserve.server.pipelines.repository import write_pipeline_models
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,8 @@ class CountingClient:
 
 
 def _cpu(proc: psutil.Process) -> float:
+    import psutil  # the [bench] extra: `lookserve --help` must not need it
+
     total = 0.0
     for p in [proc, *proc.children(recursive=True)]:
         try:
@@ -77,6 +87,8 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def _phase(run, photos: list[Path], concurrency: int, server_proc: psutil.Process, counter: CountingClient) -> dict:
+    import psutil
+
     me = psutil.Process()
     sent0, recv0 = counter.sent, counter.received
     s0, c0 = _cpu(server_proc), sum(me.cpu_times()[:2])
@@ -115,8 +127,6 @@ def _summary(phases: list[dict], jpeg_bytes: float) -> dict:
 
 def run(repo: Path, data: Path, catalog: Path, out: Path, concurrencies=(1, 2, 4), rounds: int = 2,
         limit: int | None = None, perf_analyzer: bool = False) -> dict:
-    from lookserve.data import street2shop
-
     photos = list(dict.fromkeys(p.street_path for p in street2shop.load(data).pairs_of("test")))[:limit]
     jpeg = float(np.mean([p.stat().st_size for p in photos]))
     server = TritonServer(ServerOptions(model_repository=repo.resolve(), load_models=("detector", "embedder"),
@@ -130,6 +140,8 @@ def run(repo: Path, data: Path, catalog: Path, out: Path, concurrencies=(1, 2, 4
                               model_repository=repo)
             write_pipeline_models(repo, catalog=str(catalog.resolve()))
             admin.load_model("look")
+        import psutil
+
         proc = psutil.Process(server.pid)
         with TritonClient(server.grpc_url, timeout_s=120) as client:
             counter = CountingClient(client)
@@ -150,8 +162,6 @@ def run(repo: Path, data: Path, catalog: Path, out: Path, concurrencies=(1, 2, 4
                         phases[mode].setdefault(c, []).append(_phase(fn, photos, c, proc, counter))
         pa_rows = []
         if perf_analyzer:  # NVIDIA's load generator on the same server, the same photos (--input-data)
-            import tempfile
-
             with tempfile.TemporaryDirectory() as work:
                 pa_rows = perf_analyzer_look(server.grpc_url, photos, Path(work), concurrencies, 2 * len(photos))
     finally:
@@ -165,7 +175,6 @@ def perf_input_data(photos: list[Path], path: Path, masks: bool = False) -> Path
     """perf_analyzer's ``--input-data`` JSON for ``look``: one entry per photo, the encoded file as
     sent (``b64`` of the BYTES tensor's raw form), ``masks`` as the app would send it; the other
     optional inputs are left out."""
-    import base64
 
     def serialized(blob: bytes) -> str:  # a BYTES tensor's raw form: 4-byte little-endian length + bytes
         return base64.b64encode(struct.pack("<I", len(blob)) + blob).decode()
@@ -180,9 +189,7 @@ def perf_analyzer_look(url: str, photos: list[Path], work: Path, concurrencies=(
                        request_count: int = 24) -> list[dict]:
     """perf_analyzer on ``look`` with real photos (``--input-data``), closed loop per concurrency;
     its CSV rows (throughput, latency percentiles in µs)."""
-    import csv
 
-    from lookserve.bench.perf_analyzer import locate
 
     pa = locate()
     data = perf_input_data(photos, work / "look_input_data.json")

@@ -18,6 +18,7 @@ engines in turn at every level of one sweep.
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib.util
 import io
@@ -27,16 +28,20 @@ import os
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lookserve import errors
+from lookserve.bench.load import run_load
 from lookserve.bench.report import environment
+from lookserve.fsutil import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +244,6 @@ def run_perf_analyzer(model: str, url: str, spec, *, batch_size: int = 1, versio
 def run_interleaved(client, workload, model: str, url: str, spec, *, batch_size: int = 1, version: str = "",
                     variant: str = "", pa: PerfAnalyzer | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """lookserve's engine and perf_analyzer in turn at every level: (lookserve report, perf_analyzer report)."""
-    from lookserve.bench.load import run_load
 
     pa = pa or locate()
     ours: dict[str, Any] | None = None
@@ -261,8 +265,6 @@ def bytes_input_data(items: Sequence[Sequence[bytes]], input_name: str) -> dict[
     byte strings. perf_analyzer reads ``b64`` as the tensor's raw buffer, which for BYTES is
     Triton's serialisation: every element as a 4-byte little-endian length and its bytes (checked
     against a served python model: the model saw exactly the JPEGs sent)."""
-    import base64
-    import struct
 
     data = []
     for elements in items:
@@ -279,22 +281,17 @@ WHEEL_MEMBER = re.compile(r"^tritonclient-[^/]+\.data/data/bin/perf_analyzer$")
 
 def install_binary(wheel: Path, dest_dir: Path) -> Path:
     """Extract only ``bin/perf_analyzer`` from a ``tritonclient`` manylinux wheel into ``dest_dir``."""
-    import zipfile
 
     try:
         with zipfile.ZipFile(wheel) as z:
             member = next((n for n in z.namelist() if WHEEL_MEMBER.match(n)), None)
             if member is None:
                 raise errors.ConfigError(f"{wheel} has no data/bin/perf_analyzer (is it a manylinux tritonclient wheel?)")
-            dest_dir.mkdir(parents=True, exist_ok=True)
             target = dest_dir / "perf_analyzer"
-            tmp = dest_dir / ".perf_analyzer.tmp"
-            with z.open(member) as src, open(tmp, "wb") as out:
+            with atomic_output(target, mode=0o755) as tmp, z.open(member) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
     except (OSError, zipfile.BadZipFile) as e:
         raise errors.ConfigError(f"cannot extract perf_analyzer from {wheel}: {e}") from e
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
     return target
 
 

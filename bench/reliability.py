@@ -50,13 +50,51 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
+from PIL import Image
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lookserve import contracts
 from lookserve.bench.load import ClosedLoop, Outcome, accounting, latency_summary
-from lookserve.bench.report import DEFAULT_OUT
+from lookserve.bench.report import (
+    DEFAULT_OUT,
+    atomic_write_json,
+    atomic_write_text,
+    markdown_table,
+    save_figure,
+)
+from lookserve.bench.report import environment as env_info
+from lookserve.bench.variants import synthetic_embedder
+from lookserve.client.catalog import (
+    Catalog,
+    IndexParams,
+    PhotoRecord,
+    TritonEmbedder,
+    build_catalog,
+    open_for_client,
+    partial_dir_for,
+)
+from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
+from lookserve.client.models import ModelRepository
 from lookserve.cliutil import fail
-from lookserve.errors import LookserveError
+from lookserve.data import footwear, street2shop
+from lookserve.data.street2shop import Street2Shop
+from lookserve.errors import (
+    CatalogError,
+    DataError,
+    DeadlineExceeded,
+    InvalidInputError,
+    LookserveError,
+    PublishError,
+)
 from lookserve.export.parity import TOLERANCES, compare_tensors
+from lookserve.images import decode_image, resize_square
+from lookserve.modelconfig import DynamicBatching
+from lookserve.server.launcher import ServerOptions, TritonServer
+from lookserve.server.watchdog import StubWatchdog, stubs_of
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +165,6 @@ class Load:
 
     def __init__(self, env: Env, spec: ReliabilitySpec | None = None, model: str = "embedder",
                  t0: float | None = None) -> None:
-        import numpy as np
-
-        from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
 
         self.spec = spec = spec or env.spec
         self.model = model
@@ -201,9 +236,6 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 def _write_repository(root: Path) -> Path:
     import onnx
 
-    from lookserve import contracts
-    from lookserve.bench.variants import synthetic_embedder
-    from lookserve.modelconfig import DynamicBatching
 
     base = replace(contracts.embedder_config(dim=DIM, crop_size=SIZE), warmup=())
     slow = replace(base, name=SLOW, dynamic_batching=DynamicBatching(max_queue_delay_microseconds=3_000_000,
@@ -217,10 +249,6 @@ def _write_repository(root: Path) -> Path:
 
 
 def _shop_records(folder: Path, n: int, seed: int) -> list:
-    import numpy as np
-    from PIL import Image
-
-    from lookserve.client.catalog import PhotoRecord
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -249,10 +277,6 @@ class Env:
 
 @contextlib.contextmanager
 def environment(work: Path, spec: ReliabilitySpec) -> Iterator[Env]:
-    from lookserve.client.catalog import IndexParams, TritonEmbedder, build_catalog
-    from lookserve.client.core import TritonClient
-    from lookserve.server.launcher import ServerOptions, TritonServer
-
     repo = _write_repository(work / "repo")
     server = TritonServer(ServerOptions(repo, grpc_port=0, load_models=("embedder", SLOW), work_dir=work / "triton",
                                         exit_timeout_s=3, ready_timeout_s=120))
@@ -305,10 +329,6 @@ def phase_steady(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, 
 
 
 def phase_deadline(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    import numpy as np
-
-    from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
-    from lookserve.errors import DeadlineExceeded
 
     s = env.spec
     crops = np.zeros((1, SIZE, SIZE, 3), np.uint8)
@@ -383,8 +403,6 @@ def phase_sigkill(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str,
 def phase_stub_kill(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     import psutil
 
-    from lookserve.client.core import TritonClient
-    from lookserve.server.watchdog import StubWatchdog, stubs_of
 
     s = env.spec
     t0 = time.perf_counter()
@@ -422,10 +440,6 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def phase_bad_publish(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    from lookserve.client.core import TritonClient
-    from lookserve.client.models import ModelRepository
-    from lookserve.errors import PublishError
-
     s = env.spec
     models = ModelRepository(env.repo)
     bad = env.work / "bad.onnx"
@@ -505,11 +519,6 @@ def _tamper_cases() -> dict[str, Callable[[Path], None]]:
 
 
 def phase_catalog_tamper(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    import numpy as np
-
-    from lookserve.client.catalog import Catalog, open_for_client
-    from lookserve.client.core import TritonClient
-    from lookserve.errors import CatalogError
 
     live = Catalog.open(env.catalog)
     queries = np.random.default_rng(env.spec.seed).normal(size=(5, DIM)).astype(np.float32)
@@ -557,8 +566,6 @@ with TritonClient(url, timeout_s=30) as client:
 
 
 def phase_interrupted_build(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    from lookserve.client.catalog import Catalog, partial_dir_for
-
     before = _tree(env.catalog)
     partial = partial_dir_for(env.catalog)
     n = len(env.records)
@@ -593,8 +600,6 @@ def phase_interrupted_build(env: Env, earlier: Sequence[dict[str, Any]] = ()) ->
 # --- bad inputs --------------------------------------------------------------------------------
 def image_corpus(n: int, seed: int) -> list[tuple[str, bytes, bool]]:
     """(kind, bytes, must_decode) — seeded hostile and odd images."""
-    import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     rgb = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
@@ -645,10 +650,6 @@ def image_corpus(n: int, seed: int) -> list[tuple[str, bytes, bool]]:
 
 
 def phase_bad_images(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    from lookserve.client.core import TritonClient
-    from lookserve.errors import InvalidInputError
-    from lookserve.images import decode_image, resize_square
-
     s = env.spec
     corpus = image_corpus(s.bad_images, s.seed)
     outcomes: Counter = Counter()
@@ -732,8 +733,6 @@ SAME, SKIPPED, DIFFERENT = "loaded, same meaning", "loaded, bad rows skipped and
 
 def _meaning(loaded: Any) -> Any:
     """What a loader's result says, comparable with ``==`` (rows skipped with a reason kept apart)."""
-    from lookserve.client.catalog import Catalog
-    from lookserve.data.street2shop import Street2Shop
 
     if isinstance(loaded, Street2Shop):
         return {"pairs": sorted(map(repr, loaded.pairs)), "shop": loaded.shop, "category": loaded.product_category,
@@ -780,11 +779,6 @@ def _mutate_all(targets, per_target: int, rng, results: dict[str, Counter], exam
 
 
 def phase_bad_json(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    import numpy as np
-
-    from lookserve.client.catalog import Catalog
-    from lookserve.data import footwear, street2shop
-    from lookserve.errors import CatalogError, DataError
 
     s = env.spec
     rng = np.random.default_rng(s.seed)
@@ -841,8 +835,6 @@ def phase_bad_json(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str
 
 
 def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    from lookserve.client.core import TritonClient
-
     key = env.server.repository_key
     calls = {"repository index": lambda c: c.repository_index(), "unload": lambda c: c.unload_model("embedder"),
              "load": lambda c: c.load_model("embedder")}
@@ -895,7 +887,6 @@ RUNNERS: dict[str, Callable[[Env, Sequence[dict[str, Any]]], dict[str, Any]]] = 
 def run_reliability(work: Path, spec: ReliabilitySpec, phases: Sequence[str] = PHASES,
                     progress: bool = True) -> dict[str, Any]:
     """Run ``phases`` on a private Triton under ``work``; returns the report (see the module doc)."""
-    from lookserve.bench.report import environment as env_info
 
     unknown = set(phases) - set(PHASES)
     if unknown:
@@ -920,7 +911,6 @@ def _bar(enabled: bool, total: int):
     if not enabled:
         yield lambda name: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("reliability", total=total)
@@ -931,8 +921,6 @@ def _bar(enabled: bool, total: int):
 # Report
 # ------------------------------------------------------------------------------------------
 def markdown(report: dict[str, Any]) -> str:
-    from lookserve.bench.report import markdown_table
-
     spec = report["spec"]
     env = report.get("environment", {})
     load = ", ".join(f"{v:.1f}" for v in (env.get("load_average_1_5_15") or [])[:1]) or "?"
@@ -985,7 +973,6 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lookserve.bench.report import save_figure
 
     timed = [r for r in report["phases"] if r.get("timeline")]
     if not timed:
@@ -1014,8 +1001,6 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_report(report: dict[str, Any], out: Path, stem: str) -> list[Path]:
-    from lookserve.bench.report import atomic_write_json, atomic_write_text
-
     paths = [atomic_write_json(out / f"{stem}.json", report), atomic_write_text(out / f"{stem}.md", markdown(report))]
     png = plot(report, out / f"{stem}.png")
     return paths + ([png] if png else [])
@@ -1051,7 +1036,6 @@ def reliability(
 ) -> None:
     """Faults (SIGKILL, stub crash, slow server, bad publish, tampered catalog, killed build) and bad inputs
     under load on a private Triton; every request accounted for. Exit code 1 if a check failed."""
-    from rich.console import Console
 
     console = Console(soft_wrap=True)
     spec = ReliabilitySpec(concurrency=concurrency, steady_s=steady_s, fault_s=fault_s, down_s=down_s,
@@ -1070,7 +1054,6 @@ def reliability(
     for r in report["phases"]:
         r["command"] = _command(spec, (r["phase"],), out, f"{stem}_{r['phase']}")
     paths = write_report(report, out, stem)
-    from rich.markdown import Markdown
 
     console.print(Markdown(markdown(report).split("\n## ")[0]))
     for p in paths:

@@ -6,17 +6,22 @@ modules that draw.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from lookserve import fsutil
+from lookserve.fsutil import (
+    atomic_write_text as atomic_write_text,  # re-exported: the benches write Markdown with it
+)
 
 #: where every bench writes by default; ``bench/results/`` holds the committed results (pass
 #: ``--out bench/results`` on purpose to refresh one)
@@ -90,36 +95,16 @@ def environment(**extra: Any) -> dict[str, Any]:
     return env
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """A bench result as JSON (numpy scalars and arrays converted), written atomically."""
+    return fsutil.atomic_write_json(path, data, default=_json_default)
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure atomically as PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with fsutil.atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -136,8 +121,6 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _json_default(value: Any) -> Any:
-    import numpy as np
-
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):

@@ -24,7 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hnswlib
 import numpy as np
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lookserve.bench.report import (
     atomic_write_json,
@@ -177,14 +185,6 @@ class EngineResult:
 
 
 def _progress(total: int, description: str):
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
     return progress, description, total
@@ -229,8 +229,6 @@ def _measure_points(spec: SearchSpec, queries: np.ndarray, truth: np.ndarray, se
 
 
 def bench_hnswlib(spec: SearchSpec, base: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> EngineResult:
-    import hnswlib
-
     gc.collect()
     rss0 = _rss()
     index = hnswlib.Index(space="ip", dim=spec.dim)

@@ -35,12 +35,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
+from rich.console import Console
 
 from lookserve.bench.load import ClosedLoop, Outcome, latency_summary
-from lookserve.bench.report import DEFAULT_OUT
+from lookserve.bench.report import (
+    DEFAULT_OUT,
+    atomic_write_json,
+    atomic_write_text,
+    environment,
+    markdown_table,
+    save_figure,
+)
+from lookserve.client.catalog import (
+    MANIFEST,
+    CatalogWatcher,
+    TritonEmbedder,
+    build_catalog,
+    catalog_dir_name,
+    load_records,
+    read_current,
+    set_current,
+)
+from lookserve.client.core import TritonClient
+from lookserve.client.look import LookConfig, LookPipeline
+from lookserve.client.models import ModelRepository
+from lookserve.client.swap import SwapOptions, swap_embedder
 from lookserve.cliutil import fail
+from lookserve.data import street2shop
 from lookserve.errors import LookserveError
+from lookserve.server.launcher import ServerOptions, TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +109,6 @@ class Sample:
 
 def manifest_version(catalog: str | Path) -> str:
     """The embedder version in ``catalog``'s manifest on disk ("" when it cannot be read)."""
-    from lookserve.client.catalog import MANIFEST
 
     try:
         return str(json.loads((Path(catalog) / MANIFEST).read_text())["embedder"]["version"])
@@ -94,7 +118,6 @@ def manifest_version(catalog: str | Path) -> str:
 
 def catalog_version_on_disk(root: Path) -> str:
     """The embedder version in the manifest of the catalog ``root/current`` points to, read from disk."""
-    from lookserve.client.catalog import read_current
 
     return manifest_version(read_current(root))
 
@@ -214,9 +237,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    from lookserve.bench.report import save_figure
 
     samples = report["samples"]
     t = np.asarray(samples["t"])
@@ -290,8 +311,6 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    from lookserve.bench.report import markdown_table
-
     w = report["windows"]
     def cells(x: dict[str, Any]) -> list[Any]:
         return [x["requests"], x.get("ok"), x["failed"], x["mixed_version"], x["p50_ms"], x["p99_ms"], x["max_ms"],
@@ -366,8 +385,6 @@ def _copy_candidate(source: Path, dest: Path) -> None:
 
 
 def _street_photos(root: Path, split: str, n: int) -> list[bytes]:
-    from lookserve.data import street2shop
-
     paths = list(dict.fromkeys(p.street_path for p in street2shop.load(root).pairs_of(split)))[:n]
     return [p.read_bytes() for p in paths]
 
@@ -377,21 +394,6 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
                    detector_onnx: Path | None = None, embedder_onnx: Path | None = None, quiet_s: float = 2.0,
                    max_s: float = 420.0, cycles: int = 1, progress: bool = True,
                    allow_unverified: bool = False) -> dict[str, Any]:
-    from lookserve.bench.report import environment
-    from lookserve.client.catalog import (
-        CatalogWatcher,
-        TritonEmbedder,
-        build_catalog,
-        catalog_dir_name,
-        load_records,
-        set_current,
-    )
-    from lookserve.client.core import TritonClient
-    from lookserve.client.look import LookConfig, LookPipeline
-    from lookserve.client.models import ModelRepository
-    from lookserve.client.swap import SwapOptions, swap_embedder
-    from lookserve.server.launcher import ServerOptions, TritonServer
-
     models = ("detector", "embedder")
     repo = work / "repository"
     _copy_repository(repository, repo, models)
@@ -514,8 +516,6 @@ def run_swap_bench(repository: Path, photos_root: Path, work: Path, *, split: st
 
 
 def write_report(report: dict[str, Any], out: Path, stem: str) -> list[Path]:
-    from lookserve.bench.report import atomic_write_json, atomic_write_text
-
     return [atomic_write_json(out / f"{stem}.json", report), atomic_write_text(out / f"{stem}.md", markdown(report)),
             plot(report, out / f"{stem}.png")]
 
@@ -554,7 +554,6 @@ def swap(
                                           help="Promote new versions that did not come through the export parity gate."),
 ) -> None:
     """Look-chain latency under continuous load across detector promote/rollback and the embedder+catalog swap."""
-    from rich.console import Console
 
     console = Console(soft_wrap=True)
     try:

@@ -25,7 +25,19 @@ from typing import Any
 import numpy as np
 
 from lookserve import contracts, errors
+from lookserve.bench.load import (
+    ClosedLoop,
+    latency_summary,
+    model_workload,
+    run_load,
+    tensor_inputs,
+)
+from lookserve.bench.report import environment
+from lookserve.client.core import TritonClient
+from lookserve.export.variants import apply_variant
 from lookserve.modelconfig import DynamicBatching, InstanceGroup, ModelConfig, TensorSpec
+from lookserve.server.launcher import ServerOptions, TritonServer
+from lookserve.taxonomy import FOOTWEAR_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +104,6 @@ def synthetic_view_classifier(size: int = contracts.CROP_SIZE, seed: int = 1):
     """The view classifier's contract on the same conv trunk: type_probs (softmax over 6) and best_view (sigmoid)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from lookserve.taxonomy import FOOTWEAR_TYPES
 
     rng = np.random.default_rng(seed)
     types = len(FOOTWEAR_TYPES)
@@ -160,8 +171,6 @@ def embedder_variants(base: ModelConfig | None = None) -> dict[str, Variant]:
         return with_fp32_input(p, crops.name)
 
     def int8(p):
-        from lookserve.export.variants import apply_variant
-
         return apply_variant(p, "int8", kind="embedder")
 
     def policy(delay_us: int, preferred: tuple[int, ...] = (), instances: int = 1, threads: int = 1) -> ModelConfig:
@@ -235,9 +244,6 @@ def run_variants(names: Sequence[str], spec, *, onnx_path: Path | None = None, b
     ``variants``: the named variants to choose from (default :func:`embedder_variants`)."""
     import onnx
 
-    from lookserve.bench.load import model_workload, run_load
-    from lookserve.client.core import TritonClient
-    from lookserve.server.launcher import ServerOptions, TritonServer
 
     if rounds < 1:
         raise errors.ConfigError(f"rounds must be ≥ 1, got {rounds}")
@@ -300,7 +306,6 @@ class OrtDirect:
     def __init__(self, model_proto, threads: int, batch_size: int = 1, seed: int = 0, pool: int = 16) -> None:
         import onnxruntime as ort
 
-        from lookserve.bench.load import tensor_inputs
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -315,8 +320,6 @@ class OrtDirect:
         self.batch_size = batch_size
 
     def point(self, concurrency: int, duration_s: float, warmup_s: float, max_requests: int | None) -> dict[str, Any]:
-        from lookserve.bench.load import ClosedLoop, latency_summary
-
         def call(worker: int, i: int) -> None:
             self.session.run(None, self.feeds[i % len(self.feeds)])
 
@@ -334,8 +337,6 @@ class OrtDirect:
                 "engine": "onnxruntime in-process"}
 
     def report(self, spec, variant: str, source: str) -> dict[str, Any]:
-        from lookserve.bench.report import environment
-
         if spec.mode != "closed":
             raise errors.ConfigError(f"{variant}: onnxruntime in-process runs closed-loop sweeps only, not {spec.mode}")
         points = [self.point(int(level), spec.duration_s, spec.warmup_s, spec.max_requests) for level in spec.levels]

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from lookserve import errors
+from lookserve.fsutil import sha256_file
 from lookserve.modelconfig import ModelConfig, VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def verify_export(onnx_path: Path, info: Mapping[str, Any] | None, sha256: str |
         if published.get("status") == "unverified" and published.get("reason"):
             return Verification(False, str(published["reason"]))  # why publish found it unverified
         return Verification(False, "its export.json records no onnx.sha256 of the exported file")
-    actual = sha256 or _sha256(onnx_path)
+    actual = sha256 or sha256_file(onnx_path)
     if recorded != actual:
         return Verification(False, f"its export.json records onnx.sha256 {recorded[:12]}…, but the file is {actual[:12]}… "
                                    "(not the file the parity gate passed)")
@@ -206,7 +207,7 @@ class ModelRepository:
             shutil.copyfile(onnx_path, staging / "model.onnx")
             meta = dict(exported or {})
             meta["published_from"] = str(onnx_path)
-            meta["sha256"] = _sha256(staging / "model.onnx")
+            meta["sha256"] = sha256_file(staging / "model.onnx")
             verification = verify_export(staging / "model.onnx", exported, meta["sha256"])
             meta["verification"] = verification.to_dict()
             (staging / "export.json").write_text(json.dumps(meta, indent=2))
@@ -390,11 +391,3 @@ def _read_export_json(onnx_path: Path, export_json: str | os.PathLike | None) ->
     return info
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lookserve.errors import InvalidInputError
+from lookserve.fsutil import atomic_output
 from lookserve.images import decode_image, paste_mask
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,8 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     return path
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from lookserve import contracts, errors
 from lookserve.errors import ConfigError, ContractMismatch, DataError, InvalidInputError
+from lookserve.fsutil import atomic_write_text
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits, decode_image, resize_square
 from lookserve.taxonomy import FOOTWEAR_TYPES
 
@@ -235,10 +236,7 @@ def write_outputs(results: Sequence[ThumbnailResult], out_dir: str | os.PathLike
     paths = []
     for name, text in (("thumbnails.csv", buf.getvalue()),
                        ("thumbnails.json", json.dumps([r.to_dict() for r in results], indent=2))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
-        paths.append(out_dir / name)
+        paths.append(atomic_write_text(out_dir / name, text))
     return paths[0], paths[1]
 
 

@@ -5,16 +5,25 @@ Nothing heavy is imported at module level (OpenCV and friends load inside the co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from lookserve.cliutil import fail, stdout_console
+from lookserve.data import difficulty as Dif
+from lookserve.data import download as D
+from lookserve.data import preview as P
+from lookserve.data import street2shop
+from lookserve.data import synth as S
+from lookserve.errors import LookserveError
 
 app = typer.Typer(no_args_is_help=True, help="Generate, load, download and preview street2shop-format data.")
 
@@ -36,10 +45,7 @@ def synth(
     workers: int = typer.Option(1, "--workers", help="Processes rendering street photos (same files for any number)."),
 ) -> None:
     """Generate a street2shop-format data set with exact ground truth."""
-    import dataclasses
 
-    from lookserve.data import synth as S
-    from lookserve.errors import LookserveError
 
     if not overwrite and out.is_dir() and any(out.iterdir()):
         fail(f"{out} exists and is not empty; pass --overwrite to replace it")
@@ -70,13 +76,10 @@ def bench(
     out: Path = typer.Option(None, "--out", help="Also write the figures as JSON here."),
 ) -> None:
     """Street-photo generation speed on one core (rendering + JPEG + mask RLE; no disk write)."""
-    from lookserve.data import synth as S
 
     c = _console()
     res = S.bench_street(n=n, seed=seed, size=size, repeats=repeats,
                          on_repeat=lambda r, rate: c.print(f"repeat {r + 1}/{repeats}: {rate:.1f} photos per CPU-second"))
-    import cv2
-    import numpy as np
 
     res.update({"python": sys.version.split()[0], "numpy": np.__version__, "opencv": cv2.__version__,
                 "machine": platform.machine(), "processor": platform.processor() or platform.machine()})
@@ -98,8 +101,6 @@ def bench(
 @app.command()
 def info(data: Path = typer.Option(..., "--data", help="Data set root (street2shop layout).")) -> None:
     """Load a data set (generated or real) and print what it holds, including skipped rows."""
-    from lookserve.data import street2shop
-    from lookserve.errors import LookserveError
 
     try:
         ds = street2shop.load(data)
@@ -126,8 +127,6 @@ def preview(
     fmt: str = typer.Option("png", "--format", help="png or jpg (smaller, for docs)."),
 ) -> None:
     """Contact sheets: street photos with masks + boxes, shop photos per category, footwear views."""
-    from lookserve.data import preview as P
-    from lookserve.errors import LookserveError
 
     try:
         files = P.write_previews(data, out, n, fmt)
@@ -150,9 +149,6 @@ def download(
     verify: bool = typer.Option(False, "--verify", help="On resume, fully decode every present image (slow)."),
 ) -> None:
     """Download the real street2shop photos (resumable), then select the usable pairs."""
-    from lookserve.data import download as D
-    from lookserve.data import street2shop
-    from lookserve.errors import LookserveError
 
     try:
         config = D.DownloadConfig(workers=workers, retries=retries, backoff_s=backoff, timeout_s=timeout, verify_existing=verify)
@@ -181,8 +177,6 @@ def difficulty(
     out: Path = typer.Option(None, "--out", help="Also write the figures as JSON here."),
 ) -> None:
     """A no-learning colour-histogram retrieval baseline: how far colour alone gets."""
-    from lookserve.data import difficulty as Dif
-    from lookserve.errors import LookserveError
 
     try:
         res = Dif.colour_baseline(data, split, k)

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -30,8 +29,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
 from lookserve.data import street2shop
 from lookserve.errors import ConfigError, DataError
+from lookserve.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +91,6 @@ class _Transient(Exception):
 def decode_check(data: bytes) -> tuple[str, Any]:
     """(format, PIL image) of ``data`` fully decoded; ``_Transient`` when it is not an image or
     is truncated."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -102,8 +110,6 @@ def file_is_good(path: Path, full: bool = False) -> bool:
         if full:
             decode_check(path.read_bytes())
             return True
-        from PIL import Image, UnidentifiedImageError
-
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
             if f.tell() < 4:
@@ -143,15 +149,6 @@ def _fetch(url: str, config: DownloadConfig) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _one(pid: int, url: str, dest: Path, config: DownloadConfig, stop: threading.Event) -> tuple[int, str | None, int]:
@@ -169,7 +166,7 @@ def _one(pid: int, url: str, dest: Path, config: DownloadConfig, stop: threading
                 buf = io.BytesIO()
                 rgb.save(buf, format="JPEG", quality=config.jpeg_quality)
                 data = buf.getvalue()
-            _write_atomic(dest, data)
+            atomic_write_bytes(dest, data)
             return pid, None, attempt + 1
         except _Permanent as e:
             return pid, str(e), attempt + 1
@@ -212,13 +209,6 @@ def download(
     log.info("%d photos: %d already present, %d to download", len(urls), len(report.already_present), len(todo))
     t0 = time.perf_counter()
     stop = threading.Event()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     with Progress(TextColumn("downloading"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
                   TimeRemainingColumn(), disable=not progress, transient=True) as bar, \
@@ -242,7 +232,7 @@ def download(
     report.seconds = round(time.perf_counter() - t0, 3)
     if report.failed:
         log.warning("%d of %d photos failed; see %s", len(report.failed), len(todo), root / REPORT)
-    _write_atomic(root / REPORT, (json.dumps(report.as_dict(), indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(root / REPORT, (json.dumps(report.as_dict(), indent=1, sort_keys=True) + "\n").encode())
     return report
 
 
@@ -264,7 +254,7 @@ def select_pairs(root: str | os.PathLike) -> dict[str, Any]:
         "skipped": [asdict(m) for m in ds.missing],
         "pairs": usable,
     }
-    _write_atomic(root / USABLE, (json.dumps(doc, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(root / USABLE, (json.dumps(doc, sort_keys=True) + "\n").encode())
     return doc
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lookserve.data import street2shop
+from lookserve.data import footwear, street2shop
 from lookserve.errors import DataError, InvalidInputError
+from lookserve.fsutil import atomic_output
 from lookserve.images import decode_image
 from lookserve.taxonomy import CATEGORIES
 
@@ -58,11 +59,10 @@ def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
 
 
 def _save(path: Path, img: np.ndarray) -> Path:
-    tmp = path.with_name(".tmp-" + path.name)
     params = [cv2.IMWRITE_JPEG_QUALITY, 85] if path.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9]
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params):
-        raise DataError(f"cannot write {path}")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params):
+            raise DataError(f"cannot write {path}")
     return path
 
 
@@ -135,7 +135,6 @@ def shop_sheet(root: Path, per_category: int = 8, tile: int = 128) -> np.ndarray
 def footwear_sheet(root: Path, n_shoes: int = 12, tile: int = 128) -> np.ndarray:
     """One row per shoe: its 5 views in file order (as a user gets them), labelled with the
     generated ground truth (view, type, * = best view) when there is one."""
-    from lookserve.data import footwear
 
     shoes = footwear.load_views(root)
     rows = []

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -27,6 +28,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from lookserve.data import render as R
 from lookserve.errors import ConfigError, DataError
@@ -402,14 +410,6 @@ def generate(
 
 
 def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     disable=not enabled, transient=True)
 
@@ -436,7 +436,6 @@ def _street_results(plan, seed, by_id, patches, config, bank, workers: int):
         for i, _, prods in plan:
             yield render_street(i, seed, [by_id[p] for p in prods], patches, config, bank)
         return
-    import multiprocessing as mp
 
     state = {"seed": seed, "by_id": by_id, "patches": patches, "config": config, "bank": bank}
     with mp.get_context("spawn").Pool(workers, initializer=_street_worker_init, initargs=(state,)) as pool:

@@ -9,9 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from lookserve.cliutil import fail
 from lookserve.errors import LookserveError
+from lookserve.export.core import ParitySamples
+from lookserve.export.models import (
+    export_keras_file,
+    export_saved_model,
+    export_tflite,
+    export_trained,
+    find_trained,
+)
+from lookserve.training.embedder import load_eval_data
 
 app = typer.Typer(no_args_is_help=True, help="Export trained models to ONNX behind a parity gate.")
 
@@ -30,20 +42,14 @@ STREET_DATA = typer.Option(
 
 
 def _samples(photos: Path | None, street_data: Path | None = None):
-    from lookserve.export.core import ParitySamples
-
     return ParitySamples(photo_dir=photos, street_data=street_data)
 
 
 def _console():
-    from rich.console import Console
-
     return Console(soft_wrap=True)  # messages stay whole lines (grep-able, testable)
 
 
 def _report(result) -> None:
-    from rich.table import Table
-
     c = _console()
     t = Table(title=f"parity gate: {result.name} v{result.version} ({result.variant}, opset {result.opset})")
     for col in ("output", "metric", "samples", "value", "limit", "ok"):
@@ -63,8 +69,6 @@ def _report(result) -> None:
 
 
 def _run(fn, *args, **kwargs) -> None:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=_console(), transient=True) as progress:
@@ -77,8 +81,6 @@ def _run(fn, *args, **kwargs) -> None:
 
 def _trained(kind: str, weights: Path, version: int, repository: Path, opset: int, variant: str, overwrite: bool,
              photos: Path | None = None, street_data: Path | None = None, **extra) -> None:
-    from lookserve.export.models import export_trained
-
     _run(export_trained, kind, weights, repository, version, opset=opset, variant=variant, overwrite=overwrite,
          samples=_samples(photos, street_data), **extra)
 
@@ -102,8 +104,6 @@ def embedder(
     --variant fp16/int8: held-out retrieval top-1 within ±0.01 of the source's)."""
     extra = {}
     if eval_data is not None:
-        from lookserve.training.embedder import load_eval_data
-
         try:
             extra["eval_data"] = load_eval_data(eval_data)
         except LookserveError as e:
@@ -126,7 +126,6 @@ def export_all(
     photos: Path = PHOTOS, street_data: Path = STREET_DATA,
 ) -> None:
     """Export every trained model found under --weights-root as --version."""
-    from lookserve.export.models import find_trained
 
     try:
         found = find_trained(weights_root)
@@ -143,7 +142,6 @@ def export_all(
 def keras(path: Path = typer.Argument(..., help="A .keras model file."), name: str = NAME, version: int = typer.Option(1, "--version", min=1),
           repository: Path = REPOSITORY, opset: int = OPSET, variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export any Keras 3 model file (every floating output within 1e-4, integer outputs exact)."""
-    from lookserve.export.models import export_keras_file
 
     _run(export_keras_file, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite,
          samples=_samples(photos))
@@ -155,7 +153,6 @@ def saved_model(path: Path = typer.Argument(..., help="A SavedModel directory.")
                 signature: str = typer.Option("serving_default", help="The signature to export."),
                 variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export a TensorFlow SavedModel signature."""
-    from lookserve.export.models import export_saved_model
 
     _run(export_saved_model, path, name, repository, version, signature=signature, opset=opset, variant=variant,
          overwrite=overwrite, samples=_samples(photos))
@@ -166,7 +163,6 @@ def tflite(path: Path = typer.Argument(..., help="A .tflite file."), name: str =
            version: int = typer.Option(1, "--version", min=1), repository: Path = REPOSITORY, opset: int = OPSET,
            variant: str = VARIANT, overwrite: bool = OVERWRITE, photos: Path = PHOTOS) -> None:
     """Export a TFLite model (gate: against TensorFlow's TFLite interpreter)."""
-    from lookserve.export.models import export_tflite
 
     _run(export_tflite, path, name, repository, version, opset=opset, variant=variant, overwrite=overwrite,
          samples=_samples(photos))

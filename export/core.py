@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -33,9 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from lookserve.contracts import gpu_variant
 from lookserve.errors import ExportError, ParityError
 from lookserve.export import parity
 from lookserve.export.samples import photo_inputs, random_inputs, street_photos
+from lookserve.export.variants import apply_variant
+from lookserve.fsutil import atomic_write_json
 from lookserve.modelconfig import (
     DynamicBatching,
     ModelConfig,
@@ -359,18 +361,6 @@ def run_parity_gate(
 # --------------------------------------------------------------------------------------------
 # writing a version
 # --------------------------------------------------------------------------------------------
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_version(model_dir: Path, version: int, model_bytes: bytes, info: Mapping[str, Any], overwrite: bool = False) -> Path:
     """Write ``<model_dir>/<version>/{model.onnx, export.json}`` in a temp directory, renamed into place."""
     if version < 1:
@@ -383,7 +373,7 @@ def write_version(model_dir: Path, version: int, model_bytes: bytes, info: Mappi
     old = None
     try:
         (tmp / MODEL_FILE).write_bytes(model_bytes)
-        _atomic_json(tmp / EXPORT_JSON, info)
+        atomic_write_json(tmp / EXPORT_JSON, info, sort_keys=True, default=str)
         if final.exists():
             if not overwrite:  # another export wrote it since the check above
                 raise ExportError(f"{final} appeared while exporting; versions are immutable, pick a new one")
@@ -473,8 +463,6 @@ def _keep_serving_state(model_dir: Path, config: ModelConfig, overwrite: bool) -
 
 
 def write_configs(model_dir: Path, config: ModelConfig) -> tuple[Path, Path]:
-    from lookserve.contracts import gpu_variant
-
     cfg = config.write(model_dir / "config.pbtxt")
     gpu = gpu_variant(config).write(model_dir / "configs" / "gpu.pbtxt")
     return cfg, gpu
@@ -531,8 +519,6 @@ def export_function(
     proto.graph.name = name
     check_graph(proto)
     if variant != "fp32":
-        from lookserve.export.variants import apply_variant
-
         proto = apply_variant(proto, variant, kind=kind)
         check_graph(proto)
     if tamper is not None:

@@ -7,6 +7,7 @@ thin shell over them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,10 @@ from lookserve.export.core import (
 )
 from lookserve.modelconfig import TensorSpec
 from lookserve.taxonomy import CATEGORIES, FOOTWEAR_TYPES
+from lookserve.training.detector import load_model as load_detector
+from lookserve.training.embedder import embed, evaluate_embeddings
+from lookserve.training.embedder import load_model as load_embedder
+from lookserve.training.views import load_model as load_view_classifier
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +104,6 @@ def enforce_retrieval(figures: Mapping[str, Any], name: str,
 
 def _retrieval_change(model, model_bytes: bytes, data) -> dict[str, Any]:
     """Top-1 (the original's accuracy) of the Keras model and of the ONNX model on held-out data."""
-    from lookserve.training.embedder import embed, evaluate_embeddings
 
     session = _session(model_bytes)
 
@@ -162,15 +166,10 @@ def _load_trained(kind: str, weights: str | os.PathLike):
     weights = Path(weights)
     if not weights.is_dir():
         raise InvalidInputError(f"--weights {weights}: not a directory of trained weights (config.json + model.weights.h5)")
-    if kind == "detector":
-        from lookserve.training.detector import load_model
-    elif kind == "embedder":
-        from lookserve.training.embedder import load_model
-    elif kind == "view_classifier":
-        from lookserve.training.views import load_model
-    else:
+    loaders = {"detector": load_detector, "embedder": load_embedder, "view_classifier": load_view_classifier}
+    if kind not in loaders:
         raise ExportError(f"unknown model kind {kind!r}")
-    return load_model(weights)
+    return loaders[kind](weights)
 
 
 def export_trained(kind: str, weights: str | os.PathLike, repository: str | os.PathLike = "model_repository",
@@ -187,7 +186,6 @@ def find_trained(weights_root: str | os.PathLike) -> dict[str, Path]:
     A weights directory is recognised by its ``config.json`` (``{"kind": ..., "config": ...}``,
     as lookserve's training writes it); two directories of one kind are an error.
     """
-    import json
 
     root = Path(weights_root)
     if not root.is_dir():

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lookserve.data import street2shop
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 def synthetic_photos(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """``n`` photo-like RGB UINT8 images [n, H, W, 3]: gradients, filled shapes, stripes, noise, blur."""
-    import cv2
 
     rng = np.random.default_rng(seed)
     out = np.empty((n, height, width, 3), np.uint8)
@@ -74,7 +74,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if height == width:
         return resize_square(image, height)
-    import cv2
 
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 

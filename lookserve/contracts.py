@@ -7,6 +7,8 @@ before the first request (:meth:`lookserve.client.core.TritonClient.check_contra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lookserve.modelconfig import (
     Accelerator,
     DynamicBatching,
@@ -167,7 +169,6 @@ def thumbnails_config(instances: int = 1) -> ModelConfig:
 
 def gpu_variant(config: ModelConfig, count: int = 1, tensorrt_fp16: bool = True) -> ModelConfig:
     """The ``configs/gpu.pbtxt`` variant: KIND_GPU instances, optionally TensorRT FP16."""
-    from dataclasses import replace
 
     accelerators = (
         (Accelerator("tensorrt", {"precision_mode": "FP16", "max_workspace_size_bytes": "1073741824"}),)

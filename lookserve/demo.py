@@ -18,10 +18,33 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from lookserve import contracts
+from lookserve.bench.look_server import CountingClient
+from lookserve.client.catalog import (
+    Catalog,
+    TritonEmbedder,
+    build_catalog,
+    load_records,
+    open_for_client,
+)
+from lookserve.client.core import TritonClient
+from lookserve.client.evaluation import evaluate_pairs, evaluate_thumbnails
+from lookserve.client.look import LookConfig, LookPipeline, write_result
+from lookserve.client.look_remote import RemoteLook
+from lookserve.client.models import verify_export
+from lookserve.client.render import render_look, render_thumbnails
+from lookserve.client.thumbnails import ThumbnailPipeline, find_products, write_outputs
+from lookserve.data.synth import SynthConfig, generate
 from lookserve.errors import LookserveError
+from lookserve.export.core import sha256_path
+from lookserve.export.models import export_trained, find_trained
+from lookserve.server.launcher import ServerOptions, TritonServer, free_port
+from lookserve.server.pipelines.repository import write_pipeline_models
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +70,6 @@ def _needs_export(repository: Path, name: str, weights: Path) -> bool:
     """True unless ``<name>/1`` holds a complete export of exactly these weights: its export.json
     records these weights' sha256, a passed parity gate and the sha256 of the model.onnx that is
     there (a model.onnx replaced or damaged since is exported again)."""
-    from lookserve.client.models import verify_export
-    from lookserve.export.core import sha256_path
 
     version = repository / name / "1"
     info_path = version / "export.json"
@@ -68,7 +89,6 @@ def _needs_export(repository: Path, name: str, weights: Path) -> bool:
 
 def export_reference(options: DemoOptions) -> list[str]:
     """Export the reference weights that are not yet served as version 1; returns those exported."""
-    from lookserve.export.models import export_trained, find_trained
 
     found = find_trained(options.weights_root)
     missing = [m for m in MODELS if m not in found]
@@ -91,17 +111,9 @@ def compare_one_call(server, catalog_dir: Path, photos: list[Path], model_reposi
     chain and through one ``look`` call each (with masks, and without), one after the other
     (concurrency 1): latency, tensor bytes per photo, and how many JSON documents of the chain and
     of the one call are identical apart from timings."""
-    import numpy as np
 
-    from lookserve.bench.look_server import CountingClient
-    from lookserve.client.catalog import Catalog
-    from lookserve.client.core import TritonClient
-    from lookserve.client.look import LookPipeline
-    from lookserve.client.look_remote import RemoteLook
 
     if model_repository is not None and not (Path(model_repository) / contracts.LOOK / "1" / "model.py").is_file():
-        from lookserve.server.pipelines.repository import write_pipeline_models
-
         write_pipeline_models(Path(model_repository))  # a repository of exports only: add look's entry
     catalog_dir = Path(catalog_dir).resolve()  # both sides open the catalog by the same path (the JSON names it)
     catalog = Catalog.open(catalog_dir)
@@ -134,19 +146,6 @@ def compare_one_call(server, catalog_dir: Path, photos: list[Path], model_reposi
 
 def run_demo(options: DemoOptions) -> dict:
     """Run the whole demo and return its figures (also written to ``<out>/summary.json``)."""
-    from lookserve.client.catalog import (
-        TritonEmbedder,
-        build_catalog,
-        load_records,
-        open_for_client,
-    )
-    from lookserve.client.core import TritonClient
-    from lookserve.client.evaluation import evaluate_pairs, evaluate_thumbnails
-    from lookserve.client.look import LookConfig, LookPipeline, write_result
-    from lookserve.client.render import render_look, render_thumbnails
-    from lookserve.client.thumbnails import ThumbnailPipeline, find_products, write_outputs
-    from lookserve.data.synth import SynthConfig, generate
-    from lookserve.server.launcher import ServerOptions, TritonServer, free_port
 
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
@@ -217,9 +216,6 @@ def run_demo(options: DemoOptions) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     look, thumbs = summary["look"], summary["thumbnails"]
     table = Table("figure", "value", "baseline / other definition",

@@ -26,7 +26,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lookserve.errors import InvalidInputError
 
@@ -85,7 +87,6 @@ def decode_image(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS) -> 
     Raises :class:`InvalidInputError` naming the problem for: too many bytes, a format outside
     the allow-list, too many pixels (a decompression bomb), a truncated or corrupt file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     name = str(source) if isinstance(source, str | os.PathLike) else "image bytes"
     data = read_source(source, limits)
@@ -156,7 +157,6 @@ def to_rgb(img) -> np.ndarray:
     16/32-bit greys keep their top 8 bits; transparency is composited on white (shop photos sit
     on plain light backgrounds); palettes, CMYK, YCbCr, LAB, HSV and 1-bit go through Pillow.
     """
-    from PIL import Image
 
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
@@ -196,8 +196,6 @@ def _check_rgb(image: np.ndarray) -> None:
 
 
 def _interp(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:
-    import cv2
-
     return cv2.INTER_AREA if dst_w < src_w or dst_h < src_h else cv2.INTER_LINEAR
 
 
@@ -237,7 +235,6 @@ class Letterbox:
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """Fit an RGB uint8 image into a ``size``×``size`` square, centred on black."""
-    import cv2
 
     _check_rgb(image)
     if size < 1:
@@ -266,7 +263,6 @@ def box_pixels(box: np.ndarray, width: int, height: int, min_side: int = 2) -> t
 
 def resize_square(image: np.ndarray, size: int = 224) -> np.ndarray:
     """Stretch an RGB uint8 image to ``size``×``size`` (as the models were trained)."""
-    import cv2
 
     _check_rgb(image)
     h, w = image.shape[:2]
@@ -287,7 +283,6 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, width: int, height: int, thres
     canvas → bool. The map is sampled bilinearly at the centre of every pixel the box touches
     (``floor(x1)..ceil(x2)``), its edge values replicated beyond its border. Serving (crops,
     renderings) and the detector's evaluation both paste with this function."""
-    import cv2
 
     canvas = np.zeros((height, width), dtype=bool)
     m = np.asarray(mask, dtype=np.float32)

@@ -5,19 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
+from rich.logging import RichHandler
+
 
 def setup_logging(verbosity: int = 0) -> None:
     """0 → WARNING, 1 (-v) → INFO, 2+ (-vv) → DEBUG."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    try:
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
-        fmt = "%(name)s: %(message)s"
-    except ImportError:  # pragma: no cover - rich is a core dependency
-        handler = logging.StreamHandler()
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+    handler = RichHandler(show_path=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, format="%(name)s: %(message)s", handlers=[handler], force=True)
     quiet_third_party()
 
 

@@ -9,7 +9,6 @@ native C++ backend on the NGC image and lookserve's python-based backend on a pi
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from lookserve.errors import ConfigError
+from lookserve.fsutil import atomic_write_text
 
 #: Triton data type names (without the TYPE_ prefix) and their numpy dtypes.
 DTYPES: dict[str, np.dtype] = {
@@ -288,17 +288,7 @@ class ModelConfig:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename) so Triton never reads half a config."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".pbtxt", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_pbtxt())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, self.to_pbtxt())
 
 
 def _by_name(tensors: tuple[TensorSpec, ...], name: str, model: str, kind: str) -> TensorSpec:

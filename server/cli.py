@@ -10,9 +10,12 @@ from pathlib import Path
 
 import typer
 
+from lookserve.client.core import ClientOptions, TritonClient
 from lookserve.cliutil import fail, handle_errors
 from lookserve.errors import ServerError
 from lookserve.keys import KEY_ENVVAR, KeyFile, key_file_for
+from lookserve.server.launcher import ServerOptions, TritonServer
+from lookserve.server.watchdog import StubWatchdog
 
 app = typer.Typer(no_args_is_help=True)
 log = logging.getLogger(__name__)
@@ -48,7 +51,6 @@ def serve(
 ) -> None:
     """Start NVIDIA Triton (the tritonserver binary of the nvidia-pytriton wheel) with lookserve's
     python-based onnxruntime backend, and run until Ctrl-C / SIGTERM, then drain in-flight requests."""
-    from lookserve.server.launcher import ServerOptions, TritonServer
 
     try:
         options = ServerOptions(
@@ -89,9 +91,6 @@ def serve(
                 typer.echo(f"repository key written to {key.path} (mode 0600)")
             with contextlib.ExitStack() as watching:
                 if watchdog and options.restrict_protocols:
-                    from lookserve.client.core import ClientOptions, TritonClient
-                    from lookserve.server.watchdog import StubWatchdog
-
                     admin = watching.enter_context(TritonClient(ClientOptions(
                         url=server.grpc_url, repository_key=server.repository_key, ssl=bool(ssl_cert),
                         root_certificates=str(ssl_root_cert or ssl_cert) if ssl_cert else None,

@@ -39,10 +39,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+import grpc
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-from lookserve.errors import ServerStartError
+from lookserve.errors import ConfigError, ServerStartError
 from lookserve.keys import RESTRICTED_KEY_NAME
+from lookserve.modelconfig import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,6 @@ def gpu_config_fallback(repository: Path, config_name: str | None) -> str | None
     (Triton would refuse to load it); the fallback is logged as a warning naming the models."""
     if not config_name or cuda_devices_visible():
         return config_name
-    from lookserve.errors import ConfigError
-    from lookserve.modelconfig import ModelConfig
 
     gpu_models = []
     for variant in sorted(Path(repository).glob(f"*/configs/{config_name}.pbtxt")):
@@ -235,6 +236,8 @@ class TritonServer:
         """True when this tritonserver process itself listens on its gRPC port."""
         if not self.is_alive():
             return False
+        import psutil  # the [server] extra: `lookserve --help` must not need it
+
         try:
             connections = psutil.Process(self.pid).net_connections(kind="tcp")
         except psutil.NoSuchProcess:
@@ -346,10 +349,6 @@ class TritonServer:
         return "\n".join(text.splitlines()[-lines:]).replace(self.repository_key, "***")
 
     def wait_ready(self, timeout_s: float) -> None:
-        import grpc
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
         deadline = time.monotonic() + timeout_s
         o = self.options
         client = grpcclient.InferenceServerClient(

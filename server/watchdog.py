@@ -15,8 +15,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from lookserve.errors import LookserveError
 
 log = logging.getLogger(__name__)
@@ -35,6 +33,8 @@ class Stub:
 
 def stubs_of(server_pid: int) -> dict[int, Stub]:
     """The live python-backend stubs of a tritonserver process, by pid."""
+    import psutil  # the [server] extra: `lookserve --help` must not need it
+
     found: dict[int, Stub] = {}
     try:
         children = psutil.Process(server_pid).children(recursive=True)

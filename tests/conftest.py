@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lookserve.server.launcher import ServerOptions, TritonServer
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
@@ -25,7 +27,6 @@ def triton_factory(tmp_path: Path) -> Iterator:
     Every server started through the factory is stopped after the test, and its log is printed
     when the test failed, so a failure inside Triton is visible in the test report.
     """
-    from lookserve.server.launcher import ServerOptions, TritonServer
 
     servers: list[TritonServer] = []
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from lookserve import contracts
+from lookserve.client.core import TritonClient
 from lookserve.modelconfig import DynamicBatching, InstanceGroup
+from lookserve.server.launcher import cuda_devices_visible
 from tinymodels import projection_embedder, run_onnx, write_model
 
 BACKEND = Path(__file__).parents[1] / "server" / "backends" / "onnxruntime" / "model.py"
@@ -29,8 +31,6 @@ def test_server_serves_gpu_variant_from_cpu_config_and_logs_the_fallback_when_no
         tmp_path: Path, triton_factory, caplog) -> None:
     """``--model-config-name gpu`` (KIND_GPU) on a machine without a GPU: Triton would refuse the
     model; the launcher falls back to config.pbtxt and says so, and the model answers."""
-    from lookserve.client.core import TritonClient
-    from lookserve.server.launcher import cuda_devices_visible
 
     if cuda_devices_visible():
         pytest.skip("this machine has a GPU: the test is about one without")
@@ -75,7 +75,6 @@ def test_backend_answers_each_request_as_onnxruntime_does_when_requests_are_batc
         tmp_path: Path, triton_factory) -> None:
     """Concurrent requests of 1 and 3 rows (batched together by a 20 ms queue delay) and a lone
     request (the single-request fast path) each get exactly their own rows' embeddings."""
-    from lookserve.client.core import TritonClient
 
     config = replace(contracts.embedder_config(), dynamic_batching=DynamicBatching(20_000),
                      instance_groups=(InstanceGroup("KIND_CPU", 1),), parameters={"allow_spinning": "0"})

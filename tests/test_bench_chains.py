@@ -11,14 +11,13 @@ from typer.testing import CliRunner
 
 from lookserve import contracts
 from lookserve.bench.load import chain_workload, read_report
+from lookserve.cli import app
 from lookserve.errors import ConfigError
 from tinymodels import write_model
 
 
 @pytest.mark.triton
 def test_bench_thumbnails_counts_one_batched_request_per_product_when_cli_runs(tmp_path, triton_factory):
-    from lookserve.cli import app
-
     repo = tmp_path / "repo"
     write_model(repo, replace(contracts.view_classifier_config(image_size=SIZE), warmup=()), tiny_view_classifier)
     server = triton_factory(repo, models=["view_classifier"])
@@ -39,8 +38,6 @@ def test_bench_thumbnails_counts_one_batched_request_per_product_when_cli_runs(t
 
 @pytest.mark.triton
 def test_bench_look_counts_each_models_requests_exactly_when_cli_runs_open_loop(served, tmp_path):  # noqa: F811
-    from lookserve.cli import app
-
     photos = tmp_path / "street"
     photos.mkdir()
     for i, slots in enumerate([[(230, "tops"), (240, "bags")], [(200, "hats")], [(100, "tops")]]):  # the last: filtered out

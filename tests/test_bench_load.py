@@ -22,8 +22,18 @@ from lookserve.bench.load import (
     run_load,
     write_load_report,
 )
+from lookserve.bench.variants import (
+    embedder_variants,
+    run_variants,
+    synthetic_embedder,
+    write_synthetic_repository,
+    write_variant_repository,
+)
+from lookserve.cli import app
+from lookserve.client.core import TritonClient
 from lookserve.errors import ConfigError, InvalidInputError
-from tinymodels import projection_embedder, write_model
+from lookserve.modelconfig import ModelConfig
+from tinymodels import projection_embedder, run_onnx, write_model
 
 POINT_KEYS = {"level", "requests", "ok", "errors", "elapsed_s", "throughput_rps", "throughput_items_per_s", "latency",
               "latency_all", "service_latency", "triton", "breakdown", "agreement"}
@@ -41,8 +51,6 @@ def embedder_server(tmp_path, triton_factory):
 
 
 def _client(server):
-    from lookserve.client.core import TritonClient
-
     return TritonClient(server.grpc_url, timeout_s=10)
 
 
@@ -115,8 +123,6 @@ def test_model_workload_sends_photos_not_zeros_when_image_input(embedder_server)
 
 @pytest.mark.triton
 def test_cli_bench_model_writes_reports_and_compare_gives_ratios_when_two_runs(embedder_server, tmp_path):
-    from lookserve.cli import app
-
     runner = CliRunner()
     out = tmp_path / "results"
     for stem in ("a", "b"):
@@ -156,14 +162,6 @@ def test_load_spec_rejects_when_bad_levels():
 
 
 def test_variants_are_typed_replacements_of_the_contract_when_written(tmp_path):
-    from lookserve.bench.variants import (
-        embedder_variants,
-        synthetic_embedder,
-        write_variant_repository,
-    )
-    from lookserve.modelconfig import ModelConfig
-    from tinymodels import run_onnx
-
     variants = embedder_variants()
     base = contracts.embedder_config()
     assert variants["batching_on"].config == base
@@ -183,10 +181,6 @@ def test_variants_are_typed_replacements_of_the_contract_when_written(tmp_path):
 
 
 def test_synthetic_repository_honours_contracts_when_written(tmp_path):
-    from lookserve.bench.variants import write_synthetic_repository
-    from lookserve.modelconfig import ModelConfig
-    from tinymodels import run_onnx
-
     repo = write_synthetic_repository(tmp_path / "repo")
     pixels = np.random.default_rng(1).integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
     for config in (contracts.embedder_config(), contracts.view_classifier_config()):
@@ -198,8 +192,6 @@ def test_synthetic_repository_honours_contracts_when_written(tmp_path):
 
 @pytest.mark.triton
 def test_run_variants_interleaves_levels_and_counts_agree_when_two_variants():
-    from lookserve.bench.variants import run_variants
-
     spec = LoadSpec(mode="closed", levels=(1, 2), duration_s=0.5, max_requests=15, warmup_s=0.1)
     reports = run_variants(["batching_on", "batching_off"], spec, ready_timeout_s=120.0)
     assert list(reports) == ["batching_on", "batching_off"]
@@ -239,8 +231,6 @@ def test_latency_all_shows_slow_failures_that_success_only_percentiles_drop_when
 
 @pytest.mark.triton
 def test_cli_bench_model_names_the_served_models_at_once_when_the_name_is_unknown(embedder_server, tmp_path):
-    from lookserve.cli import app
-
     start = time.monotonic()
     result = CliRunner().invoke(app, ["bench", "model", "embeder", "-u", embedder_server.grpc_url, "--levels", "1",
                                       "--duration", "0.2", "--out", str(tmp_path / "out")])

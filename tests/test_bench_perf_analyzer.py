@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from typer.testing import CliRunner
 from lookserve import contracts, errors
 from lookserve.bench import perf_analyzer as pa
 from lookserve.bench.load import LoadSpec, markdown
+from lookserve.cli import app
+from lookserve.client.core import TritonClient
 from tinymodels import projection_embedder, write_model
 
 # Captured from perf_analyzer 2.41.0 (-f FILE --verbose-csv) against the exported embedder.
@@ -104,7 +108,6 @@ def test_install_binary_extracts_only_perf_analyzer_executable_when_given_a_trit
 def test_cli_bench_model_engine_both_reports_both_engines_and_their_ratio_when_served(tmp_path: Path) -> None:
     """The installed perf_analyzer (make install) against a private tritonserver: the same load
     points, one report per engine, and perf_analyzer/lookserve ratios."""
-    from lookserve.cli import app
 
     write_model(tmp_path / "repo", contracts.embedder_config(), projection_embedder)
     out = tmp_path / "out"
@@ -125,9 +128,6 @@ def test_cli_bench_model_engine_both_reports_both_engines_and_their_ratio_when_s
 
 
 def test_bytes_input_data_serialises_each_element_with_its_length_when_given_photos() -> None:
-    import base64
-    import struct
-
     data = pa.bytes_input_data([[b"\xff\xd8abc"], [b"x", b"yz"]], "image")
     first, second = (base64.b64decode(d["image"]["b64"]) for d in data["data"])
     assert first == struct.pack("<I", 5) + b"\xff\xd8abc" and data["data"][0]["image"]["shape"] == [1]
@@ -158,8 +158,6 @@ class TritonPythonModel:
 def test_perf_analyzer_sends_whole_jpegs_when_given_the_cli_input_data(tmp_path: Path, triton_factory) -> None:
     """The file ``bench perf-analyzer-data`` writes, sent by perf_analyzer to a python model with the
     look model's input (BYTES [1]) that fails any request whose element is not a whole JPEG."""
-    from lookserve.cli import app
-    from lookserve.client.core import TritonClient
 
     model = tmp_path / "repo" / "look"
     (model / "1").mkdir(parents=True)

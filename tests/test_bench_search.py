@@ -18,6 +18,7 @@ from lookserve.bench.search import (
     run_search_bench,
     write_search_report,
 )
+from lookserve.cli import app
 from lookserve.errors import ConfigError
 
 
@@ -88,8 +89,6 @@ def test_bench_hnswlib_recall_is_measured_against_the_given_truth_when_tiny_n():
 
 def test_cli_bench_search_writes_to_runs_bench_with_readable_numbers_and_explains_the_goal_when_small_n(
         tmp_path, monkeypatch):
-    from lookserve.cli import app
-
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["bench", "search", "--n", "3000", "--dim", "16", "--queries", "20", "--efs", "10,40",
                                       "--engines", "hnswlib", "--clusters", "8", "--exact-single-queries", "5",

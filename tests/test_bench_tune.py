@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from lookserve import contracts, errors
 from lookserve.bench.tune import Candidate, choose, grid, write_winner
+from lookserve.cli import app
 from lookserve.modelconfig import ModelConfig
 from tinymodels import projection_embedder, write_model
 
@@ -60,8 +61,6 @@ def test_write_winner_writes_a_variant_and_leaves_config_pbtxt_when_not_applied(
 
 @pytest.mark.triton
 def test_cli_bench_tune_measures_each_candidate_and_writes_the_winner_variant_when_served(tmp_path: Path) -> None:
-    from lookserve.cli import app
-
     model_dir = write_model(tmp_path / "repo", contracts.embedder_config(), projection_embedder)
     before = (model_dir / "config.pbtxt").read_text()
     result = CliRunner().invoke(app, ["bench", "tune", "embedder", "--repository", str(tmp_path / "repo"),

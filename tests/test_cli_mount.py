@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from typer.testing import CliRunner
 
 from lookserve.cli import app
@@ -27,9 +30,6 @@ def test_top_level_lists_every_job_when_help_is_asked() -> None:
 
 
 def test_console_script_imports_no_tensorflow_or_onnxruntime_when_mounting_every_command() -> None:
-    import subprocess
-    import sys
-
     code = ("import sys, lookserve.cli, lookserve.demo; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +18,8 @@ from test_look_chain import served, street_photo  # noqa: F401 - the module-scop
 from typer.testing import CliRunner
 
 from lookserve import contracts
+from lookserve.cli import app
+from lookserve.client.core import TritonClient
 from lookserve.client.models import ModelRepository
 from lookserve.errors import ServerStartError
 from lookserve.keys import KEY_ENVVAR, KeyFile, key_file_for, read_key
@@ -24,8 +28,6 @@ from tinymodels import projection_embedder, write_model
 
 
 def _cli(*args: str, width: int = 200):
-    from lookserve.cli import app
-
     return CliRunner().invoke(app, [*args], terminal_width=width)
 
 
@@ -152,8 +154,6 @@ def test_models_rollback_walks_back_one_change_each_time_then_refuses_when_nothi
 
 
 def _admin(server):
-    from lookserve.client.core import TritonClient
-
     return TritonClient(server.grpc_url, repository_key=server.repository_key)
 
 
@@ -252,9 +252,6 @@ def test_catalog_build_and_info_print_sentences_not_dicts_and_info_says_the_serv
 
 
 def test_ui_refuses_a_malformed_url_with_exit_2_before_starting_streamlit_when_it_has_a_scheme() -> None:
-    import subprocess
-    import sys
-
     # a subprocess: were the URL accepted, the command would become Streamlit (os.execve)
     out = subprocess.run([sys.executable, "-m", "lookserve.cli", "ui", "--url", "http://127.0.0.1:8001"],
                          capture_output=True, text=True, timeout=60)

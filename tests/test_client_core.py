@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import replace
 
@@ -20,7 +21,7 @@ from lookserve.client.core import (
     map_error,
     status_code,
 )
-from lookserve.server.launcher import free_port
+from lookserve.server.launcher import ServerOptions, TritonServer, free_port
 from tinymodels import projection_embedder, write_model
 
 SIZE = 32
@@ -29,7 +30,6 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One server for the read-only tests of this module."""
-    from lookserve.server.launcher import ServerOptions, TritonServer
 
     tmp = tmp_path_factory.mktemp("client")
     config = replace(contracts.embedder_config(dim=16, crop_size=SIZE), warmup=())
@@ -123,8 +123,6 @@ def test_status_code_reads_the_grpc_enum_when_tritonclient_wraps_the_error() -> 
 
 
 def test_retry_policy_delays_grow_and_stay_bounded_when_attempts_increase() -> None:
-    import random
-
     policy = RetryPolicy(attempts=5, base_s=0.1, max_s=0.5)
     rng = random.Random(0)
     delays = [max(policy.delay(a, rng) for _ in range(200)) for a in range(5)]

@@ -18,6 +18,7 @@ from lookserve.data import footwear, synth
 from lookserve.data.street2shop import BBox, Pair
 from lookserve.errors import DataError, InvalidInputError
 from lookserve.taxonomy import CATEGORIES, FOOTWEAR_TYPES
+from lookserve.training import clustering
 
 
 # ------------------------------------------------------------------------------------------
@@ -169,8 +170,6 @@ def test_footwear_load_views_raises_when_an_image_has_no_ground_truth_record(tmp
 
 
 def test_training_reads_the_same_ground_truth_as_the_data_reader_when_given_a_generated_set(tmp_path: Path) -> None:
-    from lookserve.training import clustering
-
     root = synth.generate(tmp_path / "d", synth.SynthConfig(n_products=11, n_street=1, n_shoes=4), seed=5)
     truth = clustering.read_ground_truth(root)
     views = footwear.load_views(root)

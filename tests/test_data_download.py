@@ -18,6 +18,7 @@ from PIL import Image
 
 from lookserve.data import download as D
 from lookserve.data import street2shop
+from lookserve.errors import ConfigError
 
 
 def _jpeg(value: int) -> bytes:
@@ -192,7 +193,5 @@ def test_select_pairs_keeps_shared_street_photo_when_one_products_shop_url_fails
 
 
 def test_download_config_rejects_zero_workers():
-    from lookserve.errors import ConfigError
-
     with pytest.raises(ConfigError, match="workers"):
         D.DownloadConfig(workers=0)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from lookserve.data import footwear, preview, street2shop, synth
+from lookserve.data import difficulty, footwear, preview, street2shop, synth
 from lookserve.errors import DataError
 
 CONFIG = synth.SynthConfig(n_products=22, n_street=16, n_shoes=6)
@@ -174,8 +175,6 @@ def test_load_raises_data_error_when_photos_txt_is_absent(tmp_path):
 
 
 def test_footwear_load_views_raises_when_ground_truth_lacks_fields(tiny, tmp_path):
-    import shutil
-
     root = tmp_path / "fw"
     shutil.copytree(tiny / "footwear", root / "footwear")
     (root / "footwear" / "ground_truth.json").write_text(json.dumps({"images": [{"path": "views/x/y.jpg"}]}))
@@ -184,8 +183,6 @@ def test_footwear_load_views_raises_when_ground_truth_lacks_fields(tiny, tmp_pat
 
 
 def test_colour_baseline_reports_hit_rates_between_zero_and_one(tiny):
-    from lookserve.data import difficulty
-
     res = difficulty.colour_baseline(tiny, "train", k=3)
     assert res["queries"] > 0 and 0 <= res["top1"] <= res["top3"] <= 1
     assert 0 <= res["top1_errors_in_hard_negative_group"] <= 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lookserve.data import render, synth
+from lookserve.data import render, synth, synthetic
 from lookserve.errors import ConfigError, DataError
 from lookserve.taxonomy import CATEGORIES, FOOTWEAR_TYPES, VIEWS
 
@@ -39,9 +42,6 @@ def test_generate_writes_byte_identical_files_when_seed_is_the_same(tiny, tmp_pa
 
 def test_generate_writes_the_same_files_when_another_process_renders_with_two_workers(tmp_path):
     """Same seed → same bytes across processes (another PYTHONHASHSEED) and worker counts."""
-    import os
-    import subprocess
-    import sys
 
     cfg = dataclasses.replace(synth.SynthConfig.tiny(), n_street=10, n_shoes=1)
     one = synth.generate(tmp_path / "one", cfg, seed=9)
@@ -258,8 +258,6 @@ def test_bench_street_reports_rates_when_run_small():
 
 
 def test_render_photos_returns_uint8_batch_when_asked_for_any_size():
-    from lookserve.data import synthetic
-
     a = synthetic.render_photos(2, 100, 120, seed=3)
     assert a.shape == (2, 100, 120, 3) and a.dtype == np.uint8 and a.std() > 10
     assert np.array_equal(a, synthetic.render_photos(2, 100, 120, seed=3))

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookserve.errors import ParityError
+from lookserve.data.synth import SynthConfig, generate
+from lookserve.errors import ExportError, ParityError
 from lookserve.export import parity
 from lookserve.export.core import ParitySamples, run_parity_gate
 from lookserve.export.samples import STREET_SEED, street_photos
@@ -95,8 +96,6 @@ def test_detector_gate_refuses_when_the_source_detects_nothing_on_street_photos(
 
 
 def test_detector_gate_refuses_to_run_when_asked_for_no_street_photos() -> None:
-    from lookserve.errors import ExportError
-
     with pytest.raises(ExportError, match="judged on street photos; street_batch must be ≥ 1"):
         _gate(5, street_batch=0)  # 0 rows would need 0 detections: a minimum that cannot fail
 
@@ -128,8 +127,6 @@ def test_compare_detections_fails_the_count_when_nothing_is_detected_on_a_set_th
 
 
 def test_street_photos_are_seeded_letterboxed_data_set_photos_when_read_from_a_root(tmp_path: Path) -> None:
-    from lookserve.data.synth import SynthConfig, generate
-
     root = generate(tmp_path / "data", SynthConfig(n_products=11, n_street=5, n_shoes=0), seed=3)
     a, source = street_photos(4, 96, seed=1, data_root=root)
     b, _ = street_photos(4, 96, seed=1, data_root=root)

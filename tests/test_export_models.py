@@ -5,15 +5,30 @@ CLI, and real Triton serving what the export wrote."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from lookserve.client.core import TritonClient
 from lookserve.errors import ExportError, ParityError
+from lookserve.export.cli import app
+from lookserve.export.models import (
+    export_detector,
+    export_embedder,
+    export_tflite,
+    export_view_classifier,
+)
 from lookserve.export.samples import synthetic_photos
-from lookserve.modelconfig import ModelConfig
+from lookserve.modelconfig import ModelConfig, VersionPolicy
 from lookserve.taxonomy import CATEGORIES, FOOTWEAR_TYPES
+from lookserve.training import detector, embedder, views
+from lookserve.training.common import save_weights
+from lookserve.training.embedder import EmbedderConfig, TripletData
+from lookserve.training.views import ViewConfig
 
 pytestmark = [pytest.mark.tf, pytest.mark.timeout(300)]
 
@@ -29,14 +44,10 @@ def _randomise(weights: list[np.ndarray], seed: int) -> list[np.ndarray]:
 
 
 def EMBEDDER_CONFIG():  # noqa: N802 - a constant that needs a lazy import
-    from lookserve.training.embedder import EmbedderConfig
-
     return EmbedderConfig(width=8, internal_size=56, dim=16)
 
 
 def VIEW_CONFIG():  # noqa: N802
-    from lookserve.training.views import ViewConfig
-
     return ViewConfig(width=8, internal_size=56)
 
 
@@ -45,7 +56,6 @@ def tiny():
     """Tiny models of the three kinds, built by lookserve's own training code."""
     import keras
 
-    from lookserve.training import detector, embedder, views
 
     keras.utils.set_random_seed(7)
     emb = embedder.build_model(EMBEDDER_CONFIG())
@@ -62,7 +72,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     """The three tiny models exported as version 1 into one repository."""
-    from lookserve.export.models import export_detector, export_embedder, export_view_classifier
 
     repo = tmp_path_factory.mktemp("exported") / "model_repository"
     results = {
@@ -122,7 +131,6 @@ def test_export_detector_matches_detections_when_converted(exported) -> None:
 def test_export_refuses_and_writes_nothing_when_an_initializer_is_perturbed(tiny, tmp_path: Path) -> None:
     from onnx import numpy_helper
 
-    from lookserve.export.models import export_embedder
 
     def perturb(proto) -> None:
         init = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))  # the largest weight tensor
@@ -140,7 +148,6 @@ def test_export_detector_refuses_when_one_class_of_the_onnx_graph_is_zeroed(expo
     import onnx
     from onnx import numpy_helper
 
-    from lookserve.export.models import export_detector
 
     repo, results = exported
     proto = onnx.load(results["detector"].onnx_path)  # the converted graph that passed; no new conversion
@@ -163,8 +170,6 @@ def test_export_detector_refuses_when_one_class_of_the_onnx_graph_is_zeroed(expo
 
 
 def test_export_refuses_before_converting_when_the_version_exists(exported, tiny) -> None:
-    from lookserve.export.models import export_embedder
-
     repo, _ = exported
     before = (repo / "embedder" / "1" / "model.onnx").read_bytes()
     with pytest.raises(ExportError, match="already exists"):
@@ -173,9 +178,6 @@ def test_export_refuses_before_converting_when_the_version_exists(exported, tiny
 
 
 def test_export_variants_write_their_own_versions_with_figures_when_reduced(tiny, tmp_path: Path) -> None:
-    from lookserve.export.models import export_embedder
-    from lookserve.training.embedder import TripletData
-
     rng = np.random.default_rng(3)
     n = 12
     street = synthetic_photos(n, 224, 224, seed=11)
@@ -206,7 +208,6 @@ def test_export_tflite_goes_through_the_generic_path_when_made_by_the_converter(
     import keras
     import tensorflow as tf
 
-    from lookserve.export.models import export_tflite
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((32, 32, 3), dtype="float32", name="image")
@@ -230,9 +231,7 @@ def test_export_tflite_goes_through_the_generic_path_when_made_by_the_converter(
 def test_cli_exports_a_keras_file_and_a_saved_model_when_given_paths(tmp_path: Path) -> None:
     import keras
     import tensorflow as tf
-    from typer.testing import CliRunner
 
-    from lookserve.export.cli import app
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((16, 16, 3), dtype="uint8", name="pixels")
@@ -261,10 +260,6 @@ def test_cli_exports_a_keras_file_and_a_saved_model_when_given_paths(tmp_path: P
 
 
 def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from lookserve.export.cli import app
-    from lookserve.training.common import save_weights
 
     root = tmp_path / "weights"
     save_weights(tiny["embedder"], EMBEDDER_CONFIG().to_dict(), root / "emb", "embedder")
@@ -272,7 +267,6 @@ def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_pat
     (root / "notes").mkdir()
     photos = tmp_path / "photos"
     photos.mkdir()
-    import cv2
 
     for i, img in enumerate(synthetic_photos(2, 300, 200, seed=8)):
         cv2.imwrite(str(photos / f"{i}.jpg"), img[..., ::-1])
@@ -301,7 +295,6 @@ def test_cli_exports_every_trained_model_when_given_a_weights_root(tiny, tmp_pat
 def test_triton_serves_every_exported_model_with_onnxruntimes_answers(exported, triton_factory) -> None:
     import onnxruntime as ort
 
-    from lookserve.client.core import TritonClient
 
     repo, results = exported
     server = triton_factory(repo, models=sorted(results))
@@ -320,10 +313,6 @@ def test_triton_serves_every_exported_model_with_onnxruntimes_answers(exported, 
 
 
 def test_export_keeps_a_pinned_version_policy_and_refuses_other_tensors_when_a_config_exists(tiny, tmp_path: Path) -> None:
-    from dataclasses import replace
-
-    from lookserve.export.models import export_embedder
-    from lookserve.modelconfig import VersionPolicy
 
     repo = tmp_path / "model_repository"
     first = export_embedder(tiny["embedder"], repo, 1)

@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from lookserve import contracts
-from lookserve.errors import ExportError, ParityError
+from lookserve.errors import ExportError, InvalidInputError, ParityError
 from lookserve.export import parity
-from lookserve.export.core import check_contract, run_parity_gate, serving_config, write_version
+from lookserve.export.core import (
+    check_contract,
+    run_parity_gate,
+    serving_config,
+    sha256_path,
+    write_version,
+)
+from lookserve.export.models import enforce_retrieval
 from lookserve.export.samples import photo_inputs, random_inputs, synthetic_photos
 from lookserve.modelconfig import TensorSpec
 from tinymodels import projection_embedder
@@ -157,9 +165,6 @@ def test_check_contract_names_the_difference_when_an_output_is_wrong() -> None:
 
 
 def test_photo_inputs_come_from_a_directory_when_one_is_given(tmp_path: Path) -> None:
-    import cv2
-
-    from lookserve.errors import InvalidInputError
 
     for i, img in enumerate(synthetic_photos(3, 40, 60, seed=9)):
         cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
@@ -173,8 +178,6 @@ def test_photo_inputs_come_from_a_directory_when_one_is_given(tmp_path: Path) ->
 
 
 def test_enforce_retrieval_refuses_when_the_held_out_top1_moves_by_more_than_a_hundredth() -> None:
-    from lookserve.export.models import enforce_retrieval
-
     def figures(source: float, onnx: float) -> dict:
         return {"retrieval": {"queries": 400, "gallery": 900, "top1_source": source, "top1_onnx": onnx,
                               "top1_change": onnx - source}}
@@ -190,8 +193,6 @@ def test_enforce_retrieval_refuses_when_the_held_out_top1_moves_by_more_than_a_h
 
 
 def test_sha256_path_of_a_weights_dir_changes_with_the_weights_but_not_when_its_card_is_edited(tmp_path: Path) -> None:
-    from lookserve.export.core import sha256_path
-
     (tmp_path / "config.json").write_text('{"kind": "embedder"}')
     (tmp_path / "model.weights.h5").write_bytes(b"weights")
     (tmp_path / "MODEL_CARD.md").write_text("# card")

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from lookserve.client.catalog import Catalog, EmbedderInfo, IndexParams, PhotoRecord, write_catalog
 from lookserve.data import footwear, street2shop
 from lookserve.errors import CatalogError, DataError, InvalidInputError
 from lookserve.images import DecodeLimits, decode_image, to_rgb
@@ -371,8 +372,6 @@ def test_footwear_load_views_raises_only_data_error_when_ground_truth_is_hostile
 # --- catalog manifest ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def catalog_dir() -> Iterator[tuple[Path, dict]]:
-    from lookserve.client.catalog import EmbedderInfo, IndexParams, PhotoRecord, write_catalog
-
     root = Path(tempfile.mkdtemp(prefix="fuzz-cat-"))
     rng = np.random.default_rng(0)
     records = [PhotoRecord(i, "tops" if i % 3 else "bags", f"{i}.jpg", None, f"p{i}") for i in range(30)]
@@ -385,8 +384,6 @@ def catalog_dir() -> Iterator[tuple[Path, dict]]:
 
 
 def _open_or_catalog_error(path: Path, manifest: dict, text: str) -> None:
-    from lookserve.client.catalog import Catalog
-
     catalog = _load_with(path / "manifest.json", text, manifest, lambda: Catalog.open(path), CatalogError)
     if catalog is None:
         return

@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from lookserve import contracts
 from lookserve.keys import RESTRICTED_HEADER
+from lookserve.server.launcher import ServerOptions, TritonServer
 from tinymodels import projection_embedder, write_model
 
 pytestmark = pytest.mark.triton
@@ -52,7 +53,6 @@ CALLS = {
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One server, started with the default host, for every case here."""
-    from lookserve.server.launcher import ServerOptions, TritonServer
 
     tmp = tmp_path_factory.mktemp("access")
     write_model(tmp / "repo", replace(contracts.embedder_config(dim=8, crop_size=16), warmup=()),

@@ -4,6 +4,7 @@ values) printed as text, not as rich markup."""
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,12 +15,13 @@ from test_thumbnails_chain import SIZE, _views, tiny_view_classifier
 from typer.testing import CliRunner
 
 from lookserve import contracts
-from tinymodels import write_model
+from lookserve.cli import app
+from lookserve.errors import InvalidInputError
+from lookserve.images import decode_image
+from tinymodels import projection_embedder, write_model
 
 
 def _cli(*args: str):
-    from lookserve.cli import app
-
     return CliRunner().invoke(app, [*args])
 
 
@@ -87,9 +89,6 @@ def test_thumbnails_cli_names_the_broken_view_and_keeps_the_other_products_when_
      ("TIFF", None, "is a TIFF image; the allowed formats are BMP, JPEG, PNG, WEBP")],
 )
 def test_decode_names_the_format_when_a_file_is_cut_before_its_header_ends_or_not_allowed(fmt, cut, fragment) -> None:
-    from lookserve.errors import InvalidInputError
-    from lookserve.images import decode_image
-
     data = _encode(Image.new("RGB", (8, 8)), fmt)
     with pytest.raises(InvalidInputError) as caught:
         decode_image(data[:cut] if cut else data)
@@ -97,8 +96,6 @@ def test_decode_names_the_format_when_a_file_is_cut_before_its_header_ends_or_no
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
@@ -110,8 +107,6 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     (["history", "embedder", "-r", "{nowhere}"], "does not exist"),
 ], ids=["bad-onnx", "unknown-model", "missing-repository"])
 def test_models_cli_exits_2_naming_the_problem_when_input_is_bad(tmp_path: Path, args: list[str], fragment: str) -> None:
-    from tinymodels import projection_embedder
-
     repo = tmp_path / "repo"
     write_model(repo, replace(contracts.embedder_config(dim=8, crop_size=16), warmup=()),
                 lambda p: projection_embedder(p, size=16, dim=8))

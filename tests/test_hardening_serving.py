@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,15 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_look_chain import D, S, _got, _pipeline, img_bytes, served, street_photo  # noqa: F401 - served is a fixture
+from test_look_chain import PAD_Y, ROW, D, H, S, _got, _pipeline, img_bytes, served, street_photo  # noqa: F401 - served is a fixture
 from typer.testing import CliRunner
 
 from lookserve import contracts, errors
+from lookserve.cli import app
 from lookserve.client import catalog as cat
 from lookserve.client.catalog import Catalog, TritonEmbedder, build_catalog, open_for_client
 from lookserve.client.core import ClientOptions, RetryPolicy, TritonClient
+from lookserve.client.look import FilterConfig
 from lookserve.images import decode_image
 from lookserve.modelconfig import DynamicBatching
+from lookserve.taxonomy import CATEGORIES
 from tinymodels import projection_embedder, write_model
 
 pytestmark = pytest.mark.triton
@@ -101,8 +105,6 @@ def grey_photo() -> np.ndarray:
     """A photo whose detector answer survives any grey conversion: R = G = B everywhere. The
     answer row says two detections (blue 20 // 10): slot 0 grey 20 (a "belts", absent from the
     catalog), slot 1 grey 5 (a "bags"); scores are low, so the score filter is off in these runs."""
-    from test_look_chain import PAD_Y, ROW, H  # noqa: I001
-
     grey = np.full((H, S), 120, np.uint8)
     grey[2:10, 5:30] = 60
     grey[20:36, 34:60] = 180
@@ -131,8 +133,6 @@ def _modes(img: np.ndarray) -> dict[str, tuple[bytes, bool]]:
 
 
 def test_look_answers_every_image_mode_as_the_rgb_photo_when_mode_is_not_rgb(served) -> None:  # noqa: F811
-    from lookserve.client.look import FilterConfig
-
     img = grey_photo()
     with TritonClient(served["server"].grpc_url) as client:
         pipe = _pipeline(client, served, filter=FilterConfig(use_min_score=False))
@@ -161,8 +161,6 @@ def test_look_keeps_lossless_modes_exact_when_only_the_container_changes(served)
 
 @pytest.mark.parametrize("h, w", [(1, 1), (1, 300), (300, 1), (2, S)])
 def test_look_returns_a_result_when_the_photo_is_tiny_or_a_thin_strip(served, h: int, w: int) -> None:  # noqa: F811
-    from lookserve.taxonomy import CATEGORIES
-
     # one colour that reads, where it reaches the detector's answer row, as "one tops at 0.9"
     colour = (230, 20 * CATEGORIES.index("tops") + 5, 10)
     data = _encode(Image.fromarray(np.full((h, w, 3), colour, np.uint8)))
@@ -196,8 +194,6 @@ def test_look_refuses_huge_dimensions_and_keeps_serving_when_a_bomb_is_sent(serv
 # the CLI: empty folders, missing and foreign catalogs
 # ------------------------------------------------------------------------------------------
 def _cli(*args: str):
-    from lookserve.cli import app
-
     return CliRunner().invoke(app, [*args])
 
 
@@ -282,8 +278,6 @@ def _interrupt_before_switch(monkeypatch) -> None:
                          ids=["disk-full", "interrupted"])
 def test_catalog_rebuild_leaves_the_serving_catalog_intact_when_the_write_fails(served, tmp_path: Path, monkeypatch,  # noqa: F811
                                                                                 fault, raises) -> None:
-    import shutil
-
     live = tmp_path / "catalog"
     shutil.copytree(served["catalog"], live)
     before = {p.name: p.read_bytes() for p in live.iterdir()}

@@ -18,9 +18,12 @@ import pytest
 from test_look_chain import street_photo
 from test_look_server import PHOTOS, _png, _without_timings, served  # noqa: F401 - served is this module's fixture
 
+from lookserve.bench.look_server import perf_analyzer_look
+from lookserve.bench.perf_analyzer import locate
 from lookserve.client.catalog import open_for_client
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookConfig, LookPipeline
+from lookserve.errors import ConfigError
 
 pytestmark = pytest.mark.triton
 
@@ -125,10 +128,6 @@ def test_look_answers_typed_tensors_when_called_with_plain_tritonclient(served, 
 
 
 def test_perf_analyzer_drives_look_with_real_photos_when_given_input_data(served, tmp_path) -> None:  # noqa: F811
-    from lookserve.bench.look_server import perf_analyzer_look
-    from lookserve.bench.perf_analyzer import locate
-    from lookserve.errors import ConfigError
-
     try:
         locate()
     except ConfigError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -96,8 +97,6 @@ def test_modelconfig_read_names_the_file_when_text_is_malformed(tmp_path: Path) 
 
 
 def test_triton_dtype_maps_numpy_and_triton_names_when_given_either() -> None:
-    import numpy as np
-
     assert triton_dtype(np.uint8) == "UINT8"
     assert triton_dtype("TYPE_FP32") == "FP32"
     assert triton_dtype("float16") == "FP16"

@@ -24,8 +24,10 @@ import pytest
 from PIL import Image
 from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
 from test_models_swap import LoadThreads
+from typer.testing import CliRunner
 
 from lookserve import contracts, errors
+from lookserve.cli import app
 from lookserve.client import catalog as catalog_module
 from lookserve.client.catalog import (
     Catalog,
@@ -431,9 +433,6 @@ def test_swap_embedder_keeps_both_versions_loaded_when_a_client_does_not_follow_
 def test_models_cli_swaps_the_embedder_and_shows_the_pointer_when_run_by_the_operator(
     tmp_path: Path, triton_factory, monkeypatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    from lookserve.cli import app
 
     s = _served(tmp_path, triton_factory)
     monkeypatch.setenv("LOOKSERVE_REPOSITORY_KEY", s["server"].repository_key)

@@ -13,8 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+from test_models_embedder_swap import PHOTO_SLOTS
 from typer.testing import CliRunner
 
+from lookserve import contracts
 from lookserve.bench.swap import (
     PointerLog,
     Sample,
@@ -25,6 +28,8 @@ from lookserve.bench.swap import (
     windows_report,
     write_report,
 )
+from lookserve.cli import app
+from tinymodels import projection_embedder, write_model
 
 
 def _samples(seed: int = 0) -> list[Sample]:
@@ -81,8 +86,6 @@ def test_write_report_writes_json_markdown_and_plot_when_the_run_is_done(tmp_pat
 
 
 def test_bench_swap_command_is_mounted_in_the_bench_group_when_the_cli_loads() -> None:
-    from lookserve.cli import app
-
     result = CliRunner().invoke(app, ["bench", "swap", "--help"])
     assert result.exit_code == 0 and "--embedder-onnx" in result.output
 
@@ -151,8 +154,6 @@ def test_pointer_log_records_a_flip_when_the_current_pointer_moves(tmp_path: Pat
 
 def _street2shop(root: Path, rng) -> None:
     """A street2shop-format folder: 6 shop photos (tops, bags), 2 street photos the tiny detector reads."""
-    from test_look_chain import shop_photo, street_photo
-    from test_models_embedder_swap import PHOTO_SLOTS
 
     (root / "images").mkdir(parents=True)
     (root / "meta" / "json").mkdir(parents=True)
@@ -176,10 +177,6 @@ def _street2shop(root: Path, rng) -> None:
 @pytest.mark.triton
 @pytest.mark.slow
 def test_run_swap_bench_counts_every_request_across_a_swap_when_run_small(tmp_path: Path) -> None:
-    from test_look_chain import CROP, DIM, D, M, S, tiny_detector
-
-    from lookserve import contracts
-    from tinymodels import projection_embedder, write_model
 
     repo = tmp_path / "repo"
     write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()),

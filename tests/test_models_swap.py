@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import shutil as shutil_module
 import threading
 import time
 from dataclasses import replace
@@ -11,8 +13,10 @@ import numpy as np
 import pytest
 
 from lookserve import contracts, errors
+from lookserve.client.catalog import EmbedderInfo, PhotoRecord, set_current, write_catalog
 from lookserve.client.core import TritonClient
 from lookserve.client.models import ModelRepository
+from lookserve.client.swap import SwapOptions, swap_embedder
 from tinymodels import gated_export, projection_embedder, write_model
 
 SIZE = 16
@@ -138,9 +142,6 @@ def test_promote_and_rollback_swap_versions_with_zero_failed_requests_when_under
 def test_promote_refuses_an_unverified_version_and_keeps_the_old_one_serving_unless_allowed(
     tmp_path: Path, triton_factory
 ) -> None:
-    from lookserve.client.catalog import EmbedderInfo, PhotoRecord, set_current, write_catalog
-    from lookserve.client.swap import SwapOptions, swap_embedder
-
     repo, _ = _repo(tmp_path)
     server = triton_factory(repo, models=["embedder"])
     models = ModelRepository(repo)
@@ -181,9 +182,6 @@ def test_promote_refuses_an_unverified_version_and_keeps_the_old_one_serving_unl
 
 
 def test_publish_leaves_the_repository_as_it_was_when_the_disk_fills_mid_write(tmp_path: Path, monkeypatch) -> None:
-    import errno
-    import shutil as shutil_module
-
     repo, candidate = _repo(tmp_path)
     before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
 

@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lookserve.client.look import FilterConfig, filter_detections
+from lookserve.errors import DataError
 from lookserve.images import crop_box, decode_image, letterbox, paste_mask, resize_square
 from lookserve.taxonomy import CATEGORIES
+from lookserve.training import embedder as E
+from lookserve.training.common import pool_uint8, read_rgb
+from lookserve.training.detector import coco_results
+from lookserve.training.detector_data import StreetSample, letterbox_sample, read_letterboxed
 
 
 def _rgba_png(path: Path, rng: np.random.Generator, h: int = 120, w: int = 180) -> Path:
@@ -54,8 +60,6 @@ def _opencv_decode(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
 def test_training_reader_returns_served_pixels_when_decoders_would_disagree(photos, name):
-    from lookserve.training.common import read_rgb
-
     served = decode_image(photos[name])
     np.testing.assert_array_equal(read_rgb(photos[name]), served)
     if name != "exif6.jpg":  # OpenCV applies EXIF orientation too; the other two it decodes differently
@@ -66,8 +70,6 @@ def test_training_reader_returns_served_pixels_when_decoders_would_disagree(phot
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
 def test_detector_training_input_equals_served_letterbox_when_same_file(photos, name):
-    from lookserve.training.detector_data import StreetSample, read_letterboxed
-
     served, lb = letterbox(decode_image(photos[name]), 128)
     sample = StreetSample(1, photos[name], lb.width, lb.height, np.zeros((0, 4), np.float32),
                           np.zeros(0, np.int32), np.zeros((0, 28, 28), np.uint8))
@@ -88,9 +90,6 @@ def _write_layout(root: Path, street: Path, shop: Path, bbox: dict) -> None:
 
 
 def test_embedder_training_crops_equal_served_crops_when_box_is_fractional(tmp_path, rng):
-    from lookserve.training import embedder as E
-    from lookserve.training.common import pool_uint8
-
     street = _rgba_png(tmp_path / "street.png", rng)
     shop = _cmyk_jpeg(tmp_path / "shop.jpg", rng)
     bbox = {"left": 20.5, "top": 30.4, "width": 101.3, "height": 77.6}  # x2 = 121.8, y2 = 108.0
@@ -124,8 +123,6 @@ def _detector_outputs(rng) -> dict[str, np.ndarray]:
 def test_detector_eval_masks_equal_served_masks_when_box_edges_are_fractional(rng):
     from pycocotools import mask as mask_utils
 
-    from lookserve.client.look import FilterConfig, filter_detections
-    from lookserve.training.detector import coco_results
 
     image = np.zeros((200, 300, 3), np.uint8)  # wide: letterboxed with pad_y > 0
     _, lb = letterbox(image, 128)
@@ -146,9 +143,6 @@ def test_detector_eval_masks_equal_served_masks_when_box_edges_are_fractional(rn
 
 
 def test_detector_training_input_names_the_file_when_annotation_size_differs_from_photo(photos):
-    from lookserve.errors import DataError
-    from lookserve.training.detector_data import StreetSample, letterbox_sample
-
     # the EXIF-rotated photo decodes upright (80 wide, 130 high); an annotation of the raw
     # 130x80 frame would misplace every mask
     sample = StreetSample(4, photos["exif6.jpg"], 130, 80, np.zeros((0, 4), np.float32),

@@ -14,7 +14,10 @@ from typer.testing import CliRunner
 
 from lookserve import contracts, errors
 from lookserve.client.models import ModelRepository, verify_export
+from lookserve.client.models_cli import app
+from lookserve.demo import _needs_export
 from lookserve.errors import ParityError
+from lookserve.export.core import sha256_path
 from tinymodels import gated_export, projection_embedder, write_model
 
 SIZE, DIM = 16, 8
@@ -102,8 +105,6 @@ def test_verify_export_names_what_is_missing_when_the_record_is_incomplete(tmp_p
 
 
 def test_models_list_shows_unverified_versions_when_published_without_a_gate(tmp_path: Path) -> None:
-    from lookserve.client.models_cli import app
-
     repo = _repo(tmp_path)
     result = CliRunner().invoke(app, ["publish", "embedder", str(projection_embedder(tmp_path / "r.onnx", size=SIZE, dim=DIM, seed=4)),
                                       "-r", str(repo)])
@@ -117,9 +118,6 @@ def test_models_list_shows_unverified_versions_when_published_without_a_gate(tmp
 
 
 def test_demo_exports_again_when_model_onnx_is_not_the_file_its_export_json_recorded(tmp_path: Path) -> None:
-    from lookserve.demo import _needs_export
-    from lookserve.export.core import sha256_path
-
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "model.weights.h5").write_bytes(b"reference weights")

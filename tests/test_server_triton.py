@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -14,7 +16,7 @@ from lookserve import contracts
 from lookserve.client.core import TritonClient
 from lookserve.errors import PermissionDenied, ServerStartError
 from lookserve.modelconfig import DynamicBatching, ModelConfig, TensorSpec
-from lookserve.server.launcher import ServerOptions, TritonServer
+from lookserve.server.launcher import ServerOptions, TritonServer, log_errors
 from tinymodels import projection_embedder, run_onnx, write_model
 
 pytestmark = pytest.mark.triton
@@ -117,8 +119,6 @@ def test_server_start_fails_naming_tritons_cause_from_its_log_when_a_model_canno
 
 
 def test_server_start_refuses_without_starting_triton_when_the_grpc_port_is_taken(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -144,8 +144,6 @@ def test_server_start_fails_with_tritons_cause_when_another_server_answers_on_it
 
 
 def test_server_stop_removes_its_temp_work_dir_when_triton_exits_cleanly(tmp_path: Path, monkeypatch) -> None:
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     server = TritonServer(ServerOptions(_repo(tmp_path), grpc_port=0, load_models=("embedder",), exit_timeout_s=5))
     server.start()
@@ -155,8 +153,6 @@ def test_server_stop_removes_its_temp_work_dir_when_triton_exits_cleanly(tmp_pat
 
 
 def test_log_errors_gives_each_error_message_first_line_unquoted_without_gpu_noise_when_parsing_a_log() -> None:
-    from lookserve.server.launcher import log_errors
-
     text = (
         "I1201 20:20:13.000001 77 server.cc:1] started\n"
         'E1201 20:20:13.000002 77 pinned_memory_manager.cc:1] "CudaDriverHelper has not been initialized."\n'

@@ -17,10 +17,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lookserve import contracts
+from lookserve.cli import app
 from lookserve.client.core import AsyncTritonClient, TritonClient
 from lookserve.client.thumbnails import (
     AsyncThumbnailPipeline,
+    ThumbnailConfig,
     ThumbnailPipeline,
+    _Steps,
     decide,
     find_products,
 )
@@ -126,8 +129,6 @@ def test_thumbnails_equal_onnxruntime_when_classified_through_triton(tmp_path: P
 
 @pytest.mark.triton
 def test_thumbnails_cli_writes_csv_json_and_sheet_when_given_a_folder(tmp_path: Path, repo: Path, triton_factory, rng) -> None:
-    from lookserve.cli import app
-
     root = _views(tmp_path / "views", rng, products=3)
     server = triton_factory(repo, models=["view_classifier"])
     out = tmp_path / "out"
@@ -145,8 +146,6 @@ def test_thumbnails_cli_writes_csv_json_and_sheet_when_given_a_folder(tmp_path: 
 @pytest.mark.triton
 def test_eval_thumbnails_cli_prints_accuracy_beside_baselines_when_given_a_data_set(tmp_path: Path, repo: Path,
                                                                                    triton_factory, rng) -> None:
-    from lookserve.cli import app
-
     data = tmp_path / "data"
     views_dir = _views(data / "footwear" / "views", rng, products=4)
     model = repo / "view_classifier" / "1" / "model.onnx"
@@ -191,7 +190,5 @@ def test_decide_picks_highest_best_view_and_mean_type_when_given_outputs() -> No
 
 
 def test_thumbnail_prepare_refuses_when_product_has_no_views() -> None:
-    from lookserve.client.thumbnails import ThumbnailConfig, _Steps
-
     with pytest.raises(InvalidInputError, match="at least one view"):
         _Steps(ThumbnailConfig()).prepare([])

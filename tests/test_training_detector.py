@@ -6,12 +6,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from lookserve.contracts import detector_config
 from lookserve.errors import ConfigError, InvalidInputError
+from lookserve.images import paste_mask  # the one paste_mask, used by evaluation and serving
 from lookserve.taxonomy import CATEGORIES
 from lookserve.training import detector_ops as ops
+from lookserve.training.common import set_seed
+from lookserve.training.detector import (
+    DetectorConfig,
+    DetectorTrainConfig,
+    _batched_nms_topn,
+    build_model,
+    evaluate_detector,
+    load_model,
+    train_detector,
+)
+from lookserve.training.detector_data import load_samples, read_letterboxed
 
 # --------------------------------------------------------------------------------------------
 # tiny hand-drawn data: coloured rectangles ("bags") and ellipses ("dresses") on grey
@@ -21,7 +35,6 @@ SHAPES = {"rect": CATEGORIES.index("bags") + 1, "ellipse": CATEGORIES.index("dre
 
 def write_tiny_coco(root: Path, n_train: int = 8, n_test: int = 4, side: int = 96, seed: int = 0) -> Path:
     """A street2shop-shaped data set: images/<id>.jpg + annotations/instances_{train,test}.json."""
-    import cv2
     from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(seed)
@@ -65,8 +78,6 @@ def write_tiny_coco(root: Path, n_train: int = 8, n_test: int = 4, side: int = 9
 
 
 def tiny_config(**overrides):
-    from lookserve.training.detector import DetectorConfig
-
     kw = dict(
         input_size=128, anchor_sizes=(16.0, 32.0, 64.0, 128.0), backbone_width=8, fpn_channels=16,
         rpn_channels=16, head_dim=32, mask_channels=16, rpn_pre_nms_train=200, rpn_post_nms_train=32,
@@ -77,8 +88,6 @@ def tiny_config(**overrides):
 
 
 def tiny_train_config(steps: int, **overrides):
-    from lookserve.training.detector import DetectorTrainConfig
-
     kw = dict(model=tiny_config(), batch_size=2, steps=steps, learning_rate=3e-3, warmup_steps=2, mask_rois_per_image=4)
     kw.update(overrides)
     return DetectorTrainConfig(**kw)
@@ -92,7 +101,6 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     """A tiny detector trained for 120 steps (~15 s) and its training summary."""
-    from lookserve.training.detector import train_detector
 
     out = tmp_path_factory.mktemp("weights")
     summary = train_detector(tiny_data, out, seed=0, config=tiny_train_config(120), progress=False)
@@ -171,8 +179,6 @@ def test_letterbox_raises_when_not_rgb():
 
 
 def test_detector_config_raises_when_backbone_unknown():
-    from lookserve.training.detector import DetectorConfig
-
     with pytest.raises(ConfigError, match="backbone"):
         DetectorConfig(backbone="vgg")
     with pytest.raises(ConfigError, match="size"):
@@ -180,8 +186,6 @@ def test_detector_config_raises_when_backbone_unknown():
 
 
 def test_paste_mask_fills_box_when_mask_is_all_ones():
-    from lookserve.images import paste_mask  # the one paste_mask, used by evaluation and serving
-
     canvas = paste_mask(np.ones((28, 28), np.float32), np.array([10.0, 20.0, 30.0, 60.0]), 64, 64)
     assert canvas.sum() == 20 * 40 and canvas[20:60, 10:30].all()
 
@@ -193,7 +197,6 @@ def test_paste_mask_fills_box_when_mask_is_all_ones():
 def test_batched_nms_suppresses_within_key_only_and_pads_when_few_boxes():
     import tensorflow as tf
 
-    from lookserve.training.detector import _batched_nms_topn
 
     # image 0: boxes 0/1 overlap (IoU 0.81) with the same key, box 2 overlaps box 0 with
     # another key; box 3 is below the score threshold. image 1: box 0 of image 0 again.
@@ -217,10 +220,6 @@ def test_batched_nms_suppresses_within_key_only_and_pads_when_few_boxes():
 
 @pytest.mark.tf
 def test_served_graph_matches_contract_and_zero_pads_when_untrained():
-    from lookserve.contracts import detector_config
-    from lookserve.training.common import set_seed
-    from lookserve.training.detector import build_model
-
     set_seed(0)
     det = build_model(tiny_config(score_threshold=0.083, max_detections=20))
     images = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
@@ -246,8 +245,6 @@ def test_served_graph_matches_contract_and_zero_pads_when_untrained():
 
 @pytest.mark.tf
 def test_detector_call_raises_when_input_is_float():
-    from lookserve.training.detector import build_model
-
     det = build_model(tiny_config())
     with pytest.raises(InvalidInputError, match="UINT8"):
         det(np.zeros((1, 128, 128, 3), np.float32))
@@ -268,8 +265,6 @@ def test_train_detector_loss_falls_when_tiny_data(trained):
 
 @pytest.mark.tf
 def test_train_detector_is_deterministic_when_same_seed(tiny_data, tmp_path):
-    from lookserve.training.detector import train_detector
-
     runs = []
     for i in range(2):
         train_detector(tiny_data, tmp_path / str(i), seed=3, config=tiny_train_config(3), progress=False)
@@ -280,9 +275,6 @@ def test_train_detector_is_deterministic_when_same_seed(tiny_data, tmp_path):
 
 @pytest.mark.tf
 def test_load_model_reproduces_outputs_when_saved(trained, tiny_data):
-    from lookserve.training.detector import load_model
-    from lookserve.training.detector_data import load_samples, read_letterboxed
-
     out, _ = trained
     a, b = load_model(out), load_model(out)
     img = read_letterboxed(load_samples(tiny_data, "test")[0], 128)[0][None]
@@ -293,16 +285,12 @@ def test_load_model_reproduces_outputs_when_saved(trained, tiny_data):
 
 @pytest.mark.tf
 def test_load_model_raises_when_directory_is_not_a_detector(tmp_path):
-    from lookserve.training.detector import load_model
-
     with pytest.raises(ConfigError, match="weights directory"):
         load_model(tmp_path)
 
 
 @pytest.mark.tf
 def test_evaluate_detector_reports_box_and_mask_ap_when_trained(trained, tiny_data):
-    from lookserve.training.detector import evaluate_detector
-
     out, _ = trained
     res = evaluate_detector(tiny_data, out, progress=False)
     assert res["images"] == 4 and res["instances"] >= 4
@@ -321,8 +309,6 @@ def test_tf2onnx_export_matches_tensorflow_when_trained_detector(trained, tiny_d
     import onnxruntime as ort
     import tf2onnx
 
-    from lookserve.training.detector import load_model
-    from lookserve.training.detector_data import load_samples, read_letterboxed
 
     out, _ = trained
     det = load_model(out)
@@ -347,8 +333,6 @@ def test_tf2onnx_export_matches_tensorflow_when_trained_detector(trained, tiny_d
 @pytest.mark.tf
 @pytest.mark.slow
 def test_large_detector_builds_resnet50_fpn_and_serves_contract_when_untrained():
-    from lookserve.training.detector import DetectorConfig, build_model
-
     det = build_model(DetectorConfig.large())
     assert det.keras_model.count_params() > 25_000_000
     out = det(np.zeros((1, 512, 512, 3), np.uint8))
@@ -358,9 +342,6 @@ def test_large_detector_builds_resnet50_fpn_and_serves_contract_when_untrained()
 
 @pytest.mark.tf
 def test_committed_reference_weights_load_and_serve_contract_when_present():
-    from lookserve.contracts import detector_config
-    from lookserve.training.detector import load_model
-
     weights = Path(__file__).resolve().parents[1] / "training" / "weights" / "detector"
     if not (weights / "model.weights.h5").is_file():
         pytest.skip("no committed detector weights")
@@ -374,8 +355,6 @@ def test_committed_reference_weights_load_and_serve_contract_when_present():
 
 @pytest.mark.tf
 def test_train_detector_continues_from_init_weights_when_given(trained, tiny_data, tmp_path):
-    from lookserve.training.detector import train_detector
-
     out, first = trained
     cont = train_detector(tiny_data, tmp_path / "c", seed=0, config=tiny_train_config(2), progress=False, init_weights=out)
     # starting from trained weights, the first step's loss is far below a fresh start's (~0.5x here)

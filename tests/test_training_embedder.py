@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 
-from lookserve.errors import ConfigError
+from lookserve.errors import ConfigError, DataError
 from lookserve.training import embedder as E
 from lookserve.training.common import AugmentConfig
 
@@ -187,9 +190,7 @@ def test_load_model_names_the_problem_when_directory_is_not_weights(tmp_path):
 # --- reading the street2shop layout ------------------------------------------------------------
 def _write_layout(root, n_train=3, n_test=2):
     """A minimal data set in the data contract's layout: one category, solid-colour photos."""
-    import json
 
-    import cv2
 
     (root / "photos").mkdir(parents=True)
     (root / "images").mkdir()
@@ -241,8 +242,6 @@ def test_load_triplet_data_reads_real_layout_when_products_json_is_absent(tmp_pa
 
 
 def test_load_triplet_data_names_the_problem_when_photos_txt_is_missing(tmp_path):
-    from lookserve.errors import DataError
-
     with pytest.raises(DataError, match="photos.txt"):
         E.load_triplet_data(tmp_path, ("train",), 112)
 

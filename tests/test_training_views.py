@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lookserve import contracts
+from lookserve.data import synth
 from lookserve.errors import ConfigError
 from lookserve.taxonomy import FOOTWEAR_TYPES, VIEWS
 from lookserve.training import clustering as C
+from lookserve.training import embedder as E
 from lookserve.training import views as V
-from lookserve.training.common import AugmentConfig
+from lookserve.training.common import AugmentConfig, save_weights
 
 
 def _blobs(n_per=20, centers=5, dim=12, seed=0, spread=0.05):
@@ -171,8 +175,6 @@ def test_train_loss_falls_and_unknown_types_are_ignored():
 
 @pytest.mark.tf
 def test_train_is_deterministic_and_reloads_when_seed_is_fixed(tmp_path):
-    from lookserve.training.common import save_weights
-
     imgs, best, types = _tiny_views()
     cfg = _tiny_cfg(steps=5, augment=AugmentConfig(hflip=0.0, vflip=0.0))
     r1 = V.train(imgs, best, types, cfg, seed=4, progress=False)
@@ -203,8 +205,6 @@ def test_hog_features_tell_a_view_from_its_mirror_when_shape_is_asymmetric():
 
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
-    from lookserve.data import synth
-
     return synth.generate(tmp_path_factory.mktemp("synth"), synth.SynthConfig.tiny(), seed=0)
 
 
@@ -226,10 +226,6 @@ def test_run_stops_after_contact_sheets_when_no_labels_are_given(tiny_synth, tmp
 @pytest.mark.tf
 @pytest.mark.parametrize("kind", ["embedder", "view_classifier"])
 def test_committed_reference_weights_load_and_match_the_contract(kind):
-    from pathlib import Path
-
-    from lookserve import contracts
-    from lookserve.training import embedder as E
 
     weights = Path(__file__).resolve().parents[1] / "training" / "weights" / kind
     model = (E if kind == "embedder" else V).load_model(weights)

@@ -21,6 +21,7 @@ from lookserve.client.core import TritonClient
 from lookserve.client.thumbnails import ThumbnailPipeline
 from lookserve.server.launcher import free_port
 from lookserve.ui.browser import capture, find_chromium
+from lookserve.ui.logic import _palette
 
 pytestmark = [
     pytest.mark.triton,
@@ -86,7 +87,6 @@ def test_browser_shows_matches_and_no_error_when_sample_given_in_url(ui_served, 
     assert png.std() > 20  # not a blank page
     assert (png.min(axis=-1) < 200).mean() > 0.05  # a good part of it is not white
     # the annotated photo: each item's box in its colour (render's palette, as the page reports it)
-    from lookserve.ui.logic import _palette
 
     for n in range(len(want.items)):
         colour = tuple(int(round(c * 255)) for c in _palette()[n])

@@ -11,6 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lookserve import errors
+from lookserve.cli import app
+from lookserve.data import street2shop
+from lookserve.data.synth import SynthConfig, generate
 from lookserve.ui import logic
 from lookserve.ui.cli import APP_SCRIPT, streamlit_command
 
@@ -47,8 +50,6 @@ def test_streamlit_command_binds_loopback_on_8501_when_defaults_used(tmp_path: P
 
 
 def test_ui_cli_refuses_port_out_of_range_when_given_one() -> None:
-    from lookserve.cli import app
-
     result = CliRunner().invoke(app, ["ui", "--port", "0"])
     assert result.exit_code == 2
     assert "--port" in result.output
@@ -81,9 +82,6 @@ def test_find_samples_explains_when_folder_missing_or_empty(tmp_path: Path) -> N
 
 
 def test_find_samples_reads_generated_data_set_when_given_street2shop_layout(tmp_path: Path) -> None:
-    from lookserve.data import street2shop
-    from lookserve.data.synth import SynthConfig, generate
-
     generate(tmp_path / "data", SynthConfig(n_products=11, n_street=4, n_shoes=2, street_size=96, shop_size=64,
                                             view_size=64), seed=3)
     samples = logic.find_samples(tmp_path / "data")

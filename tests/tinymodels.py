@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lookserve.export.core import export_function
 from lookserve.modelconfig import ModelConfig
 
 
@@ -65,7 +66,7 @@ def write_model(repository: Path, config: ModelConfig, onnx_path_builder, versio
 
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - heavy, lazy as everywhere (TID253 is off here for onnx)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
@@ -76,9 +77,8 @@ def gated_export(onnx_path: Path, repository: Path, name: str = "embedder", vers
     """Run ``onnx_path`` through lookserve's real export path and parity gate (no TensorFlow: the
     source is onnxruntime on ``reference_path``, default the same file) into ``repository``;
     returns the :class:`~lookserve.export.core.ExportResult` (its export.json records the gate)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - heavy, lazy as everywhere (TID253 is off here for onnx)
 
-    from lookserve.export.core import export_function
 
     session = ort.InferenceSession(str(reference_path or onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

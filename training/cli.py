@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from lookserve.cliutil import fail
+from lookserve.data import synth
+from lookserve.errors import LookserveError
+from lookserve.training import embedder as E
+from lookserve.training import views as V
+from lookserve.training.common import atomic_write_json, atomic_write_text
+from lookserve.training.detector import evaluate_detector as _eval
+from lookserve.training.detector import train_detector as _train
+from lookserve.training.embedder import scores_table
 
 app = typer.Typer(no_args_is_help=True, help="Train the detector, the embedder and the view classifier.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate trained models on held-out data.")
@@ -23,21 +34,14 @@ MAX_MIN = typer.Option(None, "--max-minutes", help="Stop training after this man
 
 
 def _console():
-    from rich.console import Console
-
     return Console()
 
 
 def _machine() -> str:
-    import os
-
     return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, {platform.system()} {platform.release()}".replace("  ", " ")
 
 
 def _retrieval_table(title: str, scores) -> Any:
-    from rich.table import Table
-
-    from lookserve.training.embedder import scores_table
 
     t = Table(title=title)
     for col in ("category", "queries", "gallery", "top-1", "recall@6", "recall@20"):
@@ -73,8 +77,6 @@ def train_embedder(
     max_minutes: float = MAX_MIN,
 ) -> None:
     """Train the triplet embedder on the train split, then print held-out (val by default) retrieval figures."""
-    from lookserve.errors import LookserveError
-    from lookserve.training import embedder as E
 
     try:
         over = {k: v for k, v in dict(mining=mining, dim=dim, margin=margin, steps_per_epoch=steps_per_epoch,
@@ -109,11 +111,7 @@ def compare_mining(
     max_minutes: float = typer.Option(None, "--max-minutes", help="Time budget PER variant."),
 ) -> None:
     """Train one embedder per mining variant with the same budget; print one comparison table."""
-    from rich.table import Table
 
-    from lookserve.errors import LookserveError
-    from lookserve.training import embedder as E
-    from lookserve.training.common import atomic_write_json, atomic_write_text
 
     rows = []
     try:
@@ -154,8 +152,6 @@ def eval_embedder(
     split: str = typer.Option("test", help="Held-out split of the queries: test | val."),
 ) -> None:
     """Print held-out retrieval figures: top-1 (the original's accuracy), recall@6, recall@20."""
-    from lookserve.errors import LookserveError
-    from lookserve.training import embedder as E
 
     try:
         model = E.load_model(weights)
@@ -169,8 +165,6 @@ def eval_embedder(
 # view classifier
 # --------------------------------------------------------------------------------------------
 def _print_views(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
     c = _console()
     if report.get("named_by") and "ground-truth" in report["named_by"]:
         c.print("[yellow]clusters were named from the GENERATED GROUND TRUTH — for evaluation only, not a person's labels[/]")
@@ -219,8 +213,6 @@ def train_views(
     max_minutes: float = MAX_MIN,
 ) -> None:
     """Cluster the view images, write contact sheets and (given labels) train the classifier."""
-    from lookserve.errors import LookserveError
-    from lookserve.training import views as V
 
     try:
         over = {k2: v for k2, v in dict(steps=steps, internal_size=internal_size, stem=stem, width=width,
@@ -246,8 +238,6 @@ def eval_views(
     split: str = typer.Option("test", help="Held-out split: test | val."),
 ) -> None:
     """Print held-out figures: type accuracy (per image, per shoe), best-view accuracy, thumbnail choice, view purity."""
-    from lookserve.errors import LookserveError
-    from lookserve.training import views as V
 
     try:
         report = V.evaluate(data, weights, split)
@@ -271,8 +261,6 @@ def train_detector(
                                       "(same architecture; fresh optimizer and schedule)."),
 ) -> None:
     """Train the Mask R-CNN detector (see lookserve.training.detector.train_detector)."""
-    from lookserve.errors import LookserveError
-    from lookserve.training.detector import train_detector as _train
 
     try:
         result = _train(data, out, seed=seed, size=size, steps=steps, max_minutes=max_minutes,
@@ -290,8 +278,6 @@ def eval_detector(
     split: str = typer.Option("test", help="Which split's street photos to evaluate on."),
 ) -> None:
     """Evaluate the detector on held-out street photos (see lookserve.training.detector.evaluate_detector)."""
-    from lookserve.errors import LookserveError
-    from lookserve.training.detector import evaluate_detector as _eval
 
     try:
         result = _eval(data, weights, split)
@@ -319,8 +305,6 @@ def train_all(
     naming, said in its report), so the run needs no person; the reference weights were made the same way.
     """
     if not (data / "photos" / "photos.txt").exists():
-        from lookserve.data import synth
-
         _console().print(f"generating the {preset} data set into {data} (seed {seed})")
         synth.generate(data, synth.SynthConfig.preset(preset), seed)
     if not skip_detector:

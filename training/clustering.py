@@ -30,18 +30,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image, ImageDraw
 
 from lookserve.data.footwear import ViewTruth, shoes_in_splits
 from lookserve.data.footwear import read_ground_truth as read_ground_truth
 from lookserve.errors import ConfigError, DataError, InvalidInputError
+from lookserve.fsutil import atomic_output
 from lookserve.taxonomy import FOOTWEAR_TYPES, VIEWS
+from lookserve.training import embedder as E
 from lookserve.training.common import (
     SERVED_SIZE,
     atomic_write_json,
+    build_backbone,
+    keras_module,
     pool_uint8,
     read_rgb,
     resize_square,
+    set_seed,
 )
 
 log = logging.getLogger(__name__)
@@ -104,7 +111,6 @@ def shoes_in_split(root: str | os.PathLike, split: str | tuple[str, ...]) -> set
 # --------------------------------------------------------------------------------------------
 def hog_features(images: np.ndarray, side: int = 64) -> np.ndarray:
     """OpenCV HOG (16×16 blocks, 8×8 stride and cells, 9 bins) of the grey image at ``side`` px."""
-    import cv2
 
     hog = cv2.HOGDescriptor((side, side), (16, 16), (8, 8), (8, 8), 9)
     return np.array(
@@ -142,7 +148,6 @@ def extract_features(images: np.ndarray, kind: str, seed: int = 0, embedder_weig
         return histogram_features(images)
     if kind == "hog":
         return hog_features(images)
-    from lookserve.training.common import build_backbone, keras_module, set_seed
 
     keras = keras_module()
     if kind == "random-cnn":
@@ -151,7 +156,6 @@ def extract_features(images: np.ndarray, kind: str, seed: int = 0, embedder_weig
         return cnn_features(images, bb, 112)
     if embedder_weights is None:
         raise ConfigError("feature backbone 'embedder' needs the embedder weights directory")
-    from lookserve.training import embedder as E
 
     model = E.load_model(embedder_weights)
     cfg = E.load_config(embedder_weights)
@@ -256,11 +260,9 @@ def plot_sweep(sweeps: dict[str, Sweep], path: str | os.PathLike, chosen: dict[s
     ax1.legend(), ax2.legend()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -281,7 +283,6 @@ def contact_sheets(
     images: np.ndarray, clusters: np.ndarray, out_dir: str | os.PathLike, per_sheet: int = 30, thumb: int = 96, seed: int = 0
 ) -> list[Path]:
     """One PNG per cluster (a sample of its images) and ``labels_template.json`` to fill in."""
-    from PIL import Image, ImageDraw
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,9 +300,8 @@ def contact_sheets(
             im = Image.fromarray(images[i]).resize((thumb, thumb))
             sheet.paste(im, ((j % cols) * thumb, 20 + (j // cols) * thumb))
         p = out / f"cluster_{c:02d}.png"
-        tmp = p.with_name(f".{p.name}.tmp.png")
-        sheet.save(tmp)
-        os.replace(tmp, p)
+        with atomic_output(p) as tmp:
+            sheet.save(tmp)
         paths.append(p)
         template[str(c)] = {"best_view": None, "type": None, "size": int(len(idx))}
     atomic_write_json(

@@ -20,14 +20,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
+from lookserve import fsutil
 from lookserve.errors import ConfigError, DataError, InvalidInputError
+from lookserve.fsutil import (
+    atomic_write_text as atomic_write_text,  # re-exported for training's writers
+)
 from lookserve.images import decode_image
 from lookserve.images import resize_square as resize_square  # re-exported: the served resize
 
@@ -101,7 +105,6 @@ class AugmentConfig:
 
 def augment(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Augment one uint8 RGB image with ``cfg``; deterministic for a given ``rng`` state."""
-    import cv2
 
     out = img
     if cfg.hflip and rng.random() < cfg.hflip:
@@ -233,34 +236,17 @@ WEIGHTS_FILE = "model.weights.h5"
 CONFIG_FILE = "config.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Training's JSON outputs (configs, logs, reports): sorted keys, written atomically."""
+    fsutil.atomic_write_json(path, obj, sort_keys=True)
 
 
 def save_weights(model, config_dict: dict[str, Any], out_dir: str | os.PathLike, kind: str) -> Path:
     """Write ``model.weights.h5`` and ``config.json`` (with ``kind``) into ``out_dir`` atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".weights.h5")
-    os.close(fd)
-    try:
+    with fsutil.atomic_output(out / WEIGHTS_FILE) as tmp:
         model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, out / WEIGHTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     atomic_write_json(out / CONFIG_FILE, {"kind": kind, "config": config_dict})
     return out
 

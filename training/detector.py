@@ -28,11 +28,13 @@ and segm AP) work on the COCO annotations of a street2shop-format data set
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,25 @@ import numpy as np
 
 from lookserve.contracts import DETECTOR_INPUT_SIZE, DETECTOR_MAX_DETECTIONS, MASK_SIZE
 from lookserve.errors import ConfigError, DataError, InvalidInputError
+from lookserve.fsutil import atomic_output
 from lookserve.images import Letterbox, paste_mask
 from lookserve.taxonomy import CATEGORIES
 from lookserve.training import detector_ops as ops
+from lookserve.training.common import (
+    WEIGHTS_FILE,
+    atomic_write_json,
+    keras_module,
+    read_config,
+    save_weights,
+    set_seed,
+)
+from lookserve.training.detector_data import (
+    category_map,
+    letterbox_sample,
+    load_coco,
+    load_samples,
+    make_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +198,10 @@ class DetectorTrainConfig:
 
 
 def config_to_dict(cfg: DetectorConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(cfg)
 
 
 def config_from_dict(data: dict[str, Any]) -> DetectorConfig:
-    from dataclasses import fields
-
     names = {f.name for f in fields(DetectorConfig)}
     unknown = set(data) - names
     if unknown:
@@ -200,8 +214,6 @@ def config_from_dict(data: dict[str, Any]) -> DetectorConfig:
 # the Keras parts
 # --------------------------------------------------------------------------------------------
 def _keras():
-    from lookserve.training.common import keras_module
-
     return keras_module()
 
 
@@ -481,8 +493,6 @@ class Detector:
 
     # ---- weights -----------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-        from lookserve.training.common import atomic_write_json, save_weights
-
         out = save_weights(self.keras_model, config_to_dict(self.config), out_dir, KIND)
         if extra is not None:
             atomic_write_json(Path(out) / "training.json", extra)
@@ -530,7 +540,6 @@ def build_model(config: DetectorConfig | None = None) -> Detector:
 
 def load_model(weights_dir: str | os.PathLike) -> Detector:
     """Load a detector written by :func:`train_detector` (``config.json`` + ``model.weights.h5``)."""
-    from lookserve.training.common import WEIGHTS_FILE, read_config
 
     cfg = config_from_dict(read_config(weights_dir, KIND))
     det = Detector(cfg)
@@ -728,8 +737,6 @@ def train_detector(
     summary (steps run, wall seconds, first/last losses) that is also written to
     ``out_dir/training.json`` next to the weights, with a loss plot ``loss.png``.
     """
-    from lookserve.training.common import set_seed
-    from lookserve.training.detector_data import load_samples, make_batch
 
     tcfg = config or DetectorTrainConfig.for_size(size)
     if steps is not None:
@@ -769,8 +776,13 @@ def train_detector(
                 [samples[i] for i in idx], det.anchors_np, cfg.input_size, tcfg.max_instances,
                 tcfg.gt_mask_size, rng, hflip=tcfg.hflip, rpn_batch=tcfg.rpn_batch,
             )
-            time_fraction = (time.perf_counter() - t0) / (deadline - t0)
-            losses = trainer.train_step(batch, step, time_fraction if step >= tcfg.warmup_steps else 0.0)
+            elapsed = time.perf_counter() - t0
+            # Only a run that its budget will cut follows the clock (so it still ends at a low
+            # learning rate); a run on course to finish its steps in time follows the step
+            # schedule alone, and so is deterministic however loaded the machine is.
+            on_course = elapsed / max(step, 1) * tcfg.steps <= deadline - t0
+            time_fraction = 0.0 if on_course or step < tcfg.warmup_steps else elapsed / (deadline - t0)
+            losses = trainer.train_step(batch, step, time_fraction)
             if not math.isfinite(losses["total"]):
                 raise DataError(f"detector training diverged at step {step}: losses {losses}")
             history.append(losses)
@@ -803,8 +815,6 @@ def train_detector(
 
 
 def _train_config_dict(tcfg: DetectorTrainConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(tcfg)
 
 
@@ -819,7 +829,6 @@ def _plot_losses(history: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import tempfile
 
     import matplotlib.pyplot as plt
 
@@ -837,11 +846,9 @@ def _plot_losses(history: list[dict[str, float]], path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("detector training losses")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -851,7 +858,6 @@ def predict_samples(det: Detector, samples, batch_size: int = 4, progress: bool 
     """COCO result dicts (original image pixels, RLE masks) of ``det`` on ``samples``: each
     photo decoded and letterboxed as a client does it (:func:`detector_data.letterbox_sample`),
     the outputs mapped back by :func:`coco_results` as a client maps them."""
-    from lookserve.training.detector_data import letterbox_sample
 
     s = det.config.input_size
     results: list[dict[str, Any]] = []
@@ -912,7 +918,6 @@ def evaluate_detector(
     photos, maps boxes and masks back to the photos' pixels and scores them against
     ``annotations/instances_<split>.json``. Returns ``{"box": {...}, "mask": {...}, ...}``.
     """
-    from lookserve.training.detector_data import category_map, load_coco, load_samples
 
     det = detector if detector is not None else load_model(weights_dir)
     coco = load_coco(data_dir, split)
@@ -941,9 +946,6 @@ def evaluate_detector(
 
 
 def _eval_on(coco, results, iou_type, cmap, img_ids):
-    import contextlib
-    import io
-
     from pycocotools.cocoeval import COCOeval
 
     inv = {v: k for k, v in cmap.items()}

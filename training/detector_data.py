@@ -16,12 +16,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lookserve.errors import DataError, InvalidInputError
 from lookserve.images import Letterbox, letterbox
 from lookserve.taxonomy import CATEGORIES
 from lookserve.training import detector_ops as ops
+from lookserve.training.common import read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,6 @@ def image_path(root: Path, img: dict) -> Path:
 
 def load_samples(root: str | Path, split: str, mask_size: int = 56, limit: int | None = None) -> list[StreetSample]:
     """Every image of ``split`` with its instances (crowd annotations and empty boxes skipped)."""
-    import cv2
 
     root = Path(root)
     coco = load_coco(root, split)
@@ -138,7 +139,6 @@ def letterbox_sample(sample: StreetSample, size: int) -> tuple[np.ndarray, Lette
     """A street photo as the detector is served it: :func:`lookserve.images.decode_image` then
     :func:`lookserve.images.letterbox` (the client's ``prepare``). Raises DataError when the
     decoded photo's size differs from its annotation's (the masks would not line up)."""
-    from lookserve.training.common import read_rgb
 
     img = read_rgb(sample.path)
     if img.shape[:2] != (sample.height, sample.width):
@@ -197,8 +197,6 @@ def make_batch(
         boxes = s.boxes * scale + np.array([px, py, px, py], np.float32)
         masks = s.masks
         if masks.shape[1] != mask_size:
-            import cv2
-
             masks = np.stack([cv2.resize(m, (mask_size, mask_size), interpolation=cv2.INTER_NEAREST) for m in masks]) if len(masks) else masks.reshape(0, mask_size, mask_size)
         if hflip and rng.random() < hflip:
             img = img[:, ::-1]

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from lookserve.errors import ConfigError, InvalidInputError
+from lookserve.images import letterbox as _letterbox
 
 #: Faster R-CNN's clip of the log-size deltas (boxes at most 1000/16 times their anchor).
 BBOX_CLIP = math.log(1000.0 / 16.0)
@@ -164,7 +165,6 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
     Returns ``(square, scale, pad_x, pad_y)``: a point ``(x, y)`` of the original image is at
     ``(x · scale + pad_x, y · scale + pad_y)`` in the square.
     """
-    from lookserve.images import letterbox as _letterbox
 
     out, lb = _letterbox(img, size)
     return out, lb.scale, lb.pad_x, lb.pad_y

@@ -32,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lookserve.data import street2shop
 from lookserve.errors import ConfigError, DataError
@@ -40,6 +47,7 @@ from lookserve.taxonomy import CATEGORIES
 from lookserve.training.common import (
     SERVED_SIZE,
     AugmentConfig,
+    atomic_write_json,
     augment_batch,
     build_backbone,
     dataclass_from_dict,
@@ -369,13 +377,6 @@ def train(
     warm-start semi-hard / batch-hard mining from a random-mining model. Stops early (keeping
     the weights so far) after ``max_seconds``."""
     keras = keras_module()
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     set_seed(seed)
     model = build_model(config)
@@ -421,7 +422,6 @@ def train(
 
 def save(result: TrainResult, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     out = save_weights(result.model, result.config.to_dict(), out_dir, KIND)
-    from lookserve.training.common import atomic_write_json
 
     atomic_write_json(
         Path(out) / "train_log.json",

@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from lookserve.errors import ConfigError, DataError
 from lookserve.taxonomy import FOOTWEAR_TYPES
@@ -191,13 +198,6 @@ def train(
     ``config.relabel_fraction`` of the steps (see :func:`closure_relabel`). ``init_weights``: a
     weights directory of the same architecture to continue from (fresh optimizer and schedule)."""
     keras = keras_module()
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     if not (len(images) == len(best) == len(types)) or len(images) == 0:
         raise DataError(f"need equal, non-empty images/targets, got {len(images)}, {len(best)}, {len(types)}")

@@ -18,6 +18,7 @@ import streamlit as st
 
 from lookserve import errors
 from lookserve.client.look import LookConfig
+from lookserve.logs import setup_logging
 from lookserve.ui import logic
 
 log = logging.getLogger("lookserve.ui.app")
@@ -40,8 +41,6 @@ def _samples(root: str) -> logic.Samples:
 
 
 def _setup_logging() -> None:
-    from lookserve.logs import setup_logging
-
     try:
         setup_logging(int(os.environ.get(logic.ENV_VERBOSE, "0") or 0))
     except ValueError:

@@ -12,6 +12,7 @@ capture the empty shell.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lookserve.errors import ConfigError, LookserveError
+from lookserve.fsutil import atomic_output
+from lookserve.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,6 @@ def capture(
         raise ConfigError("no Chromium binary found (apt-get install chromium, or set $CHROMIUM)")
     screenshot = Path(screenshot)
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    tmp = screenshot.with_name(f".{screenshot.stem}.tmp.png")
     t0 = time.perf_counter()
     deadline_ms = timeout_s * 1e3
     with sync_playwright() as p:
@@ -95,8 +97,8 @@ def capture(
                 if height > window[1]:
                     page.set_viewport_size({"width": window[0], "height": min(int(height) + 40, 12000)})
                     page.wait_for_timeout(500)
-            page.screenshot(path=str(tmp), full_page=full_page)
-            os.replace(tmp, screenshot)
+            with atomic_output(screenshot) as tmp:
+                page.screenshot(path=str(tmp), full_page=full_page)
             dom = page.content()
             text = page.evaluate("document.body.innerText")
             boxes = tuple(page.locator(ERROR_SELECTOR).all_inner_texts())
@@ -104,7 +106,6 @@ def capture(
             raise LookserveError(f"loading {url} failed: {e}") from e
         finally:
             browser.close()
-            tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     log.info("captured %s in %.1f s → %s", url, seconds, screenshot)
     return PageCapture(url, screenshot, dom, text, boxes, seconds)
@@ -121,7 +122,6 @@ _CONTENT_HEIGHT = """() => {
 def _wait_finished(page, wait_for: Sequence[str], deadline_ms: float) -> None:
     """Wait until every text of ``wait_for`` (or an error box) is on the page, and no script
     run is in progress."""
-    import json
 
     texts = json.dumps(list(wait_for))
     page.wait_for_function(
@@ -148,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=1000)
     args = parser.parse_args(argv)
-    from lookserve.logs import setup_logging
 
     setup_logging(1)
     try:

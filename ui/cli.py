@@ -12,8 +12,10 @@ from pathlib import Path
 
 import typer
 
+from lookserve.client.core import check_url
 from lookserve.cliutil import fail, url_option, warn
 from lookserve.errors import LookserveError
+from lookserve.ui.logic import ENV_VERBOSE, MAX_UPLOAD_MB, UiConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,6 @@ def streamlit_command(config, port: int = 8501, address: str = "127.0.0.1", verb
     """The argv and environment that serve the page for ``config`` (a :class:`~lookserve.ui.logic.UiConfig`)
     on ``address:port``: headless, no usage statistics, no file watching, uploads capped at
     the decoder's byte limit."""
-    from lookserve.ui.logic import ENV_VERBOSE, MAX_UPLOAD_MB
 
     if not 1 <= port <= 65535:
         raise LookserveError(f"port must be in 1..65535, got {port}")
@@ -61,8 +62,6 @@ def ui(
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Per-request deadline in seconds."),
 ) -> None:
     """The web page: shop the look and footwear thumbnails against a running Triton (lookserve serve)."""
-    from lookserve.client.core import check_url
-    from lookserve.ui.logic import UiConfig
 
     level = logging.getLogger().getEffectiveLevel()  # lookserve -v / -vv: the page logs alike
     verbose = 2 if level <= logging.DEBUG else 1 if level <= logging.INFO else 0

@@ -14,6 +14,7 @@ before it is sent anywhere, so a non-image, a truncated file or a decompression 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,8 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from lookserve import errors
+from lookserve.client import render
+from lookserve.client.catalog import open_for_client
+from lookserve.client.core import TritonClient
+from lookserve.client.look import LookConfig, LookPipeline
+from lookserve.client.render import overlay
+from lookserve.client.thumbnails import (
+    IMAGE_SUFFIXES,
+    ThumbnailConfig,
+    ThumbnailPipeline,
+    find_products,
+)
+from lookserve.data import street2shop
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits, decode_image
 
 log = logging.getLogger(__name__)
@@ -106,7 +120,6 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
     """Samples under ``root``: a street2shop-format data set (``lookserve data generate`` or
     ``make demo``'s ``runs/demo/data``: its street photos and ``footwear/views/<product>/``),
     or a plain folder with ``street/*.jpg`` and ``footwear/<product>/*.jpg``."""
-    from lookserve.client.thumbnails import IMAGE_SUFFIXES, find_products
 
     if root is None:
         return Samples(notes=("no samples folder given (lookserve ui --samples DIR)",))
@@ -117,8 +130,6 @@ def find_samples(root: str | os.PathLike | None) -> Samples:
     street: dict[str, Path] = {}
     truth: dict[str, dict[str, int]] = {}
     if (root / "photos" / "photos.txt").is_file():
-        from lookserve.data import street2shop
-
         try:
             data = street2shop.load(root)
         except errors.LookserveError as e:
@@ -172,10 +183,6 @@ def connect(config: UiConfig) -> Services:
     another embedder version, a model not loaded) is left ``None`` with the message explaining
     why, so the other chain still works.
     """
-    from lookserve.client.catalog import open_for_client
-    from lookserve.client.core import TritonClient
-    from lookserve.client.look import LookConfig, LookPipeline
-    from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline
 
     client = TritonClient(config.url, timeout_s=config.timeout_s)
     try:
@@ -293,8 +300,6 @@ class LookView:
 
 
 def _palette():
-    from lookserve.client import render
-
     return render.COLOURS  # the colours render.overlay tints masks with, item by item
 
 
@@ -305,9 +310,7 @@ def _hex(rgb: Sequence[float]) -> str:
 def annotate(image: np.ndarray, result) -> np.ndarray:
     """The photo with every kept item's mask (:func:`lookserve.client.render.overlay`) and its
     box and label in the same colour."""
-    from PIL import Image, ImageDraw, ImageFont
 
-    from lookserve.client.render import overlay
 
     colours = _palette()
     out = Image.fromarray(overlay(image, result))
@@ -396,7 +399,6 @@ def run_look(services: Services, inp: ImageInput, min_score: float | None = None
 
 def _with_config(pipe, config):
     """A shallow copy of a set-up chain with another configuration (no new metadata requests)."""
-    import copy
 
     clone = copy.copy(pipe)
     clone.config = config

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from lookserve import errors
+from lookserve import contracts, errors
 from lookserve.client.catalog import MANIFEST, Catalog, CatalogRef, CatalogWatcher, catalog_path
 from lookserve.client.catalog.root import CURRENT
 from lookserve.client.core import ModelMetadata, TensorMeta
@@ -108,7 +108,6 @@ def write_pipeline_models(repository: Path, catalog: str | None = None, catalog_
     """Write ``look`` and ``thumbnails`` into ``repository``: ``config.pbtxt`` from the typed
     configs (:func:`lookserve.contracts.look_config`, :func:`~lookserve.contracts.thumbnails_config`)
     and the ``1/model.py`` shim. Returns the model folders."""
-    from lookserve import contracts
 
     look_kwargs = {"catalog_poll_s": catalog_poll_s, "max_batch_size": max_batch_size}
     if catalog is not None:

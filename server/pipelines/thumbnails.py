@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from pathlib import Path
-
         self.repository = Path(args["model_repository"]).parent
         self.client = BlsClient(self.repository)
         self.pipeline: ThumbnailPipeline | None = None

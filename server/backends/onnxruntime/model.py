@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -50,8 +51,6 @@ def _log_warn(message: str) -> None:
     if logger is not None:
         logger.log_warn(message)
     else:  # older python backends: the stub's stderr lands in Triton's log
-        import sys
-
         sys.stderr.write(message + "\n")
 
 
