@@ -121,7 +121,7 @@ def look(
     from lookserve.client.catalog import Catalog, CatalogWatcher, open_for_client
     from lookserve.client.look import FilterConfig, LookConfig, LookPipeline, write_result
     from lookserve.client.render import render_look
-    from lookserve.client.thumbnails import IMAGE_SUFFIXES
+    from lookserve.images import IMAGE_SUFFIXES
 
     # a folder stands for the images directly inside it
     given = images
@@ -243,7 +243,8 @@ def _look_server(images: list[Path], config, out: Path, url: str, timeout: float
 # lookserve thumbnails
 # ------------------------------------------------------------------------------------------
 def _collect_views(paths: list[Path]) -> dict[str, list[Path]]:
-    from lookserve.client.thumbnails import IMAGE_SUFFIXES, find_products
+    from lookserve.client.thumbnails import find_products
+    from lookserve.images import IMAGE_SUFFIXES
 
     products: dict[str, list[Path]] = {}
     for p in paths:

@@ -29,12 +29,17 @@ import numpy as np
 from lookserve import contracts, errors
 from lookserve.errors import ConfigError, ContractMismatch, DataError, InvalidInputError
 from lookserve.fsutil import atomic_write_text
-from lookserve.images import DEFAULT_LIMITS, DecodeLimits, decode_image, resize_square
+from lookserve.images import (
+    DEFAULT_LIMITS,
+    IMAGE_SUFFIXES,
+    DecodeLimits,
+    decode_image,
+    resize_square,
+)
 from lookserve.taxonomy import FOOTWEAR_TYPES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 from lookserve.data import street2shop
 from lookserve.data.synth import SynthConfig, generate
 from lookserve.errors import InvalidInputError
-from lookserve.images import decode_image, letterbox, resize_square
+from lookserve.images import IMAGE_SUFFIXES, decode_image, letterbox, resize_square
 from lookserve.modelconfig import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,6 @@ def synthetic_photos(n: int, height: int, width: int, seed: int = 0) -> np.ndarr
             img = cv2.GaussianBlur(img, (k, k), 0)
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
     return out
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -56,6 +56,9 @@ class DecodeLimits:
 
 DEFAULT_LIMITS = DecodeLimits()
 
+#: file suffixes lookserve treats as photos when it lists a folder (the formats it decodes)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
 
 def read_source(source: ImageSource, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
     """The encoded bytes of ``source`` (a path or bytes), refusing anything over ``max_bytes``

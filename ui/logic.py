@@ -31,14 +31,9 @@ from lookserve.client.catalog import open_for_client
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookConfig, LookPipeline
 from lookserve.client.render import overlay
-from lookserve.client.thumbnails import (
-    IMAGE_SUFFIXES,
-    ThumbnailConfig,
-    ThumbnailPipeline,
-    find_products,
-)
+from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline, find_products
 from lookserve.data import street2shop
-from lookserve.images import DEFAULT_LIMITS, DecodeLimits, decode_image
+from lookserve.images import DEFAULT_LIMITS, IMAGE_SUFFIXES, DecodeLimits, decode_image
 
 log = logging.getLogger(__name__)
 
