@@ -10,6 +10,10 @@ from pathlib import Path
 
 import typer
 
+from lookserve.client.catalog import Catalog, Manifest, resolve_catalog, update_catalog
+from lookserve.client.catalog.records import load_records
+from lookserve.client.catalog.store import MANIFEST
+from lookserve.client.cli import _client
 from lookserve.cliutil import fail, handle_errors, stdout_console, url_option
 from lookserve.errors import DataError, InvalidInputError
 
@@ -56,10 +60,6 @@ def catalog_update(
     """Add, replace and remove products: write a new catalog version from the current one and
     switch it in atomically (running clients follow a root's `current` pointer). Only new or
     changed photos are embedded, by the embedder version the catalog is bound to."""
-    from lookserve.client.catalog import Manifest, resolve_catalog, update_catalog
-    from lookserve.client.catalog.records import load_records
-    from lookserve.client.catalog.store import MANIFEST
-    from lookserve.client.cli import _client
 
     if not (add or replace or remove):
         fail(InvalidInputError("nothing to update: give --add, --replace or --remove"))
@@ -98,7 +98,6 @@ def catalog_search(
     filter: str | None = typer.Option(None, "--filter", help='e.g. \'price < 50 and brand in ["a", "b"] and in_stock\''),
 ) -> None:
     """The top-k products similar to a stored product, filtered by attributes (no server needed)."""
-    from lookserve.client.catalog import Catalog
 
     cat = Catalog.open(catalog)
     for category in sorted(cat.categories):

@@ -12,7 +12,33 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
+from lookserve.bench.search import catalog_search_bench
+from lookserve.client.catalog import (
+    Catalog,
+    CatalogWatcher,
+    IndexParams,
+    TritonEmbedder,
+    build_catalog,
+    describe,
+    load_records,
+    open_for_client,
+)
+from lookserve.client.catalog.filters import check, parse
+from lookserve.client.core import TritonClient
+from lookserve.client.evaluation import evaluate_pairs, evaluate_thumbnails
+from lookserve.client.look import FilterConfig, LookConfig, LookPipeline, write_result
+from lookserve.client.look_remote import RemoteLook, result_from_dict, write_document
+from lookserve.client.render import render_look, render_thumbnails
+from lookserve.client.thumbnails import (
+    ThumbnailConfig,
+    ThumbnailPipeline,
+    find_products,
+    write_outputs,
+)
 from lookserve.cliutil import (
     error,
     fail,
@@ -24,7 +50,9 @@ from lookserve.cliutil import (
     url_option,
     warn,
 )
+from lookserve.data.footwear import shoes_in_splits
 from lookserve.errors import DataError, LookserveError
+from lookserve.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +74,6 @@ def _console():
 def _client(url: str, timeout: float):
     """A client of a ready server: a malformed --url is refused at once (exit 2), an address where
     nothing answers after about a second, one that answers but is not ready after the deadline."""
-    from lookserve.client.core import TritonClient
 
     client = TritonClient(url, timeout_s=timeout)
     try:
@@ -59,13 +86,6 @@ def _client(url: str, timeout: float):
 
 def _progress(enabled: bool | None, total: int, what: str):
     """A progress bar on stderr (shown when stderr is a terminal, or when asked); yields ``advance()``."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     @contextlib.contextmanager
     def bar():
@@ -115,13 +135,6 @@ def look(
                                 "chain, run inside Triton on the catalog it serves) instead of the client chain."),
 ) -> None:
     """Shop the look: detect garments, match each against the catalog, write JSON (+ PNG)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from lookserve.client.catalog import Catalog, CatalogWatcher, open_for_client
-    from lookserve.client.look import FilterConfig, LookConfig, LookPipeline, write_result
-    from lookserve.client.render import render_look
-    from lookserve.images import IMAGE_SUFFIXES
 
     # a folder stands for the images directly inside it
     given = images
@@ -143,7 +156,6 @@ def look(
         else:
             pipe = LookPipeline(client, CatalogWatcher(catalog_dir, client, watch_interval, model_repository), config)
         if catalog_filter is not None:  # an unknown attribute or a type mismatch is refused before any image
-            from lookserve.client.catalog.filters import check, parse
 
             check(parse(catalog_filter), pipe.catalog.manifest.attributes)
         searched: dict[str, Catalog] = {}  # the catalog each result was matched in, for its shop photos
@@ -199,12 +211,6 @@ def _look_server(images: list[Path], config, out: Path, url: str, timeout: float
                  masks_in_json: bool, progress: bool | None) -> None:
     """``lookserve look --server``: the JSON the client chain writes, from one ``look`` call per photo;
     the PNG is drawn when the catalog the server searched is readable here."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from lookserve.client.catalog import Catalog
-    from lookserve.client.look_remote import RemoteLook, result_from_dict, write_document
-    from lookserve.client.render import render_look
 
     names = _output_names(images)
     table = Table("image", "items", "top-1 per item", "server ms")
@@ -243,9 +249,6 @@ def _look_server(images: list[Path], config, out: Path, url: str, timeout: float
 # lookserve thumbnails
 # ------------------------------------------------------------------------------------------
 def _collect_views(paths: list[Path]) -> dict[str, list[Path]]:
-    from lookserve.client.thumbnails import find_products
-    from lookserve.images import IMAGE_SUFFIXES
-
     products: dict[str, list[Path]] = {}
     for p in paths:
         if p.is_dir() and any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir()):
@@ -271,11 +274,6 @@ def thumbnails(
                                          help="Progress bar on stderr (default: when stderr is a terminal)."),
 ) -> None:
     """Pick each product's best view as its thumbnail and tag its footwear type."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from lookserve.client.render import render_thumbnails
-    from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline, write_outputs
 
     products = _collect_views(views)
     with _client(url, timeout) as client:
@@ -327,14 +325,6 @@ def catalog_build(
 ) -> None:
     """Embed every shop photo through the served embedder and build the catalog index
     (resumable: an interrupted build continues from OUT.partial)."""
-    from lookserve.client.catalog import (
-        Catalog,
-        IndexParams,
-        TritonEmbedder,
-        build_catalog,
-        describe,
-        load_records,
-    )
 
     records = load_records(photos, metadata, split or None)
     params = IndexParams(M=m, ef_construction=ef_construction, k=k, recall_target=recall_target)
@@ -349,9 +339,6 @@ def catalog_build(
 
 
 def _print_catalog(info: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
     c = _console()
     e, n = info["embedder"], info["counts"]
     c.print(f"catalog {escape(info['path'])}: {n.get('photos', 0)} photos of {n.get('products', 0)} products "
@@ -373,7 +360,6 @@ def catalog_info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Verify a catalog (checksums; with --url the served embedder version) and describe it."""
-    from lookserve.client.catalog import Catalog, describe, open_for_client
 
     if url:
         with _client(url, 30.0) as client:
@@ -406,10 +392,6 @@ def catalog_bench_search(
     """HNSW search latency per item and recall@K vs exact search on synthetic categories, with ef
     tuned as ``catalog build`` tunes it (lookserve.bench.search; ``lookserve bench search`` compares
     engines at large sizes)."""
-    from rich.table import Table
-
-    from lookserve.bench.search import catalog_search_bench
-    from lookserve.client.catalog import IndexParams
 
     params = IndexParams(M=m, ef_construction=ef_construction, k=k)
     rows = []
@@ -443,9 +425,6 @@ def eval_look(
 ) -> None:
     """End-to-end top-K accuracy: the right product among the top-K of the item detected (its
     category, IoU ≥ 0.5 with the ground-truth box), beside the chance of a random ranking."""
-    from lookserve.client.catalog import open_for_client
-    from lookserve.client.evaluation import evaluate_pairs
-    from lookserve.client.look import LookConfig, LookPipeline
 
     try:
         with _client(url, timeout) as client:
@@ -462,8 +441,6 @@ def eval_look(
 
 
 def _print_look_figures(figures: dict, split: str, k: int) -> None:
-    from rich.table import Table
-
     table = Table("category", "pairs", f"detected (IoU ≥ {figures['min_iou']})", "detected (category only)",
                   "top-1", "chance top-1", f"top-{k}", f"chance top-{k}",
                   title=f"shop the look, {split} split: {figures['street_photos']} street photos "
@@ -493,9 +470,6 @@ def eval_thumbnails(
 ) -> None:
     """Thumbnail accuracy (the chosen view is a best view) and type accuracy on held-out shoes,
     each beside its baselines computed from the same shoes' ground truth."""
-    from lookserve.client.evaluation import evaluate_thumbnails
-    from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline, find_products
-    from lookserve.data.footwear import shoes_in_splits
 
     try:
         held_out = shoes_in_splits(data, split)
@@ -521,8 +495,6 @@ def eval_thumbnails(
 
 
 def _print_thumbnail_figures(figures: dict, split: str) -> None:
-    from rich.table import Table
-
     table = Table("figure", "value", "baseline", "baseline value",
                   title=f"thumbnails, {split} split: {figures['products']} products ({figures['failed_products']} failed)")
     table.add_row("thumbnail is a best view", f"{figures['thumbnail_accuracy']:.3f}", "random view",

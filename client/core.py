@@ -25,9 +25,11 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from lookserve import errors
+from lookserve import contracts, errors
 from lookserve.keys import KEY_ENVVAR, RESTRICTED_HEADER
 from lookserve.modelconfig import ModelConfig, triton_dtype
 
@@ -160,6 +162,39 @@ class ModelMetadata:
     outputs: tuple[TensorMeta, ...]
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """A served model's image input: ``[B, S, S, 3]`` of ``datatype`` (UINT8) named ``name``."""
+
+    name: str
+    size: int  # S
+    datatype: str
+
+
+def image_input(
+    meta: ModelMetadata, role: str = "", error: type[errors.LookserveError] = errors.ContractMismatch
+) -> ImageInput:
+    """The image input of a served model, from its metadata: the first UINT8 4-D input, square
+    (``[B, S, S, 3]``, S ≥ 1). Else ``error``, naming the model (after ``role``: "detector", ...)
+    and the inputs it has. The one reader of it for the look, thumbnails and catalog embedders."""
+    t = next((t for t in meta.inputs if t.datatype == "UINT8" and len(t.shape) == 4), None)
+    if t is None or t.shape[1] != t.shape[2] or t.shape[1] < 1:
+        raise error(f"{role + ' ' if role else ''}{meta.name!r} has no UINT8 [B, S, S, 3] input: {meta.inputs}")
+    return ImageInput(t.name, int(t.shape[1]), t.datatype)
+
+
+# How the client words a served model's differences from its contract (contracts.contract_problems);
+# a served model may give more outputs than asked for, never need more inputs.
+_TENSOR_WORDS = {
+    "missing": "{kind} {name!r} missing (served: {served})",
+    "dtype": "{kind} {name!r} is {got}, expected {want}",
+    "shape": "{kind} {name!r} has shape {got}, expected {want}",
+}
+_CONTRACT_WORDS = {
+    "input": {**_TENSOR_WORDS, "unexpected": "served model needs inputs not expected: {names}"},
+    "output": _TENSOR_WORDS,
+}
+
 class _Core:
     """What the sync and asyncio clients share; everything here is free of network I/O."""
 
@@ -226,27 +261,15 @@ class _Core:
     def contract_differences(expected: ModelConfig, meta: ModelMetadata) -> list[str]:
         """Human-readable differences between an expected config and served metadata."""
         problems: list[str] = []
-        batch = (-1,) if expected.max_batch_size > 0 else ()
+        batch = [-1] if expected.max_batch_size > 0 else []
         for kind, want, have in (
             ("input", expected.inputs, meta.inputs),
             ("output", expected.outputs, meta.outputs),
         ):
-            served = {t.name: t for t in have}
-            for spec in want:
-                got = served.get(spec.name)
-                if got is None:
-                    problems.append(f"{kind} {spec.name!r} missing (served: {', '.join(served) or 'none'})")
-                    continue
-                if got.datatype != spec.dtype:
-                    problems.append(f"{kind} {spec.name!r} is {got.datatype}, expected {spec.dtype}")
-                want_shape = batch + spec.dims
-                if len(got.shape) != len(want_shape) or any(
-                    w != -1 and g != -1 and w != g for w, g in zip(want_shape, got.shape, strict=False)
-                ):
-                    problems.append(f"{kind} {spec.name!r} has shape {list(got.shape)}, expected {list(want_shape)}")
-            extra = set(served) - {t.name for t in want}
-            if kind == "input" and extra:
-                problems.append(f"served model needs inputs not expected: {sorted(extra)}")
+            problems += contracts.contract_problems(
+                kind, [(t.name, t.dtype, [*batch, *t.dims]) for t in want], [(t.name, t.datatype, list(t.shape)) for t in have],
+                _CONTRACT_WORDS[kind], served=", ".join(t.name for t in have) or "none",
+            )
         return problems
 
     def _raise_contract(self, expected: ModelConfig, meta: ModelMetadata, version: str) -> None:
@@ -366,8 +389,6 @@ class TritonClient(_Core):
         return self._metadata(meta)
 
     def model_config(self, name: str, version: str = "") -> ModelConfig:
-        from tritonclient.grpc import model_config_pb2
-
         response = self._call(
             f"config of {name!r}",
             lambda: self._client.get_model_config(name, version, client_timeout=self.options.timeout_s),
@@ -423,8 +444,6 @@ class TritonClient(_Core):
         """Load (or reload) a model through the repository API; needs the repository key."""
         config_json = None
         if config is not None:
-            from google.protobuf import json_format
-
             config_json = json_format.MessageToJson(config.to_proto(), preserving_proto_field_name=True)
         self._call(
             f"loading {name!r}",

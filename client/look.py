@@ -38,6 +38,7 @@ import numpy as np
 
 from lookserve import contracts, errors
 from lookserve.client.catalog import Catalog, CatalogRef, Match, parse_filter
+from lookserve.client.core import image_input
 from lookserve.errors import (
     CatalogVersionMismatch,
     ConfigError,
@@ -57,6 +58,11 @@ from lookserve.images import (
 from lookserve.taxonomy import CATEGORIES
 
 log = logging.getLogger(__name__)
+
+# The embedder version a catalog names can be gone by the time a request reaches it (a hot swap
+# retired it): the request then tries once more, on the catalog the root points to now.
+_VERSION_GONE = (errors.ModelNotFound, errors.ModelNotReady)
+_EMBED_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -249,17 +255,13 @@ class _Steps:
         return self._catalog.swap(catalog)
 
     def _learn(self, detector_meta, embedder_meta) -> None:
-        image_in = next((t for t in detector_meta.inputs if t.datatype == "UINT8" and len(t.shape) == 4), None)
-        if image_in is None or image_in.shape[1] != image_in.shape[2] or image_in.shape[1] < 1:
-            raise ContractMismatch(f"detector {detector_meta.name!r} has no UINT8 [B, S, S, 3] input: {detector_meta.inputs}")
+        image_in = image_input(detector_meta, "detector")
         missing = {"boxes", "scores", "classes", "num_detections"} - {t.name for t in detector_meta.outputs}
         if missing:
             raise ContractMismatch(f"detector {detector_meta.name!r} lacks outputs {sorted(missing)}")
-        crops_in = next((t for t in embedder_meta.inputs if t.datatype == "UINT8" and len(t.shape) == 4), None)
-        if crops_in is None or crops_in.shape[1] < 1:
-            raise ContractMismatch(f"embedder {embedder_meta.name!r} has no UINT8 [B, S, S, 3] input: {embedder_meta.inputs}")
-        self._detector_input, self._detector_size = image_in.name, int(image_in.shape[1])
-        self._embedder_input, self._crop_size = crops_in.name, int(crops_in.shape[1])
+        crops_in = image_input(embedder_meta, "embedder")
+        self._detector_input, self._detector_size = image_in.name, image_in.size
+        self._embedder_input, self._crop_size = crops_in.name, crops_in.size
         self._embedder_output = embedder_meta.outputs[0].name
 
     def embedder_version(self, catalog: Catalog) -> str:
@@ -314,6 +316,26 @@ class _Steps:
         log.info("embedder version %s is gone; request moves to catalog %s (version %s)", job.catalog.embedder.version,
                  fresh.path, fresh.embedder.version)
         return fresh
+
+    def embed_options(self, job: _Job) -> dict[str, Any]:
+        """``client.infer``'s options for the embedder request on the job's catalog now."""
+        return {"outputs": [self._embedder_output], "version": self.embedder_version(job.catalog),
+                "timeout_s": self.config.timeout_s}
+
+    @staticmethod
+    def may_move(attempt: int) -> bool:
+        """Whether a failed embedder attempt (from 0) may look for a catalog to move to: all but the last."""
+        return attempt + 1 < _EMBED_ATTEMPTS
+
+    def retry_embed(self, job: _Job, error: errors.ServerError, fresh: Catalog | None) -> None:
+        """The retry policy of the embedder request, which the sync and async chains both follow:
+        a version the server cannot serve (``_VERSION_GONE``) moves the request, once, to ``fresh``,
+        the catalog the root points to now (:meth:`moved_catalog`; None when :meth:`may_move`
+        says no, or when the root still pairs with the gone version); else the request
+        fails with a CatalogVersionMismatch."""
+        if fresh is None:
+            raise self.version_error(job, error) from error
+        job.catalog = fresh
 
     def version_error(self, job: _Job, e: errors.ServerError) -> CatalogVersionMismatch:
         c = job.catalog.embedder
@@ -376,17 +398,12 @@ class LookPipeline(_Steps):
         vectors = None
         if crops is not None:
             t0 = time.perf_counter()
-            for attempt in range(2):
+            for attempt in range(_EMBED_ATTEMPTS):
                 try:
-                    emb = self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops},
-                                            outputs=[self._embedder_output], version=self.embedder_version(job.catalog),
-                                            timeout_s=self.config.timeout_s)
+                    emb = self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops}, **self.embed_options(job))
                     break
-                except (errors.ModelNotFound, errors.ModelNotReady) as e:
-                    fresh = self.moved_catalog(job) if attempt == 0 else None
-                    if fresh is None:
-                        raise self.version_error(job, e) from e
-                    job.catalog = fresh
+                except _VERSION_GONE as e:
+                    self.retry_embed(job, e, self.moved_catalog(job) if self.may_move(attempt) else None)
             job.timings["embed"] = (time.perf_counter() - t0) * 1e3
             vectors = self.check_embedder(job, emb)
         return self.finish(job, kept, dropped, vectors)
@@ -432,18 +449,13 @@ class AsyncLookPipeline(_Steps):
         vectors = None
         if crops is not None:
             t0 = time.perf_counter()
-            for attempt in range(2):
+            for attempt in range(_EMBED_ATTEMPTS):
                 try:
-                    emb = await self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops},
-                                                  outputs=[self._embedder_output],
-                                                  version=self.embedder_version(job.catalog),
-                                                  timeout_s=self.config.timeout_s)
+                    emb = await self.client.infer(job.catalog.embedder.name, {self._embedder_input: crops}, **self.embed_options(job))
                     break
-                except (errors.ModelNotFound, errors.ModelNotReady) as e:
-                    fresh = await asyncio.to_thread(self.moved_catalog, job) if attempt == 0 else None
-                    if fresh is None:
-                        raise self.version_error(job, e) from e
-                    job.catalog = fresh
+                except _VERSION_GONE as e:
+                    fresh = await asyncio.to_thread(self.moved_catalog, job) if self.may_move(attempt) else None
+                    self.retry_embed(job, e, fresh)
             job.timings["embed"] = (time.perf_counter() - t0) * 1e3
             vectors = self.check_embedder(job, emb)
         return self.finish(job, kept, dropped, vectors)

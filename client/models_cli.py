@@ -9,7 +9,19 @@ from pathlib import Path
 
 import typer
 
+from lookserve.client.catalog import (
+    Catalog,
+    load_records,
+    open_for_client,
+    read_current,
+    set_current,
+)
+from lookserve.client.core import TritonClient
+from lookserve.client.models import ModelRepository
+from lookserve.client.swap import SwapOptions
+from lookserve.client.swap import swap_embedder as swap
 from lookserve.cliutil import fail, handle_errors, url_option
+from lookserve.keys import read_key
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -22,9 +34,6 @@ _KEY_FILE = typer.Option(
 
 
 def _admin(url: str, key_file: Path | None = None):
-    from lookserve.client.core import TritonClient
-    from lookserve.keys import read_key
-
     if key_file is not None and not key_file.is_file():
         fail(f"key file {key_file} does not exist (lookserve serve writes it; see --key-file there)")
     return TritonClient(url, repository_key=read_key(key_file, url))
@@ -36,7 +45,6 @@ def list_models(repository: Path = _REPO,
                 url: str | None = url_option(None, "Also ask this server (host:port; env LOOKSERVE_URL) what is loaded."),
                 key_file: Path | None = _KEY_FILE) -> None:
     """Models, their versions on disk, what the config serves, and (with --url) what is loaded."""
-    from lookserve.client.models import ModelRepository
 
     repo = ModelRepository(repository)
     loaded: dict[str, list[int]] = {}
@@ -63,7 +71,6 @@ def publish(model: str, onnx_file: Path, repository: Path = _REPO, version: int 
                      "or <stem>.export.json). Without one recording this file's passed parity gate the "
                      "version is published as unverified.")) -> None:
     """Validate ONNX_FILE against MODEL's serving config and write it as a new version (not served yet)."""
-    from lookserve.client.models import ModelRepository
 
     info = ModelRepository(repository).publish(model, onnx_file, version, export_json=export_json)
     check = info.export["verification"]
@@ -83,7 +90,6 @@ def promote(model: str, version: int, repository: Path = _REPO, url: str = _URL,
                 help="Serve a version whose model.onnx no passed parity gate recorded (see lookserve models list).")) -> None:
     """Serve VERSION of MODEL: Triton swaps it in while the old one keeps serving until it is ready.
     An unverified version is refused unless given --allow-unverified."""
-    from lookserve.client.models import ModelRepository
 
     with _admin(url, key_file) as client:
         serving = ModelRepository(repository).promote(client, model, version, keep_previous=keep_previous,
@@ -97,7 +103,6 @@ def rollback(model: str, repository: Path = _REPO, url: str = _URL, key_file: Pa
     """Serve again what MODEL served before its last promote or retire. Each further rollback walks one
     change further back through the history (promotes 1→2→3, then rollback: 2, rollback: 1); with
     nothing left to undo it refuses."""
-    from lookserve.client.models import ModelRepository
 
     with _admin(url, key_file) as client:
         serving = ModelRepository(repository).rollback(client, model)
@@ -108,7 +113,6 @@ def rollback(model: str, repository: Path = _REPO, url: str = _URL, key_file: Pa
 @handle_errors
 def unload(model: str, repository: Path = _REPO, url: str = _URL, key_file: Path | None = _KEY_FILE) -> None:
     """Unload MODEL from the server (its files stay)."""
-    from lookserve.client.models import ModelRepository
 
     with _admin(url, key_file) as client:
         ModelRepository(repository).unload(client, model)
@@ -120,7 +124,6 @@ def unload(model: str, repository: Path = _REPO, url: str = _URL, key_file: Path
 def history(model: str, repository: Path = _REPO,
             as_json: bool = typer.Option(False, "--json", help="One JSON object per change (time in epoch seconds).")) -> None:
     """What served when: one line per change (local time), oldest first."""
-    from lookserve.client.models import ModelRepository
 
     entries = ModelRepository(repository).history(model)  # names the known models when MODEL is unknown
     if not entries and not as_json:
@@ -139,7 +142,6 @@ def history(model: str, repository: Path = _REPO,
 def retire(model: str, versions: list[int] = typer.Argument(..., help="Versions to stop serving."), repository: Path = _REPO,
            url: str = _URL, key_file: Path | None = _KEY_FILE) -> None:
     """Stop serving VERSIONS of MODEL (version_policy becomes the others); the others keep serving."""
-    from lookserve.client.models import ModelRepository
 
     with _admin(url, key_file) as client:
         serving = ModelRepository(repository).retire(client, model, tuple(versions))
@@ -154,13 +156,10 @@ def catalog_current(
     url: str | None = url_option(None, "Refuse unless this server (host:port; env LOOKSERVE_URL) serves the catalog's embedder version."),
 ) -> None:
     """Show, or atomically set, the catalog the clients of CATALOG_ROOT use (its `current` symlink)."""
-    from lookserve.client.catalog import Catalog, open_for_client, read_current, set_current
 
     if name:
         target = catalog_root / name
         if url:
-            from lookserve.client.core import TritonClient
-
             with TritonClient(url) as client:
                 catalog = open_for_client(target, client)
         else:
@@ -198,9 +197,6 @@ def swap_embedder(
     """Swap the embedder and its catalog together, with running clients:
     publish → load both versions → build catalog-v<new> with the new version → flip CATALOG_ROOT/current
     → wait until no client uses the old version → unload it. Before the flip any failure leaves the old pair serving."""
-    from lookserve.client.catalog import load_records
-    from lookserve.client.swap import SwapOptions
-    from lookserve.client.swap import swap_embedder as swap
 
     records = load_records(photos, metadata, split or None) if photos else None
     options = SwapOptions(model=model, quiet_s=quiet, max_wait_s=max_wait, unload_old=not keep_old,

@@ -20,13 +20,14 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lookserve import contracts, errors
+from lookserve.client.core import image_input
 from lookserve.errors import ConfigError, ContractMismatch, DataError, InvalidInputError
 from lookserve.fsutil import atomic_write_text
 from lookserve.images import (
@@ -39,7 +40,6 @@ from lookserve.images import (
 from lookserve.taxonomy import FOOTWEAR_TYPES
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -118,13 +118,11 @@ class _Steps:
         self._max_batch = 0  # 0: unknown
 
     def _learn(self, meta) -> None:
-        image_in = next((t for t in meta.inputs if t.datatype == "UINT8" and len(t.shape) == 4), None)
-        if image_in is None:
-            raise ContractMismatch(f"{meta.name!r} has no UINT8 [B, S, S, 3] input: {meta.inputs}")
+        image_in = image_input(meta)
         missing = {"type_probs", "best_view"} - {t.name for t in meta.outputs}
         if missing:
             raise ContractMismatch(f"{meta.name!r} lacks outputs {sorted(missing)}")
-        self._input, self._size = image_in.name, int(image_in.shape[1])
+        self._input, self._size = image_in.name, image_in.size
 
     def prepare(self, views: Sequence) -> tuple[list[str], np.ndarray, float]:
         if not views:
@@ -207,8 +205,6 @@ class AsyncThumbnailPipeline(_Steps):
 
 
 def _with_timings(result: ThumbnailResult, prep_ms: float, infer_ms: float) -> ThumbnailResult:
-    from dataclasses import replace
-
     return replace(result, timings_ms={"decode_resize": prep_ms, "classify": infer_ms, "total": prep_ms + infer_ms})
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lookserve.contracts import gpu_variant
+from lookserve.contracts import contract_problems, gpu_variant
 from lookserve.errors import ExportError, ParityError
 from lookserve.export import parity
 from lookserve.export.samples import photo_inputs, random_inputs, street_photos
@@ -419,25 +419,23 @@ def serving_config(
     return replace(base, inputs=tuple(inputs), outputs=tuple(outputs), warmup=warmup)
 
 
+# How the export words an exported graph's differences from its contract (contracts.contract_problems).
+_CONTRACT_WORDS = {
+    "missing": "missing {kind} {name!r}",
+    "dtype": "{kind} {name!r} is {got}, the contract says {want}",
+    "shape": "{kind} {name!r} has dims {got}, the contract says {want}",
+    "unexpected": "unexpected {kind}(s) {names}",
+}
+
+
 def check_contract(config: ModelConfig, template: ModelConfig | None) -> None:
     """The exported graph's tensors must be the contract's (names, dtypes, dims; -1 matches anything)."""
     if template is None:
         return
     problems = []
     for kind, got, want in (("input", config.inputs, template.inputs), ("output", config.outputs, template.outputs)):
-        got_by = {t.name: t for t in got}
-        for w in want:
-            g = got_by.get(w.name)
-            if g is None:
-                problems.append(f"missing {kind} {w.name!r}")
-                continue
-            if g.dtype != w.dtype:
-                problems.append(f"{kind} {w.name!r} is {g.dtype}, the contract says {w.dtype}")
-            if len(g.dims) != len(w.dims) or any(a != b and -1 not in (a, b) for a, b in zip(g.dims, w.dims, strict=True)):
-                problems.append(f"{kind} {w.name!r} has dims {g.dims}, the contract says {w.dims}")
-        extra = sorted(set(got_by) - {w.name for w in want})
-        if extra:
-            problems.append(f"unexpected {kind}(s) {extra}")
+        problems += contract_problems(kind, [(t.name, t.dtype, t.dims) for t in want],
+                                      [(t.name, t.dtype, t.dims) for t in got], _CONTRACT_WORDS)
     if problems:
         raise ExportError(f"model {template.name!r} does not meet its tensor contract: " + "; ".join(problems))
 

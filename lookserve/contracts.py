@@ -7,7 +7,8 @@ before the first request (:meth:`lookserve.client.core.TritonClient.check_contra
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from lookserve.modelconfig import (
     Accelerator,
@@ -176,3 +177,62 @@ def gpu_variant(config: ModelConfig, count: int = 1, tensorrt_fp16: bool = True)
         else ()
     )
     return replace(config, instance_groups=(InstanceGroup("KIND_GPU", count),), gpu_accelerators=accelerators)
+
+
+# --- checking tensors against a contract ------------------------------------------------------
+Shape = Sequence[int]
+
+
+@dataclass(frozen=True)
+class TensorDifference:
+    """One way a model's tensors differ from the expected ones (see :func:`tensor_differences`)."""
+
+    kind: str  # "input" or "output"
+    name: str
+    what: str  # "missing", "dtype", "shape" or "unexpected" (a tensor that is not expected)
+    got: str | Shape | None = None  # the shape as the caller gave it (a list or a tuple)
+    want: str | Shape | None = None
+
+
+def tensor_differences(
+    kind: str, want: Iterable[tuple[str, str, Shape]], got: Iterable[tuple[str, str, Shape]]
+) -> list[TensorDifference]:
+    """How the ``got`` tensors (name, datatype, shape) differ from the ``want`` ones: for each wanted
+    tensor in order, missing, or its datatype, or its shape (same rank; -1 on either side matches any
+    size); then every unexpected tensor, by name. The one rule behind the client's check of a
+    served model (:meth:`lookserve.client.core.TritonClient.check_contract`) and the export's check
+    of an exported graph (:func:`lookserve.export.core.check_contract`)."""
+    got_by = {name: (dtype, shape) for name, dtype, shape in got}
+    wanted: set[str] = set()
+    differences: list[TensorDifference] = []
+    for name, want_dtype, want_shape in want:
+        wanted.add(name)
+        if name not in got_by:
+            differences.append(TensorDifference(kind, name, "missing"))
+            continue
+        got_dtype, got_shape = got_by[name]
+        if got_dtype != want_dtype:
+            differences.append(TensorDifference(kind, name, "dtype", got_dtype, want_dtype))
+        if len(got_shape) != len(want_shape) or any(
+            g != w and -1 not in (g, w) for g, w in zip(got_shape, want_shape, strict=False)
+        ):
+            differences.append(TensorDifference(kind, name, "shape", got_shape, want_shape))
+    differences += [TensorDifference(kind, name, "unexpected") for name in sorted(set(got_by) - wanted)]
+    return differences
+
+
+def contract_problems(
+    kind: str, want: Iterable[tuple[str, str, Shape]], got: Iterable[tuple[str, str, Shape]],
+    words: Mapping[str, str], **fields: object,
+) -> list[str]:
+    """:func:`tensor_differences` in the caller's words: ``words`` maps each ``what`` to a
+    :meth:`str.format` template over ``kind``, ``name``, ``got``, ``want`` and ``fields``, except
+    ``"unexpected"``, one problem for all unexpected tensors, over ``kind``, ``names`` (sorted) and
+    ``fields``. A ``what`` that ``words`` lacks is not reported."""
+    differences = tensor_differences(kind, want, got)
+    problems = [words[d.what].format(kind=kind, name=d.name, got=d.got, want=d.want, **fields)
+                for d in differences if d.what != "unexpected" and d.what in words]
+    unexpected = [d.name for d in differences if d.what == "unexpected"]
+    if unexpected and "unexpected" in words:
+        problems.append(words["unexpected"].format(kind=kind, names=unexpected, **fields))
+    return problems
