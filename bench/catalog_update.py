@@ -34,8 +34,13 @@ from typing import Any
 import numpy as np
 import typer
 
-from lookserve.bench.cli import _command_line
-from lookserve.bench.report import atomic_write_json, atomic_write_text, environment, markdown_table
+from lookserve.bench.report import (
+    atomic_write_json,
+    atomic_write_text,
+    command_line,
+    environment,
+    markdown_table,
+)
 from lookserve.bench.search import clustered_vectors, exact_topk, recall_at_k
 from lookserve.client.catalog import (
     Catalog,
@@ -303,7 +308,7 @@ def catalog_update_bench(
     console = stderr_console()
     load_start = list(os.getloadavg())
     report = run_catalog_update_bench(spec, work, progress=lambda msg: console.print(f"[{time.strftime('%H:%M:%S')}] {msg}"))
-    report["command"] = _command_line(ctx)
+    report["command"] = command_line(ctx)
     report["load_start"] = load_start
     report["niceness"] = os.nice(0)
     report["environment"] = environment()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
 from pathlib import Path
 
 import typer
@@ -30,7 +29,13 @@ from lookserve.bench.load import (
 )
 from lookserve.bench.load import markdown as load_markdown
 from lookserve.bench.perf_analyzer import bytes_input_data
-from lookserve.bench.report import DEFAULT_OUT, atomic_write_json, atomic_write_text, markdown_table
+from lookserve.bench.report import (
+    DEFAULT_OUT,
+    atomic_write_json,
+    atomic_write_text,
+    command_line,
+    markdown_table,
+)
 from lookserve.bench.search import (
     SearchSpec,
     expected_time,
@@ -56,21 +61,6 @@ def _console():
     return Console(soft_wrap=True)
 
 
-def _command_line(ctx: typer.Context) -> str:
-    """The command that reproduces this run: every parameter spelled out, defaults included."""
-    words = ["lookserve", *ctx.command_path.split()[1:]]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        flag = getattr(param, "is_flag", False)
-        if param.param_type_name == "argument":
-            words.append(shlex.quote(str(value)))
-        elif value is None or value == "" or (flag and not value):
-            continue
-        elif flag:
-            words.append(param.opts[0])
-        else:
-            words += [param.opts[0], shlex.quote(str(value))]
-    return " ".join(words)
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -120,7 +110,7 @@ def search(
                           exact_single_queries=exact_single)
         stderr_console().print(f"search bench: N={n:,}, engines {', '.join(spec.engines)}; {expected_time(spec)}")
         report = run_search_bench(spec)
-        paths = write_search_report(report, out, stem=stem, command=_command_line(ctx))
+        paths = write_search_report(report, out, stem=stem, command=command_line(ctx))
     except LookserveError as e:
         fail(e)
     c = _console()
@@ -223,7 +213,7 @@ def model(
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         _run_load(lambda client: model_workload(client, name, batch_size=batch_size, version=model_version, seed=seed),
-                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}", _command_line(ctx),
+                  url, repository, model_config_name, [name], spec, variant, out, stem or f"model_{name}_{mode}", command_line(ctx),
                   engine=engine, batch_size=batch_size, version=model_version)
     except LookserveError as e:
         fail(e)
@@ -255,7 +245,7 @@ def look(
         photos = _read_photos(photos_dir) if photos_dir is not None else None
         _run_load(lambda client: chain_workload("look", client, catalog=catalog, size=photo_size, seed=seed, photos=photos),
                   url, repository,
-                  model_config_name, ["detector", "embedder"], spec, variant, out, stem, _command_line(ctx))
+                  model_config_name, ["detector", "embedder"], spec, variant, out, stem, command_line(ctx))
     except LookserveError as e:
         fail(e)
 
@@ -275,7 +265,7 @@ def thumbnails(
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         _run_load(lambda client: chain_workload("thumbnails", client, views=views, size=photo_size, seed=seed), url, repository,
-                  model_config_name, ["view_classifier"], spec, variant, out, stem, _command_line(ctx))
+                  model_config_name, ["view_classifier"], spec, variant, out, stem, command_line(ctx))
     except LookserveError as e:
         fail(e)
 
@@ -296,8 +286,8 @@ def compare_cmd(
     md = compare_markdown(c)
     _console().print(md)
     if out is not None:
-        atomic_write_text(out.with_suffix(".md"), md + f"\nCommand: `{_command_line(ctx)}`\n")
-        atomic_write_json(out.with_suffix(".json"), {**c, "command": _command_line(ctx)})
+        atomic_write_text(out.with_suffix(".md"), md + f"\nCommand: `{command_line(ctx)}`\n")
+        atomic_write_json(out.with_suffix(".json"), {**c, "command": command_line(ctx)})
 
 
 @app.command()
@@ -319,7 +309,7 @@ def variants(
     """Embedder config variants (typed configs via dataclasses.replace) on private servers, compared as ratios."""
 
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    command = _command_line(ctx)
+    command = command_line(ctx)
     try:
         spec = _spec(mode, levels, duration, max_requests, warmup, timeout, seed)
         reports = run_variants(wanted, spec, onnx_path=onnx_path, batch_size=batch_size, rounds=rounds)
@@ -366,7 +356,7 @@ def tune(
 ) -> None:
     """Search instance count × threads × queue delay × max batch under an objective; write the winner as a variant."""
 
-    command = _command_line(ctx)
+    command = command_line(ctx)
     model_dir = repository / name
     try:
         base = ModelConfig.read(model_dir / "config.pbtxt")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
 from lookserve import fsutil
 from lookserve.fsutil import (
@@ -93,6 +95,23 @@ def environment(**extra: Any) -> dict[str, Any]:
     }
     env.update(extra)
     return env
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command that reproduces this run: every parameter spelled out, defaults included."""
+    words = ["lookserve", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        flag = getattr(param, "is_flag", False)
+        if param.param_type_name == "argument":
+            words.append(shlex.quote(str(value)))
+        elif value is None or value == "" or (flag and not value):
+            continue
+        elif flag:
+            words.append(param.opts[0])
+        else:
+            words += [param.opts[0], shlex.quote(str(value))]
+    return " ".join(words)
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:

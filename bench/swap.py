@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import shutil
 import threading
 import time
@@ -44,6 +43,7 @@ from lookserve.bench.report import (
     DEFAULT_OUT,
     atomic_write_json,
     atomic_write_text,
+    command_line,
     environment,
     markdown_table,
     save_figure,
@@ -520,14 +520,6 @@ def write_report(report: dict[str, Any], out: Path, stem: str) -> list[Path]:
             plot(report, out / f"{stem}.png")]
 
 
-def _command_line(ctx: typer.Context) -> str:
-    words = ["lookserve", "bench", "swap"]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if value is None or value == "":
-            continue
-        words += [param.opts[0], shlex.quote(str(value))]
-    return " ".join(words)
 
 
 @app.command("swap")
@@ -563,7 +555,7 @@ def swap(
                                 cycles=cycles, allow_unverified=allow_unverified)
     except LookserveError as e:
         fail(e)
-    report["command"] = _command_line(ctx)
+    report["command"] = command_line(ctx)
     report["note"] = note
     paths = write_report(report, out, stem)
     console.print(markdown(report))

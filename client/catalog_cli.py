@@ -13,7 +13,7 @@ import typer
 from lookserve.client.catalog import Catalog, Manifest, resolve_catalog, update_catalog
 from lookserve.client.catalog.records import load_records
 from lookserve.client.catalog.store import MANIFEST
-from lookserve.client.cli import _client
+from lookserve.client.cli import open_client
 from lookserve.cliutil import fail, handle_errors, stdout_console, url_option
 from lookserve.errors import DataError, InvalidInputError
 
@@ -73,7 +73,7 @@ def catalog_update(
     ids = parse_ids(remove)
     needs_server = bool(adds or replaces)
     if needs_server:
-        with _client(url, timeout) as client:
+        with open_client(url, timeout) as client:
             result = update_catalog(catalog, client, add=adds, replace=replaces, remove=ids, batch_size=batch_size,
                                     concurrency=concurrency, rebuild_fraction=rebuild_fraction, keep=keep, progress=True)
     else:

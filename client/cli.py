@@ -71,7 +71,7 @@ def _console():
     return stdout_console()
 
 
-def _client(url: str, timeout: float):
+def open_client(url: str, timeout: float):
     """A client of a ready server: a malformed --url is refused at once (exit 2), an address where
     nothing answers after about a second, one that answers but is not ready after the deadline."""
 
@@ -150,7 +150,7 @@ def look(
         return
     if catalog_dir is None:
         fail("--catalog is required (or --server: the look model searches the catalog the server serves)")
-    with _client(url, timeout) as client:
+    with open_client(url, timeout) as client:
         if watch_interval is None:
             pipe = LookPipeline(client, open_for_client(catalog_dir, client, model_repository), config)
         else:
@@ -216,7 +216,7 @@ def _look_server(images: list[Path], config, out: Path, url: str, timeout: float
     table = Table("image", "items", "top-1 per item", "server ms")
     failed: list[tuple[Path, LookserveError]] = []
     catalogs: dict[str, Catalog | None] = {}
-    with _client(url, timeout) as client, _progress(progress, len(images), "looking") as advance:
+    with open_client(url, timeout) as client, _progress(progress, len(images), "looking") as advance:
         remote = RemoteLook(client, config)
         for path, doc in zip(images, remote.run_many(images, concurrency, include_masks=masks_in_json), strict=True):
             advance()
@@ -276,7 +276,7 @@ def thumbnails(
     """Pick each product's best view as its thumbnail and tag its footwear type."""
 
     products = _collect_views(views)
-    with _client(url, timeout) as client:
+    with open_client(url, timeout) as client:
         pipe = ThumbnailPipeline(client, ThumbnailConfig(timeout_s=timeout))
         results, failed = [], 0
         with _progress(progress, len(products), "thumbnails") as advance:
@@ -328,7 +328,7 @@ def catalog_build(
 
     records = load_records(photos, metadata, split or None)
     params = IndexParams(M=m, ef_construction=ef_construction, k=k, recall_target=recall_target)
-    with _client(url, timeout) as client:
+    with open_client(url, timeout) as client:
         manifest = build_catalog(records, out, TritonEmbedder(client, embedder, embedder_version), params,
                                  batch_size=batch_size, concurrency=concurrency, model_repository=model_repository,
                                  progress=True, images_root=photos)
@@ -362,7 +362,7 @@ def catalog_info(
     """Verify a catalog (checksums; with --url the served embedder version) and describe it."""
 
     if url:
-        with _client(url, 30.0) as client:
+        with open_client(url, 30.0) as client:
             catalog = open_for_client(catalog_dir, client)
     else:
         catalog = Catalog.open(catalog_dir)
@@ -427,7 +427,7 @@ def eval_look(
     category, IoU ≥ 0.5 with the ground-truth box), beside the chance of a random ranking."""
 
     try:
-        with _client(url, timeout) as client:
+        with open_client(url, timeout) as client:
             pipe = LookPipeline(client, open_for_client(catalog_dir, client), LookConfig(k=k, timeout_s=timeout))
             figures = evaluate_pairs(pipe, data, split, limit or None, concurrency)
     except LookserveError as e:
@@ -476,7 +476,7 @@ def eval_thumbnails(
         products = {p: v for p, v in find_products(data).items() if p in held_out}
         if not products:
             raise DataError(f"no product of split {split!r} under {data / 'footwear' / 'views'}")
-        with _client(url, timeout) as client:
+        with open_client(url, timeout) as client:
             pipe = ThumbnailPipeline(client, ThumbnailConfig(timeout_s=timeout))
             answers = list(pipe.run_many(products, concurrency))
         results = [r for r in answers if not isinstance(r, LookserveError)]

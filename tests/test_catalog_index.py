@@ -24,6 +24,7 @@ from lookserve.client.catalog import (
     recall_at_k,
     write_catalog,
 )
+from lookserve.client.catalog.index import top_k
 from lookserve.errors import CatalogError, CatalogIntegrityError, CatalogVersionMismatch, DataError
 
 EMB = EmbedderInfo("embedder", "3", "ab" * 32)
@@ -368,3 +369,58 @@ def test_catalog_bench_search_writes_the_committed_figures_when_run_small(tmp_pa
     assert row["n"] == 3000 and row["queries"] == 200 and row["k"] == 6
     assert row["tune_recall_at_k"] >= 0.99 and row["held_out_recall_at_k"] >= 0.95
     assert 0 < row["search_ms_median"] <= row["search_ms_p99"]
+
+
+def _reference_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k best columns by a full sort (ties: lower column first)."""
+    return np.stack([np.lexsort((np.arange(len(row)), -row))[:k] for row in scores])
+
+
+@pytest.mark.parametrize("n, k", [(5000, 6), (5000, 1), (40, 6), (64, 2), (7, 7)])
+def test_top_k_equals_a_full_sort_when_scores_are_cut_into_groups(rng, n: int, k: int) -> None:
+    scores = np.round(rng.normal(size=(50, n)), 1).astype(np.float32)  # rounded: many tied scores
+    np.testing.assert_array_equal(top_k(scores, k), _reference_top_k(scores, k))
+
+
+def test_exact_search_finds_the_best_cosine_scores_when_rows_are_not_unit(rng) -> None:
+    vectors = 3 * rng.normal(size=(5000, 16)).astype(np.float32)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    idx, sims = exact_search(vectors, queries, 6)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T
+    best = np.take_along_axis(scores, _reference_top_k(scores, 6), axis=1)
+    np.testing.assert_allclose(sims, best, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(scores, idx, axis=1), best, rtol=1e-5, atol=1e-6)
+
+
+def test_exact_search_never_returns_an_excluded_row_when_given_a_mask(rng) -> None:
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    exclude = rng.random(3000) < 0.3
+    queries = vectors[exclude][:40] + 0.01  # the excluded rows would be their own best matches
+    idx, sims = exact_search(vectors, queries, 6, exclude=exclude)
+    live = np.flatnonzero(~exclude)
+    want, want_sims = exact_search(vectors[live], queries, 6)
+    assert not exclude[idx].any()
+    np.testing.assert_array_equal(idx, live[want])
+    np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
+
+
+def test_top_k_falls_back_to_a_partition_when_scores_hold_nan(rng) -> None:
+    scores = rng.normal(size=(4, 1000)).astype(np.float32)
+    scores[1] = np.nan  # no score reaches a NaN bound: the grouped path has no candidates for this row
+    got = top_k(scores, 5)
+    np.testing.assert_array_equal(got[[0, 2, 3]], _reference_top_k(scores[[0, 2, 3]], 5))
+
+
+def test_tune_ef_picks_the_same_queries_and_ef_when_given_a_deleted_mask(rng) -> None:
+    vectors = _clustered(rng, 2000)
+    deleted = rng.random(2000) < 0.2
+    params = IndexParams(M=8, ef_construction=40)
+    index = cat.new_index(32, 2000, params)
+    index.add_items(vectors, np.arange(2000))
+    for label in np.flatnonzero(deleted):
+        index.mark_deleted(int(label))
+    live = np.flatnonzero(~deleted)
+    gathered = cat.tune_ef(index, vectors[live], params, np.random.default_rng(5), labels=live)
+    masked = cat.tune_ef(index, vectors, params, np.random.default_rng(5), deleted=deleted)
+    assert masked == gathered and masked[1] >= 0.99

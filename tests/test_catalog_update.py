@@ -39,7 +39,12 @@ from lookserve.client.catalog import update as update_module
 from lookserve.client.catalog.store import file_checksums, manifest_checksum
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookConfig, LookPipeline
-from lookserve.errors import CatalogVersionMismatch, DataError, InvalidInputError
+from lookserve.errors import (
+    CatalogIntegrityError,
+    CatalogVersionMismatch,
+    DataError,
+    InvalidInputError,
+)
 from lookserve.server.launcher import ServerOptions, TritonServer
 from lookserve.ui import logic
 from tinymodels import projection_embedder, write_model
@@ -445,3 +450,52 @@ def test_update_upgrades_a_catalog_database_written_before_typed_attributes(tmp_
     new = Catalog.open(out)
     assert new.manifest.attributes == {"in_stock": "boolean", "price": "number"}
     assert [m.product_id for m in new.search("tops", new.vectors("tops")[-1:], 1, filter="price == 77")[0]] == [77]
+
+
+def _damage(path: Path) -> None:
+    """Flip one byte in the middle of a file, keeping its size (and its inode: hard links share it)."""
+    with path.open("r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("name", ["vectors_bags.npy", "index_bags.bin"])
+def test_update_refuses_a_damaged_unchanged_file_when_opened_without_verification(tmp_path: Path, name: str) -> None:
+    root, _ = _root(tmp_path)
+    version = Catalog.open(root).version
+    _damage(root / "catalog-v1" / name)  # bags are untouched by the update: the file is linked, not rewritten
+    with pytest.raises(CatalogIntegrityError, match=f"{name} does not match its manifest"):
+        update_catalog(root, remove=[1], verify=False)
+    assert sorted(p.name for p in root.iterdir()) == ["catalog-v1", "current"]
+    assert json.loads((root / "catalog-v1" / "manifest.json").read_text())["checksum"]
+    assert Catalog.open(root, verify=False).version == version
+
+
+@pytest.mark.parametrize("link", [True, False], ids=["hard-link", "copy"])
+def test_update_never_records_a_fresh_checksum_for_a_file_damaged_after_verification(tmp_path: Path, monkeypatch,
+                                                                                      link: bool) -> None:
+    root, _ = _root(tmp_path)
+    old = Catalog.open(root / "catalog-v1")  # verified here ...
+    _damage(old.path / "vectors_bags.npy")  # ... damaged afterwards, before the update links or copies it
+    if not link:
+        monkeypatch.setattr(os, "link", lambda *a, **k: (_ for _ in ()).throw(OSError(18, "cross-device link")))
+    out = tmp_path / "next"
+    if link:  # the link keeps the recorded checksum, so the new version refuses to open
+        update_module.apply_update(old, out, {1}, [], [], np.zeros((0, DIM), np.float32))
+        with pytest.raises(CatalogIntegrityError, match="vectors_bags.npy does not match its manifest"):
+            Catalog.open(out)
+    else:  # a copy is hashed while it is copied
+        with pytest.raises(CatalogIntegrityError, match="vectors_bags.npy does not match its manifest"):
+            update_module.apply_update(old, out, {1}, [], [], np.zeros((0, DIM), np.float32))
+        assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith("next")] == []
+
+
+def test_update_records_checksums_a_full_hash_agrees_with_when_files_are_linked_or_written(tmp_path: Path) -> None:
+    root, _ = _root(tmp_path)
+    result = update_catalog(root, embedder=CountingEmbedder(), add=_records(tmp_path / "images", [900], seed=5),
+                            remove=[2])
+    recorded = dict(result.manifest.files)
+    assert recorded == {k: v for k, v in file_checksums(result.path).items() if k != "manifest.json"}
+    assert (result.path / "vectors_bags.npy").stat().st_ino == (root / "catalog-v1" / "vectors_bags.npy").stat().st_ino

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import hnswlib
 import numpy as np
 
 from lookserve import contracts
@@ -31,7 +32,7 @@ from lookserve.client.catalog.attributes import AttributeColumns
 from lookserve.client.catalog.backend import Match
 from lookserve.client.catalog.embedder import EmbedderInfo, model_file_sha256
 from lookserve.client.catalog.filters import Expr, as_expr, evaluate
-from lookserve.client.catalog.index import SPACE, FilteredSearch, exact_search, hnsw
+from lookserve.client.catalog.index import SPACE, FilteredSearch, exact_search
 from lookserve.client.catalog.root import resolve_catalog
 from lookserve.client.catalog.store import DATABASE, MANIFEST, Manifest, index_file, vectors_file
 from lookserve.errors import (
@@ -70,6 +71,8 @@ class Catalog:
         self._vectors: dict[str, np.ndarray] = {}
         self.filtered_paths = {"exact": 0, "hnsw": 0}  # queries answered by each path (approximate under threads)
         self._local = threading.local()
+        #: names of the files whose sha256 :meth:`open` checked against the manifest
+        self.verified: frozenset[str] = frozenset()
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
@@ -140,7 +143,7 @@ class Catalog:
         db = sqlite3.connect(f"file:{path / DATABASE}?mode=ro", uri=True)
         try:
             for category, info in manifest.categories.items():
-                index = hnsw(manifest.dim)
+                index = hnswlib.Index(space=SPACE, dim=manifest.dim)
                 try:
                     index.load_index(str(path / index_file(category)), max_elements=info.count)
                 except RuntimeError as e:
@@ -172,6 +175,7 @@ class Catalog:
         log.info("opened catalog %s: %s, embedder %s v%s", path, dict(manifest.counts), manifest.embedder.name,
                  manifest.embedder.version)
         catalog = cls(path, manifest, indexes, labels, images)
+        catalog.verified = frozenset(manifest.files) if verify else frozenset()
         if attributes:
             catalog.columns  # noqa: B018 - read now, so the first filtered search does not wait for it
         return catalog

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from lookserve import contracts
+from lookserve.client.core import image_input
 from lookserve.errors import CatalogError
 from lookserve.fsutil import sha256_file
 
@@ -39,11 +40,8 @@ class TritonEmbedder:
     def __init__(self, client, name: str = contracts.EMBEDDER, version: str = "") -> None:
         self.client, self.name, self.version = client, name, version
         meta = client.model_metadata(name, version)
-        crops = next((t for t in meta.inputs if t.datatype == "UINT8"), None)
-        if crops is None or len(crops.shape) != 4:
-            raise CatalogError(f"served model {name!r} has no UINT8 [B, S, S, 3] input: {meta.inputs}")
-        self.input_name = crops.name
-        self.input_size = int(crops.shape[1])
+        crops = image_input(meta, "served model", error=CatalogError)
+        self.input_name, self.input_size = crops.name, crops.size
         self.output_name = meta.outputs[0].name
 
     def embed(self, crops: np.ndarray) -> tuple[np.ndarray, str]:

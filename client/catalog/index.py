@@ -1,11 +1,12 @@
 """The HNSW index of one category: its parameters, building it (:func:`new_index`), tuning its
 search breadth ``ef`` to a recall target (:func:`tune_ef`) and the exact search it is measured
-against (:func:`exact_search`, :func:`recall_at_k`)."""
+against (:func:`exact_search` with its exact :func:`top_k`, :func:`recall_at_k`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import hnswlib
 import numpy as np
 
 from lookserve.errors import CatalogError, ConfigError
@@ -58,22 +59,68 @@ class FilteredSearch:
         return int(min(self.max_ef, max(ef, np.ceil(ef / max(selectivity, 1e-9) ** self.ef_power))))
 
 
-def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int,
-                 normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+#: exact search scores at most this many (query, vector) pairs at once (× 4 bytes of memory)
+EXACT_CHUNK = 1 << 24
+#: columns per group in :func:`top_k`'s threshold (a group's maximum bounds its members)
+_GROUP = 32
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, normalized: bool = False,
+                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact cosine top-k with numpy: (indices [n, k], similarities [n, k]), best first.
-    ``normalized``: ``vectors`` rows are unit already (not normalised again)."""
-    v = vectors if normalized else vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    sims = q @ v.T
-    n = v.shape[0]
-    k = min(k, n)
-    if k < n:
-        part = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # the k largest, without negating a copy
-        order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-        idx = np.take_along_axis(part, order, axis=1)
+    ``normalized``: ``vectors`` rows are unit already (not normalised again). ``exclude``: a
+    boolean mask over the rows of ``vectors`` that are never returned (e.g. removed labels),
+    which saves gathering the others into a copy."""
+    if normalized:
+        v = vectors
     else:
-        idx = np.argsort(-sims, axis=1, kind="stable")
-    return idx, np.take_along_axis(sims, idx, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))  # no n × dim temporary, unlike linalg.norm
+        v = vectors * (1.0 / np.maximum(norms, 1e-12))[:, None]
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    n = v.shape[0]
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        if exclude.shape != (n,):
+            raise CatalogError(f"exclude must be a mask of {n} rows, got shape {exclude.shape}")
+    k = min(k, n - (int(exclude.sum()) if exclude is not None else 0))
+    idx = np.zeros((len(q), max(k, 0)), np.int64)
+    sims = np.zeros((len(q), max(k, 0)), np.result_type(q, v))
+    step = max(1, EXACT_CHUNK // max(n, 1))
+    for s in range(0, len(q), step):
+        block = q[s : s + step] @ v.T
+        if exclude is not None:
+            block[:, exclude] = -np.inf
+        idx[s : s + step] = top_k(block, k)
+        sims[s : s + step] = np.take_along_axis(block, idx[s : s + step], axis=1)
+    return idx, sims
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` largest scores, best first (ties: lower index first).
+
+    Exact, and cheaper than an ``argpartition`` of every row: the columns are cut into groups of
+    ``_GROUP``; the k-th largest group maximum is a lower bound of the k-th largest score (k
+    groups hold a score at least that large), so only the scores reaching it are candidates,
+    usually about k per row. Fewer than k groups, or a row with fewer candidates (NaN scores),
+    sort whole rows."""
+    r, n = scores.shape
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((r, 0), np.int64)
+    groups = n // _GROUP
+    if groups >= k and r:
+        # group g = columns g, g + groups, g + 2·groups, …: a maximum of contiguous rows
+        maxima = scores[:, : groups * _GROUP].reshape(r, _GROUP, groups).max(axis=1)
+        bound = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+        rows, cols = np.nonzero(scores >= bound[:, None])
+        counts = np.bincount(rows, minlength=r)
+        if (counts >= k).all():
+            order = np.lexsort((cols, -scores[rows, cols], rows))
+            starts = np.cumsum(counts) - counts
+            return cols[order][starts[:, None] + np.arange(k)].astype(np.int64)
+    # few columns, or a row without k candidates: sort whole rows (NaN last)
+    order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)
+    return order[:, :k].astype(np.int64)
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -84,31 +131,30 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
-def hnsw(dim: int):
-    """An uninitialised ``hnswlib.Index`` (space cosine) of ``dim``. hnswlib is imported here, on
-    first use, so importing the client stays light (tests/test_look_filter.py)."""
-    import hnswlib
-
-    return hnswlib.Index(space=SPACE, dim=dim)
-
-
 def new_index(dim: int, n: int, params: IndexParams):
     """An empty hnswlib index (space cosine) for up to ``n`` vectors of ``dim``, seeded by ``params``."""
-    index = hnsw(dim)
+    index = hnswlib.Index(space=SPACE, dim=dim)
     index.init_index(max_elements=max(n, 1), M=params.M, ef_construction=params.ef_construction, random_seed=params.seed)
     return index
 
 
 def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
-            labels: np.ndarray | None = None) -> tuple[int, float, int]:
+            labels: np.ndarray | None = None, deleted: np.ndarray | None = None) -> tuple[int, float, int]:
     """The smallest candidate ef with recall@K ≥ target on noisy copies of sampled vectors
     (against exact search). ``labels``: the index label of each row of ``vectors`` (default:
-    the row number; an updated index holds removed labels the rows skip). Returns (ef,
-    measured recall, sample size)."""
-    n, dim = vectors.shape
+    the row number; an updated index holds removed labels the rows skip). ``deleted``: instead,
+    ``vectors`` holds every label's row and this mask marks the removed ones (neither sampled
+    nor found; the same queries as passing the live rows and their labels, without copying
+    them). Returns (ef, measured recall, sample size)."""
+    if deleted is not None and labels is not None:
+        raise CatalogError("tune_ef takes labels or a deleted mask, not both")
+    live = np.flatnonzero(~np.asarray(deleted, dtype=bool)) if deleted is not None else None
+    n, dim = (len(live), vectors.shape[1]) if live is not None else vectors.shape
     k = min(params.k, n)
     m = min(params.tune_sample, n)
     picks = rng.choice(n, size=m, replace=False)
+    if live is not None:
+        picks = live[picks]
     # Queries at several distances from their source vector (a street crop is rarely as close
     # to its shop photo as a near-duplicate): noise norms cycle through 1/3, 2/3 and 1 × query_noise.
     noise = rng.normal(size=(m, dim)).astype(np.float32)
@@ -116,7 +162,7 @@ def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Gene
     noise *= (levels / np.maximum(np.linalg.norm(noise, axis=1), 1e-12))[:, None]
     unit = vectors[picks] / np.maximum(np.linalg.norm(vectors[picks], axis=1, keepdims=True), 1e-12)
     queries = unit + noise
-    exact, _ = exact_search(vectors, queries, k)
+    exact, _ = exact_search(vectors, queries, k, exclude=deleted)
     if labels is not None:
         exact = np.asarray(labels, dtype=np.int64)[exact]
     best = (max(params.ef_candidates[-1], n), 0.0)

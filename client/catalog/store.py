@@ -207,6 +207,58 @@ def file_checksums(directory: Path) -> dict[str, dict[str, Any]]:
     return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(directory.iterdir())}
 
 
+class _HashingWriter:
+    """A binary file wrapper hashing every byte written through it (not a real file object, so
+    ``np.save`` writes through :meth:`write` in chunks rather than ``tofile``)."""
+
+    def __init__(self, f) -> None:
+        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self._f.write(data)
+
+
+def save_vectors(path: Path, vectors: np.ndarray) -> dict[str, Any]:
+    """``np.save`` ``vectors`` at ``path``, hashing the bytes as they are written; returns the
+    manifest's record of the file ({"sha256", "bytes"}) without reading it back."""
+    with Path(path).open("wb") as f:
+        w = _HashingWriter(f)
+        np.save(w, vectors)
+    return {"sha256": w.sha256.hexdigest(), "bytes": w.bytes}
+
+
+def link_verified(src: Path, dst: Path, recorded: Mapping[str, Any], verified: bool) -> dict[str, Any]:
+    """Put the unchanged catalog file ``src`` at ``dst`` (a hard link, else a copy) and return
+    its manifest record, checked against ``recorded`` (the previous manifest's): a link whose
+    source was ``verified`` (its sha256 checked when the catalog was opened; the link shares its
+    bytes) keeps ``recorded``; any other link is hashed, a copy is hashed while it is copied.
+    :class:`CatalogIntegrityError` when the bytes do not match ``recorded`` — a damaged file
+    is never given a fresh checksum."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        h, size = hashlib.sha256(), 0
+        with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
+            while block := fin.read(1 << 20):
+                h.update(block)
+                size += len(block)
+                fout.write(block)
+        got = {"sha256": h.hexdigest(), "bytes": size}
+    else:
+        if verified:
+            return {"sha256": recorded.get("sha256"), "bytes": recorded.get("bytes")}
+        got = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
+    if got["sha256"] != recorded.get("sha256") or got["bytes"] != recorded.get("bytes"):
+        raise CatalogIntegrityError(
+            f"catalog file {src} does not match its manifest (sha256 {got['sha256'][:12]}…, {got['bytes']} bytes; "
+            f"expected {str(recorded.get('sha256'))[:12]}…, {recorded.get('bytes')} bytes): it was modified or "
+            "damaged; rebuild the catalog"
+        )
+    return got
+
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 

@@ -8,7 +8,15 @@ server does not serve it). Per touched category the previous HNSW index is loade
 photos are ``mark_deleted`` (never returned again), the index is ``resize_index``'d and the new
 vectors ``add_items``'d under new labels; when more than ``rebuild_fraction`` of a category's
 labels are deleted, its index is rebuilt from the stored vectors of the live photos instead.
-Either way ``ef`` is tuned again to the recall target against exact search.
+Either way ``ef`` is tuned again to the recall target against exact search (over the stored
+rows with the removed labels masked, not a gathered copy of the live ones).
+
+Each file's checksum is computed once: a category's new vectors are hashed as they are written,
+its new index and the database read back and hashed; an untouched category's files are hard
+links to the previous version's (:func:`~lookserve.client.catalog.store.link_verified`), which
+keep the checksum :meth:`Catalog.open` verified, or are hashed (a copy while it is copied) and
+compared with the previous manifest when they were not verified — a damaged file is refused,
+never given a fresh checksum.
 
 The new version is written in a temporary directory and switched in atomically: in a catalog
 root (``current`` pointer) as a new sibling directory ``<name>-u<N>`` and a pointer flip
@@ -34,13 +42,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import hnswlib
 import numpy as np
 
 from lookserve.client.catalog.attributes import check_against, infer_schema
 from lookserve.client.catalog.build import embed_records
 from lookserve.client.catalog.directory import Catalog
 from lookserve.client.catalog.embedder import Embedder, TritonEmbedder
-from lookserve.client.catalog.index import hnsw, new_index, tune_ef
+from lookserve.client.catalog.index import SPACE, new_index, tune_ef
 from lookserve.client.catalog.records import PhotoRecord
 from lookserve.client.catalog.root import CURRENT, read_current, set_current
 from lookserve.client.catalog.store import (
@@ -48,16 +57,17 @@ from lookserve.client.catalog.store import (
     MANIFEST,
     CategoryInfo,
     Manifest,
-    file_checksums,
     index_file,
     insert_products,
+    link_verified,
     photo_sha256,
+    save_vectors,
     switch_into_place,
     vectors_file,
     write_schema,
 )
 from lookserve.errors import CatalogError, CatalogVersionMismatch, InvalidInputError, LookserveError
-from lookserve.fsutil import atomic_write_json, fsync_dir
+from lookserve.fsutil import atomic_write_json, fsync_dir, sha256_file
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits
 from lookserve.taxonomy import CATEGORIES
 
@@ -220,6 +230,7 @@ def apply_update(
     tmp.mkdir()
     rebuilt: list[str] = []
     removed_photos = 0
+    files: dict[str, dict] = {}  # the manifest's record of each file known without hashing it again
     try:
         shutil.copyfile(old.path / DATABASE, tmp / DATABASE)
         db = sqlite3.connect(tmp / DATABASE)
@@ -249,11 +260,11 @@ def apply_update(
                     continue
                 if info is not None and not dead and not new_rows:  # untouched: the same files
                     for name in (index_file(category), vectors_file(category)):
-                        _link_or_copy(old.path / name, tmp / name)
+                        files[name] = link_verified(old.path / name, tmp / name, m.files[name], name in old.verified)
                     cats[category] = info
                     continue
                 cats_info = _update_category(db, old, tmp, category, info, dead, new_rows, new_photos, new_vectors,
-                                             params, rng, rebuild_fraction, consume)
+                                             params, rng, rebuild_fraction, consume, files)
                 if cats_info is None:
                     log.info("%s: every product removed; the category leaves the catalog", category)
                     continue
@@ -270,7 +281,7 @@ def apply_update(
             db.close()
         manifest = replace(
             m, categories=cats, counts={"photos": int(photos), "products": int(products), "categories": len(cats)},
-            files=file_checksums(tmp), created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            files=_checksums(tmp, files), created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             attributes=schema if schema is not None else dict(m.attributes), parent=old.version,
         )
         atomic_write_json(tmp / MANIFEST, manifest.to_dict(), sort_keys=True)
@@ -299,17 +310,17 @@ def _switch(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Files of a version are never modified after it is written, so a hard link is a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def _checksums(directory: Path, known: dict[str, dict]) -> dict[str, dict]:
+    """The manifest's ``files``: ``known`` records (files linked from the previous version after
+    its verification, vectors hashed as they were written), every other file hashed now."""
+    return {p.name: dict(known[p.name]) if p.name in known else {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(directory.iterdir())}
 
 
 def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryInfo | None, dead: list[int],
                      new_rows: list[int], new_photos: Sequence[PhotoRecord], new_vectors: np.ndarray, params,
-                     rng, rebuild_fraction: float, consume: bool = False) -> tuple[CategoryInfo, bool] | None:
+                     rng, rebuild_fraction: float, consume: bool = False,
+                     files: dict[str, dict] | None = None) -> tuple[CategoryInfo, bool] | None:
     dim = old.dim
     add_v = new_vectors[new_rows]
     if info is not None:
@@ -345,7 +356,7 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
         if consume:
             index = old._indexes[category]
         else:
-            index = hnsw(dim)
+            index = hnswlib.Index(space=SPACE, dim=dim)
             index.load_index(str(old.path / index_file(category)), max_elements=count)
         for label in dead:
             index.mark_deleted(int(label))
@@ -355,14 +366,19 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
         vectors = np.concatenate([np.asarray(old_vectors), add_v])
         first_new = count
         dead_all = np.union1d(old_deleted, np.array(dead, np.int64))
-        live_labels = np.setdiff1d(np.arange(total), dead_all)
+        deleted_mask = np.zeros(total, bool)
+        deleted_mask[dead_all] = True
+        live_labels = np.flatnonzero(~deleted_mask)
         count = total
     db.executemany("INSERT INTO photos VALUES (?, ?, ?, ?, ?)",
                    [(category, first_new + j, new_photos[i].product_id, new_photos[i].image, photo_sha256(new_photos[i]))
                     for j, i in enumerate(new_rows)])
-    ef, recall, sample = tune_ef(index, vectors[live_labels], params, rng, labels=live_labels)
+    # the stored rows with the removed labels masked (the same tuning queries as their live rows)
+    ef, recall, sample = tune_ef(index, vectors, params, rng, deleted=None if rebuild else deleted_mask)
     index.save_index(str(tmp / index_file(category)))
-    np.save(tmp / vectors_file(category), vectors)
+    record = save_vectors(tmp / vectors_file(category), vectors)
+    if files is not None:
+        files[vectors_file(category)] = record
     products = db.execute("SELECT COUNT(DISTINCT product_id) FROM photos WHERE category = ?", (category,)).fetchone()[0]
     log.info("%s: %d live photos (%d labels, %d deleted)%s, ef=%d, recall@%d=%.4f", category, len(live_labels), count,
              deleted, ", rebuilt" if rebuild else "", ef, min(params.k, len(live_labels)), recall)

@@ -47,7 +47,8 @@ def _param(config: dict, key: str, default: str = "") -> str:
     return value.get("string_value", default) if isinstance(value, dict) else str(value)
 
 
-def _error(e: Exception):
+def error_of(e: Exception):
+    """The TritonError for a request that failed with ``e``: the client chain's message, INVALID_ARG for bad input."""
     invalid = isinstance(e, errors.InvalidInputError | errors.ConfigError)
     text = error_text(e) if isinstance(e, errors.LookserveError) else f"InternalServerError: {type(e).__name__}: {e}"
     try:
@@ -133,7 +134,7 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - every failure is this request's error, never the batch's
             if not isinstance(e, errors.LookserveError):
                 log.exception("look request failed")
-            return pb_utils.InferenceResponse(error=_error(e))
+            return pb_utils.InferenceResponse(error=error_of(e))
 
     def execute(self, requests):
         return list(self.pool.map(self._one, requests))

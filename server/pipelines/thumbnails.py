@@ -19,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 from lookserve import errors
 from lookserve.client.thumbnails import ThumbnailPipeline
 from lookserve.server.pipelines.bls import BlsClient
-from lookserve.server.pipelines.look import _error
+from lookserve.server.pipelines.look import error_of
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - the request's error
             if not isinstance(e, errors.LookserveError):
                 log.exception("thumbnails request failed")
-            return pb_utils.InferenceResponse(error=_error(e))
+            return pb_utils.InferenceResponse(error=error_of(e))
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
