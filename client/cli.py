@@ -71,6 +71,18 @@ def _console():
     return stdout_console()
 
 
+def _finish_look(table, total: int, failed: list, out: Path) -> None:
+    """The end of ``lookserve look`` (client chain or one call): the table, what was written,
+    each failed image on stderr, and the batch exit code."""
+    console = _console()
+    console.print(table)
+    done = total - len(failed)
+    console.print(f"wrote {done} result{'s' * (done != 1)} to {escape(str(out))}", soft_wrap=True)
+    for path, e in failed:
+        error(f"{path}: {e}")
+    finish_batch(len(failed), total, "images")
+
+
 def open_client(url: str, timeout: float):
     """A client of a ready server: a malformed --url is refused at once (exit 2), an address where
     nothing answers after about a second, one that answers but is not ready after the deadline."""
@@ -188,13 +200,7 @@ def look(
                                  if i.matches else f"{i.detection.category}→-" for i in result.items)
                 table.add_row(escape(path.name), str(len(result.items)), tops or "-",
                               f"{result.timings_ms['client']:.1f}", f"{result.timings_ms['total']:.1f}")
-    console = _console()
-    console.print(table)
-    done = len(images) - len(failed)
-    console.print(f"wrote {done} result{'s' * (done != 1)} to {escape(str(out))}", soft_wrap=True)
-    for path, e in failed:
-        error(f"{path}: {e}")
-    finish_batch(len(failed), len(images), "images")
+    _finish_look(table, len(images), failed, out)
 
 
 def _output_names(images: list[Path]) -> dict[Path, str]:
@@ -236,13 +242,7 @@ def _look_server(images: list[Path], config, out: Path, url: str, timeout: float
             tops = "; ".join(f"{i['category']}→#{i['matches'][0]['product_id']} ({i['matches'][0]['similarity']:.2f})"
                              if i["matches"] else f"{i['category']}→-" for i in doc["items"])
             table.add_row(escape(path.name), str(len(doc["items"])), tops or "-", f"{doc['timings_ms']['total']:.1f}")
-    console = _console()
-    console.print(table)
-    done = len(images) - len(failed)
-    console.print(f"wrote {done} result{'s' * (done != 1)} to {escape(str(out))}", soft_wrap=True)
-    for path, e in failed:
-        error(f"{path}: {e}")
-    finish_batch(len(failed), len(images), "images")
+    _finish_look(table, len(images), failed, out)
 
 
 # ------------------------------------------------------------------------------------------
