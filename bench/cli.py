@@ -120,7 +120,7 @@ def search(
 
 
 # --- load benches ---------------------------------------------------------------------------------
-URL = url_option(help="Triton gRPC address host:port, env LOOKSERVE_URL (ignored with --repository).")
+URL = url_option(help="Triton gRPC address host:port, or replicas a:p1,b:p2 / dns:///host:port; env LOOKSERVE_URL (ignored with --repository).")
 REPO = typer.Option(None, "--repository", help="Serve this model repository on a private tritonserver for the run.")
 CONFIG_NAME = typer.Option(None, "--model-config-name", help="With --repository: Triton config variant (configs/<NAME>.pbtxt).")
 MODE = typer.Option("closed", "--mode", help="closed (concurrency sweep), constant or poisson (open-loop rates).")

@@ -47,6 +47,7 @@ from lookserve.bench.report import (
     save_figure,
 )
 from lookserve.client.catalog import open_for_client
+from lookserve.client.core import each_replica
 from lookserve.client.look import LookConfig, LookPipeline
 from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline
 from lookserve.export.samples import photos
@@ -190,13 +191,15 @@ def _int(v: Any) -> int:
 
 
 def stats_snapshot(client, models: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per model, summed over its versions: counts and ns per stage, executions, batch-size histogram."""
+    """Per model, summed over its versions (and the replicas behind ``client``): counts and ns per
+    stage, executions, batch-size histogram."""
     snap: dict[str, dict[str, Any]] = {}
+    with each_replica(client) as replicas:
+        raw = {model: [e for r in replicas for e in r.statistics(model).get("model_stats", [])] for model in models}
     for model in models:
-        raw = client.statistics(model)
         total: dict[str, Any] = {f"{s}_{x}": 0 for s in _STAGES for x in ("count", "ns")}
         total.update(inference_count=0, execution_count=0, batches={}, versions={})
-        for entry in raw.get("model_stats", []):
+        for entry in raw[model]:
             if entry.get("name") != model:
                 continue
             stats = entry.get("inference_stats", {})
@@ -205,7 +208,8 @@ def stats_snapshot(client, models: Sequence[str]) -> dict[str, dict[str, Any]]:
                 total[f"{s}_ns"] += _int(stats.get(s, {}).get("ns"))
             total["inference_count"] += _int(entry.get("inference_count"))
             total["execution_count"] += _int(entry.get("execution_count"))
-            total["versions"][entry.get("version", "")] = _int(stats.get("success", {}).get("count"))
+            version = entry.get("version", "")
+            total["versions"][version] = total["versions"].get(version, 0) + _int(stats.get("success", {}).get("count"))
             for b in entry.get("batch_stats", []):
                 size = _int(b.get("batch_size"))
                 total["batches"][size] = total["batches"].get(size, 0) + _int(b.get("compute_infer", {}).get("count"))

@@ -16,6 +16,8 @@ through it, and then runs phases, each bounded in requests and seconds:
 ``bad_json``        mutated street2shop JSON, footwear ground truth and catalog manifests
 ``access``          restricted protocols called without / with a wrong key → refused; the key is in no
                     error text, no log line of the run and no report
+``replicas``        a second replica beside the server, one address list: SIGKILL of it under load and
+                    its restart (0 failed; traffic returns), a rolling promote and rollback (0 failed, 0 mixed)
 
 Every phase is ``phase(env, earlier results) -> result``. For every phase the report gives what
 was done, what the clients saw (outcomes by exception type), the accounting, counted where each
@@ -101,7 +103,7 @@ log = logging.getLogger(__name__)
 app = typer.Typer(no_args_is_help=True, help="Faults and bad inputs under load.")
 
 PHASES = ("steady", "deadline", "sigkill", "stub_kill", "bad_publish", "catalog_tamper", "interrupted_build",
-          "bad_images", "bad_json", "access")
+          "bad_images", "bad_json", "access", "replicas")
 SIZE, DIM = 32, 16  # the synthetic embedder's crop size and embedding dimension
 SLOW = "embedder_slow"
 
@@ -164,22 +166,25 @@ class Load:
     one crop at a time to ``model``; each answer is compared with onnxruntime's embedding of that crop."""
 
     def __init__(self, env: Env, spec: ReliabilitySpec | None = None, model: str = "embedder",
-                 t0: float | None = None) -> None:
-
+                 t0: float | None = None, url: str | None = None, references: dict[str, Reference] | None = None) -> None:
+        """``url``: another address (several replicas); ``references``: the file each served version
+        must equal (default: version 1's, ``env.reference``)."""
         self.spec = spec = spec or env.spec
         self.model = model
-        options = ClientOptions(url=env.url, timeout_s=spec.timeout_s,
+        options = ClientOptions(url=url or env.url, timeout_s=spec.timeout_s,
                                 retry=RetryPolicy(attempts=spec.retries, base_s=0.05, max_s=0.25))
         self.clients = [TritonClient(options) for _ in range(spec.concurrency)]
         self.crops = [np.random.default_rng(w).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
                       for w in range(spec.concurrency)]
         reference = env.reference
         self.expected = [reference(c) for c in self.crops]
+        by_version = references or {"1": reference}
 
         def call(worker: int, i: int) -> dict[str, Any]:
             r = self.clients[worker].infer(self.model, {"crops": self.crops[worker]})
+            right = by_version.get(r.model_version)  # an answer with another version's numbers is wrong (mixed)
             return {"version": r.model_version,
-                    "right": reference.matches(self.crops[worker], r.outputs["embedding"])}
+                    "right": right is not None and right.matches(self.crops[worker], r.outputs["embedding"])}
 
         self.loop = ClosedLoop(call, spec.concurrency, max_requests=spec.max_requests, max_s=spec.max_phase_s,
                                t0=t0, untyped="count", pause_after_failure_s=0.02, name="rel-load")
@@ -875,12 +880,89 @@ def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, 
     )
 
 
+def _successes(url: str, model: str = "embedder") -> int:
+    """Inferences of ``model`` (every version) the one replica at ``url`` answered, from Triton's statistics."""
+    with TritonClient(url, timeout_s=10) as client:
+        return sum(int(m.get("inference_stats", {}).get("success", {}).get("count", 0) or 0)
+                   for m in client.statistics(model).get("model_stats", []))
+
+
+def phase_replicas(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Two replicas (the run's server and a second on the same repository and key) behind one
+    address list: SIGKILL of the second under load, its restart, then a rolling promote of a
+    version 2 and a rolling rollback, all under one load; per-replica counts from Triton's statistics."""
+    import onnx
+
+    s = env.spec
+    second = TritonServer(ServerOptions(env.repo, grpc_port=0, load_models=("embedder",), work_dir=env.work / "triton-b",
+                                        repository_key=env.server.repository_key, exit_timeout_s=3, ready_timeout_s=120))
+    v2 = env.work / "embedder-v2.onnx"
+    onnx.save(synthetic_embedder(size=SIZE, dim=DIM, seed=7), v2)
+    models = ModelRepository(env.repo)
+    version = models.publish("embedder", v2).version
+    references = {"1": env.reference, str(version): Reference(env.repo / "embedder" / str(version) / "model.onnx")}
+    second.start()
+    try:
+        urls = [env.url, second.grpc_url]
+        combined = ",".join(urls)
+        base = [_successes(u) for u in urls]
+        t0 = time.perf_counter()
+        with TritonClient(ClientOptions(url=combined, repository_key=env.server.repository_key, timeout_s=60)) as admin, \
+                Load(env, t0=t0, url=combined, references=references) as load:
+            time.sleep(s.fault_s)
+            before_kill = [_successes(u) - b for u, b in zip(urls, base, strict=True)]
+            killed = time.perf_counter() - t0
+            second.kill()
+            time.sleep(s.down_s)
+            restarted = time.perf_counter() - t0
+            second.start()
+            ready = time.perf_counter() - t0
+            time.sleep(_SETTLE_S + s.fault_s)
+            after_restart = _successes(second.grpc_url)  # a new process: counted from its start
+            promote = time.perf_counter() - t0
+            models.promote(admin, "embedder", version, allow_unverified=True)  # the bench's own synthetic file
+            promoted = time.perf_counter() - t0
+            time.sleep(s.fault_s)
+            rollback = time.perf_counter() - t0
+            models.rollback(admin, "embedder")
+            rolled_back = time.perf_counter() - t0
+            time.sleep(s.fault_s)
+            serving = models.loaded_versions(admin, "embedder")
+    finally:
+        second.stop()
+    windows = {"kill": (killed, ready + _SETTLE_S), "promote": (promote, promoted), "rollback": (rollback, rolled_back)}
+    restart_to_ready_s = round(ready - restarted, 2)
+    during = {k: load.summary(a, b) for k, (a, b) in windows.items()}
+    versions = Counter(o.value["version"] for o in load.outcomes if o.ok)
+    after_promote = [o.value["version"] for o in load.outcomes if o.ok and promoted + 0.05 < o.t < rollback]
+    after_rollback = [o.value["version"] for o in load.outcomes if o.ok and o.t > rolled_back + 0.05]
+    acc = load.accounting()
+    return _phase(
+        "replicas", f"two replicas behind one address list (round_robin, gRPC retries): SIGKILL of one under load, dead "
+        f"{s.down_s} s, restarted; then a rolling promote of version {version} and a rolling rollback, one replica at a time",
+        load, events={n: round(t, 3) for n, t in (("killed_s", killed), ("ready_s", ready), ("promote_s", promote),
+                                                   ("promoted_s", promoted), ("rollback_s", rollback),
+                                                   ("rolled_back_s", rolled_back))},
+        restart_to_ready_s=restart_to_ready_s,
+        per_replica={"answered before the kill": before_kill, "restarted replica answered after its restart": after_restart},
+        answers_by_version=dict(sorted(versions.items())), during=during, timeline=_timeline(load.outcomes),
+        checks={"0 failed requests": acc["failed_typed"] == 0 and acc["untyped"] == 0,
+                "0 mixed answers (each equals its version's onnxruntime answer)": acc["wrong"] == 0,
+                "both replicas answered before the kill": min(before_kill) > 0,
+                "traffic returned to the restarted replica": after_restart > 0,
+                f"only version {version} answered between the promote and the rollback":
+                    bool(after_promote) and set(after_promote) == {str(version)},
+                "only version 1 answered after the rollback": bool(after_rollback) and set(after_rollback) == {"1"},
+                "version 1 serves on both replicas at the end": serving == (1,)},
+    )
+
+
 #: every phase: ``phase(env, earlier results) -> result``
 RUNNERS: dict[str, Callable[[Env, Sequence[dict[str, Any]]], dict[str, Any]]] = {
     "steady": phase_steady, "deadline": phase_deadline, "sigkill": phase_sigkill, "stub_kill": phase_stub_kill,
     "bad_publish": phase_bad_publish, "catalog_tamper": phase_catalog_tamper,
     "interrupted_build": phase_interrupted_build, "bad_images": phase_bad_images, "bad_json": phase_bad_json,
-    "access": phase_access,
+    "access": phase_access, "replicas": phase_replicas,
 }
 
 
@@ -955,7 +1037,8 @@ def markdown(report: dict[str, Any]) -> str:
                   "Client saw: `" + json.dumps(r.get("client_saw", {}), sort_keys=True) + "`", ""]
         for key in ("latency", "throughput_rps", "events", "while_down", "after_recovery", "restart_to_ready_s", "during",
                     "time_to_heal_s", "max_latency_s", "client_saw_versions", "refusals", "good_load", "by_kind",
-                    "must_decode_failures", "temp_dirs_left", "examples", "listening_on"):
+                    "must_decode_failures", "temp_dirs_left", "examples", "listening_on", "per_replica",
+                    "answers_by_version"):
             if key in r:
                 lines.append(f"- {key.replace('_', ' ')}: `{json.dumps(r[key], sort_keys=True, default=str)}`")
         if "cases" in r:

@@ -10,16 +10,27 @@ key?) and the contract check. Only the calls that touch the network differ.
         client.check_contract(contracts.embedder_config())
         result = client.infer("embedder", {"crops": crops})
         result.outputs["embedding"], result.model_version
+
+Several replicas: ``TritonClient("127.0.0.1:8001,127.0.0.1:8011")`` (or ``"dns:///triton:8001"``)
+opens one gRPC channel over all of them with gRPC's own ``round_robin`` balancing and its retry
+policy on UNAVAILABLE (another replica within the deadline), see :func:`channel_args`; calls every
+replica must get (repository load and unload, statistics, contract checks) go to each in turn
+(:func:`each_replica`, :meth:`ClientOptions.for_each_endpoint`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import json
 import logging
 import random
+import socket
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -100,25 +111,141 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_s, self.base_s * (2**attempt)))
 
 
-def check_url(url: str) -> str:
-    """Refuse a gRPC address that is not ``host:port`` (no scheme, no path, a port 1-65535).
+#: The prefix of a DNS name that stands for every replica behind it (gRPC's naming scheme).
+DNS_SCHEME = "dns:///"
 
-    Raises :class:`~lookserve.errors.InvalidInputError` at once, before any connection attempt:
-    ``http://host:port`` or ``host`` alone would otherwise only fail after a deadline.
-    """
-    problem = None
+
+def _check_endpoint(url: str) -> str | None:
+    """What is wrong with one ``host:port`` address, or None."""
     host, sep, port = url.rpartition(":")
     if "://" in url:
-        problem = f"it has a scheme ({url.split('://', 1)[0]}://); gRPC wants host:port, e.g. 127.0.0.1:8001"
-    elif "/" in url:
-        problem = "it has a path; gRPC wants host:port, e.g. 127.0.0.1:8001"
-    elif not sep or not host:
-        problem = "it is not host:port, e.g. 127.0.0.1:8001"
-    elif not port.isdigit() or not 0 < int(port) < 65536:
-        problem = f"its port {port!r} is not a number from 1 to 65535"
-    if problem:
-        raise errors.InvalidInputError(f"server address {url!r} is malformed: {problem}")
+        return f"it has a scheme ({url.split('://', 1)[0]}://); gRPC wants host:port, e.g. 127.0.0.1:8001"
+    if "/" in url:
+        return "it has a path; gRPC wants host:port, e.g. 127.0.0.1:8001"
+    if not sep or not host:
+        return "it is not host:port, e.g. 127.0.0.1:8001"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"its port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def check_url(url: str) -> str:
+    """Refuse a gRPC address that is not ``host:port``, a list ``host:port,host:port,...`` of
+    replicas (IP addresses or localhost), or a DNS name of replicas ``dns:///host:port``.
+
+    Raises :class:`~lookserve.errors.InvalidInputError` at once, before any connection attempt,
+    naming the bad entry of a list: ``http://host:port`` or ``host`` alone would otherwise only fail
+    after a deadline.
+    """
+    if url.startswith(DNS_SCHEME):
+        problem = _check_endpoint(url.removeprefix(DNS_SCHEME))
+        if problem:
+            raise errors.InvalidInputError(f"server address {url!r} is malformed: after {DNS_SCHEME} {problem}")
+        return url
+    entries = url.split(",")
+    if len(entries) == 1:
+        problem = _check_endpoint(url)
+        if problem:
+            raise errors.InvalidInputError(f"server address {url!r} is malformed: {problem}")
+        return url
+    for i, entry in enumerate(entries, 1):
+        problem = _check_endpoint(entry.strip()) if entry.strip() else "it is empty"
+        if problem is None and _ip_family(entry.strip()) is None:
+            problem = (f"its host is a name; a list takes IP addresses (or localhost): give each address, "
+                       f"or one DNS name of all replicas as {DNS_SCHEME}host:port")
+        if problem:
+            raise errors.InvalidInputError(
+                f"server address list {url!r}: entry {i} of {len(entries)} ({entry!r}) is malformed: {problem}")
+    families = {_ip_family(e.strip()) for e in entries}
+    if len(families) > 1:
+        raise errors.InvalidInputError(f"server address list {url!r} mixes IPv4 and IPv6 addresses; gRPC takes one family")
     return url
+
+
+
+def _ip_family(endpoint: str) -> str | None:
+    """``ipv4`` or ``ipv6`` for an ``IP:port`` (localhost counts as 127.0.0.1), else None."""
+    host = endpoint.rpartition(":")[0]
+    if host == "localhost":
+        return "ipv4"
+    try:
+        return f"ipv{ipaddress.ip_address(host.strip('[]')).version}"
+    except ValueError:
+        return None
+
+
+def endpoints(url: str) -> tuple[str, ...]:
+    """The replicas of a checked address: each ``host:port`` of a list; the addresses a
+    ``dns:///host:port`` resolves to now (one ``ip:port`` each, for calls every replica must get)."""
+    if url.startswith(DNS_SCHEME):
+        host, _, port = url.removeprefix(DNS_SCHEME).rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise errors.ServerUnavailable(f"the name of {url!r} does not resolve: {e.strerror}") from e
+        found = dict.fromkeys(f"[{i[4][0]}]:{port}" if i[0] == socket.AF_INET6 else f"{i[4][0]}:{port}" for i in infos)
+        return tuple(found)
+    return tuple(e.strip() for e in url.split(","))
+
+
+def grpc_target(url: str) -> str:
+    """The gRPC target of a checked address, as gRPC's naming doc writes it: ``host:port`` as it
+    is, a list as ``ipv4:a:p1,b:p2`` (``ipv6:[a]:p1,...``), ``dns:///host:port`` as it is."""
+    if url.startswith(DNS_SCHEME) or "," not in url:
+        return url
+    parts = [e.strip() for e in url.split(",")]
+    family = _ip_family(parts[0])
+    return f"{family}:" + ",".join(p.replace("localhost:", "127.0.0.1:", 1) for p in parts)
+
+
+#: Triton's gRPC service, the one the retry policy of :func:`channel_args` is for.
+_TRITON_SERVICE = "inference.GRPCInferenceService"
+#: Unary gRPC messages as large as tritonclient allows by default (it drops its defaults when
+#: given channel_args, so lookserve passes them again).
+_MAX_MESSAGE = 2**31 - 1
+
+
+def channel_args(retry: RetryPolicy, attempts: int) -> list[tuple[str, Any]]:
+    """gRPC channel options for several replicas: ``round_robin`` over every address of the target
+    (a replica whose connection fails is skipped until it reconnects) and gRPC's own retries on
+    ``UNAVAILABLE``, which go through the balancer's pick, so to another replica: ``attempts`` in
+    all (1: none), with ``retry``'s backoff.
+
+    No ``healthCheckConfig``: Triton (2.51) answers ``grpc.health.v1.Health/Check`` but not
+    ``Health/Watch`` (UNIMPLEMENTED), and gRPC's client-side health checking uses Watch, so it would
+    take every replica for healthy. A replica that is up without the model answers UNAVAILABLE,
+    which the retry policy sends to another replica.
+    """
+    keepalive = grpcclient.KeepAliveOptions()
+    args: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),
+        # Reconnect to a replica that went away within a second or two of its return (gRPC's
+        # defaults back off from 1 s up to 120 s), so traffic comes back to a restarted one.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.enable_retries", 1),
+        # A request is retried only while gRPC still holds it: hold image batches too (default 256 KiB).
+        ("grpc.per_rpc_retry_buffer_size", 64 * 2**20),
+    ]
+    if attempts > 1:
+        config = {"methodConfig": [{
+            "name": [{"service": _TRITON_SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": min(5, attempts),  # gRPC caps it at 5
+                "initialBackoff": f"{retry.base_s:.3f}s",
+                "maxBackoff": f"{retry.max_s:.3f}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]}
+        args.append(("grpc.service_config", json.dumps(config)))
+    return args
 
 
 @dataclass(frozen=True)
@@ -131,9 +258,28 @@ class ClientOptions:
     root_certificates: str | None = None
     private_key: str | None = None
     certificate_chain: str | None = None
+    #: Behind several replicas, gRPC's own attempts of a request that failed UNAVAILABLE before
+    #: any answer (each through round_robin's pick: another replica); ``retry`` is lookserve's, on top.
+    replica_attempts: int = 3
 
     def __post_init__(self) -> None:
         check_url(self.url)
+        if not 1 <= self.replica_attempts <= 5:
+            raise errors.InvalidInputError(f"replica_attempts must be 1 to 5 (gRPC's limit), not {self.replica_attempts}")
+
+    @property
+    def replicated(self) -> bool:
+        """True for a list of addresses or a DNS name: one balanced channel over the replicas."""
+        return "," in self.url or self.url.startswith(DNS_SCHEME)
+
+    def endpoints(self) -> tuple[str, ...]:
+        """Each replica's ``host:port`` (see :func:`endpoints`)."""
+        return endpoints(self.url)
+
+    def for_each_endpoint(self) -> list[ClientOptions]:
+        """These options once per replica: for calls that every replica must get (repository
+        load and unload, statistics, metadata checks), one replica at a time."""
+        return [replace(self, url=e) for e in self.endpoints()]
 
     def __repr__(self) -> str:  # never show the key
         key = "***" if self.repository_key else None
@@ -211,13 +357,16 @@ class _Core:
         return {RESTRICTED_HEADER: self.options.repository_key} if self.options.repository_key else {}
 
     def _client_kwargs(self) -> dict:
-        return dict(
-            url=self.options.url,
+        kwargs = dict(
+            url=grpc_target(self.options.url),
             ssl=self.options.ssl,
             root_certificates=self.options.root_certificates,
             private_key=self.options.private_key,
             certificate_chain=self.options.certificate_chain,
         )
+        if self.options.replicated:  # one address: tritonclient's own channel options, as always
+            kwargs["channel_args"] = channel_args(self.options.retry, self.options.replica_attempts)
+        return kwargs
 
     @staticmethod
     def _inputs(inputs: Mapping[str, np.ndarray], module) -> list:
@@ -281,6 +430,14 @@ class _Core:
             )
         self._verified.add((expected.name, version))
 
+    def _retry_again(self, code: grpc.StatusCode | None, attempt: int, attempts: int, restricted: bool,
+                     elapsed_s: float) -> bool:
+        """lookserve's own retry, for what gRPC's does not retry (a request it had sent already, one
+        address): only UNAVAILABLE, never a restricted call (UNAVAILABLE there means "no key"),
+        within the attempts and within the request deadline."""
+        return (code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts and not restricted
+                and elapsed_s < self.options.timeout_s)
+
     def _unreachable(self, error: BaseException) -> errors.ServerUnavailable:
         code = status_code(error)
         return errors.ServerUnavailable(
@@ -319,13 +476,14 @@ class TritonClient(_Core):
     # --- plumbing ---------------------------------------------------------------------
     def _call(self, what: str, fn, *, retry: bool = True, restricted: bool = False):
         attempts = self.options.retry.attempts if retry else 1
+        start = time.monotonic()
         for attempt in range(attempts):
             try:
                 return fn()
             except (InferenceServerException, grpc.RpcError) as e:
                 code = status_code(e)
-                if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts and not restricted:
-                    delay = self.options.retry.delay(attempt, self._rng)
+                delay = self.options.retry.delay(attempt, self._rng)
+                if self._retry_again(code, attempt, attempts, restricted, time.monotonic() - start + delay):
                     log.debug("%s: UNAVAILABLE, retry %d in %.3f s", what, attempt + 1, delay)
                     time.sleep(delay)
                     continue
@@ -397,7 +555,20 @@ class TritonClient(_Core):
         return ModelConfig.from_proto(response.config)
 
     def check_contract(self, expected: ModelConfig, version: str = "") -> ModelMetadata:
-        """Raise ContractMismatch naming every difference; cached per (model, version)."""
+        """Raise ContractMismatch naming every difference; cached per (model, version). Behind several
+        replicas every one is checked (the error names the replica that differs)."""
+        if self.options.replicated:
+            metas = []
+            with each_replica(self) as each:
+                for replica in each:
+                    try:
+                        metas.append(replica.check_contract(expected, version))
+                    except errors.LookserveError as e:  # name the replica that failed
+                        if replica.url in str(e):
+                            raise
+                        raise type(e)(f"replica {replica.url}: {e}") from e
+            self._verified.add((expected.name, version))
+            return metas[0]
         meta = self.model_metadata(expected.name, version)
         self._raise_contract(expected, meta, version)
         return meta
@@ -481,13 +652,15 @@ class AsyncTritonClient(_Core):
 
     async def _call(self, what: str, fn, *, retry: bool = True, restricted: bool = False):
         attempts = self.options.retry.attempts if retry else 1
+        start = time.monotonic()
         for attempt in range(attempts):
             try:
                 return await fn()
             except (InferenceServerException, grpc.RpcError) as e:
                 code = status_code(e)
-                if code == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts and not restricted:
-                    await asyncio.sleep(self.options.retry.delay(attempt, self._rng))
+                delay = self.options.retry.delay(attempt, self._rng)
+                if self._retry_again(code, attempt, attempts, restricted, time.monotonic() - start + delay):
+                    await asyncio.sleep(delay)
                     continue
                 live = await self._live_quietly() if code == grpc.StatusCode.UNAVAILABLE else None
                 raise self._diagnosis(e, what, live, restricted) from e
@@ -525,6 +698,18 @@ class AsyncTritonClient(_Core):
         return self._metadata(meta)
 
     async def check_contract(self, expected: ModelConfig, version: str = "") -> ModelMetadata:
+        if self.options.replicated:  # every replica, as TritonClient.check_contract
+            metas = []
+            for options in self.options.for_each_endpoint():
+                async with AsyncTritonClient(options) as replica:
+                    try:
+                        metas.append(await replica.check_contract(expected, version))
+                    except errors.LookserveError as e:  # name the replica that failed
+                        if replica.url in str(e):
+                            raise
+                        raise type(e)(f"replica {replica.url}: {e}") from e
+            self._verified.add((expected.name, version))
+            return metas[0]
         meta = await self.model_metadata(expected.name, version)
         self._raise_contract(expected, meta, version)
         return meta
@@ -563,3 +748,16 @@ class AsyncTritonClient(_Core):
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+@contextlib.contextmanager
+def each_replica(client) -> Iterator[list]:
+    """One client per replica behind ``client`` (same options, one address each), for the calls
+    every replica must get one at a time (repository load and unload, statistics); ``[client]``
+    itself when it has one address. The per-replica clients are closed on exit."""
+    options = getattr(client, "options", None)
+    if options is None or not options.replicated:
+        yield [client]
+        return
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(TritonClient(o)) for o in client.options.for_each_endpoint()]

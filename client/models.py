@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from lookserve import errors
+from lookserve.client.core import each_replica
 from lookserve.fsutil import sha256_file
 from lookserve.modelconfig import ModelConfig, VersionPolicy
 
@@ -144,14 +145,18 @@ class ModelRepository:
         return tuple(available[-policy.num_versions :])
 
     def loaded_versions(self, client, model: str) -> tuple[int, ...]:
-        """The versions the server reports READY for ``model`` (needs the repository key)."""
-        return tuple(
-            sorted(
-                int(m["version"])
-                for m in client.repository_index()
-                if m.get("name") == model and m.get("state") == "READY" and m.get("version")
-            )
-        )
+        """The versions the server reports READY for ``model`` (needs the repository key); behind
+        several replicas, the versions READY on every one of them."""
+        ready = None
+        with each_replica(client) as replicas:
+            for replica in replicas:
+                here = {int(m["version"]) for m in replica.repository_index()
+                        if m.get("name") == model and m.get("state") == "READY" and m.get("version")}
+                if ready is not None and here != ready:
+                    log.warning("replicas disagree on the versions of %s: %s serves %s, the ones before %s",
+                                model, replica.url, sorted(here), sorted(ready))
+                ready = here if ready is None else ready & here
+        return tuple(sorted(ready or ()))
 
     def history(self, model: str) -> list[HistoryEntry]:
         """The model's changes, oldest first ([] before the first one); ModelNotFound for an unknown model."""
@@ -295,23 +300,57 @@ class ModelRepository:
 
     def unload(self, client, model: str) -> None:
         before = self.loaded_versions(client, model)
-        client.unload_model(model)
+        with each_replica(client) as replicas:
+            for replica in replicas:
+                replica.unload_model(model)
         self._record(model, "unload", (), before)
 
     def _swap_config(self, client, model: str, config: ModelConfig, serving: tuple[int, ...], timeout_s: float) -> None:
+        """Serve ``serving`` with the config on disk, on each replica in turn: load, wait until every
+        version is ready, answer one inference per version (warm), then the next replica. When a
+        replica fails, the config is put back and the replicas already swapped load it again, so
+        every replica serves the previous versions."""
         new = replace(config, version_policy=VersionPolicy("specific", versions=serving))
         path = self.root / model / "config.pbtxt"
         new.write(path)
-        try:
-            client.load_model(model, timeout_s=timeout_s)
-            for v in serving:
-                client.wait_model_ready(model, deadline_s=timeout_s, version=str(v))
-        except errors.LookserveError as e:
-            # Triton keeps the old version serving when a load fails; put the config back too.
-            config.write(path)
-            raise errors.PublishError(
-                f"Triton could not load {model} versions {list(serving)}; the previous versions keep serving: {e}"
-            ) from e
+        with each_replica(client) as replicas:
+            done = []
+            try:
+                for replica in replicas:
+                    replica.load_model(model, timeout_s=timeout_s)
+                    for v in serving:
+                        replica.wait_model_ready(model, deadline_s=timeout_s, version=str(v))
+                        if len(replicas) > 1:
+                            warm(replica, new, str(v))
+                    done.append(replica)
+                    if len(replicas) > 1:
+                        log.info("%s: %s serves versions %s (%d of %d replicas)", model, replica.url, list(serving),
+                                 len(done), len(replicas))
+            except errors.LookserveError as e:
+                # Triton keeps the old version serving when a load fails; put the config back too.
+                config.write(path)
+                failed = replicas[len(done)]
+                for swapped in done:  # and the replicas swapped already back to it
+                    try:
+                        swapped.load_model(model, timeout_s=timeout_s)
+                    except errors.LookserveError as back:
+                        log.error("%s: could not load the previous config back on %s: %s", model, swapped.url, back)
+                where = f" on {failed.url} ({len(done)} replicas swapped before it were swapped back)" if len(replicas) > 1 else ""
+                raise errors.PublishError(
+                    f"Triton could not load {model} versions {list(serving)}{where}; the previous versions keep serving: {e}"
+                ) from e
+
+
+def warm(client, config: ModelConfig, version: str) -> None:
+    """One inference on ``version`` of the model (zeros of every numeric input, batch 1): the
+    replica answers before the next one is swapped. Models with a BYTES input are not warmed here
+    (their config's model_warmup is Triton's way)."""
+    if any(t.dtype == "STRING" for t in config.inputs):
+        return
+    batch = (1,) if config.max_batch_size > 0 else ()
+    inputs = {t.name: np.zeros(batch + tuple(max(1, d) for d in t.dims), t.np_dtype) for t in config.inputs
+              if not t.optional}
+    client.infer(config.name, inputs, version=version)
 
 
 def validate_onnx(path: Path, config: ModelConfig, samples: int = 2) -> None:

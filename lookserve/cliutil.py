@@ -33,7 +33,7 @@ DEFAULT_URL = "127.0.0.1:8001"
 URL_ENVVAR = "LOOKSERVE_URL"
 
 
-def url_option(default: str | None = DEFAULT_URL, help: str = "Triton gRPC address host:port (env LOOKSERVE_URL).") -> typer.models.OptionInfo:
+def url_option(default: str | None = DEFAULT_URL, help: str = "Triton gRPC address host:port; replicas as a list a:p1,b:p2 or dns:///host:port (env LOOKSERVE_URL).") -> typer.models.OptionInfo:
     """The ``--url/-u`` option of every command that talks to Triton; reads ``LOOKSERVE_URL``."""
     return typer.Option(default, "--url", "-u", envvar=URL_ENVVAR, help=help)
 

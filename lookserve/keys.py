@@ -47,16 +47,24 @@ def key_file_for(url: str, key_dir: Path = KEY_DIR) -> Path:
 
 def read_key(key_file: Path | None = None, url: str | None = None) -> str | None:
     """The repository key: ``LOOKSERVE_REPOSITORY_KEY``, else ``key_file``, else the key file of
-    ``url`` (:func:`key_file_for`); None when there is none."""
+    ``url`` (:func:`key_file_for`); None when there is none.
+
+    Replicas share one key: for a list of addresses ``a:p1,b:p2`` (or ``dns:///host:port``) it is
+    the first key file found among theirs (``lookserve serve --replicas`` writes one per address)."""
     if os.environ.get(KEY_ENVVAR):
         return os.environ[KEY_ENVVAR]
-    path = key_file or (key_file_for(url) if url else None)
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    if key_file is not None:
+        paths = [Path(key_file)]
+    else:
+        paths = [key_file_for(u.strip()) for u in url.removeprefix("dns:///").split(",")] if url else []
+    for path in paths:
+        try:
+            key = path.read_text().strip()
+        except FileNotFoundError:
+            continue
+        if key:
+            return key
+    return None
 
 
 class KeyFile:

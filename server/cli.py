@@ -14,7 +14,7 @@ from lookserve.client.core import ClientOptions, TritonClient
 from lookserve.cliutil import fail, handle_errors
 from lookserve.errors import ServerError
 from lookserve.keys import KEY_ENVVAR, KeyFile, key_file_for
-from lookserve.server.launcher import ServerOptions, TritonServer
+from lookserve.server.launcher import ServerOptions, TritonReplicas
 from lookserve.server.watchdog import StubWatchdog
 
 app = typer.Typer(no_args_is_help=True)
@@ -48,6 +48,10 @@ def serve(
     ssl_key: Path | None = typer.Option(None, help="PEM private key for --ssl-cert."),
     ssl_root_cert: Path | None = typer.Option(None, help="PEM root certificate (for mutual TLS)."),
     watchdog: bool = typer.Option(True, help="Reload a model whose python-backend stub process died."),
+    replicas: int = typer.Option(
+        1, "--replicas", min=1, max=16,
+        help="Start N tritonservers with these flags and one key, ports --grpc-port, +10, +20, ... (0: free ones), "
+             "each with its own log; prints the combined address a:p1,b:p2 that clients balance over."),
 ) -> None:
     """Start NVIDIA Triton (the tritonserver binary of the nvidia-pytriton wheel) with lookserve's
     python-based onnxruntime backend, and run until Ctrl-C / SIGTERM, then drain in-flight requests."""
@@ -74,34 +78,48 @@ def serve(
         )
     except ValueError as e:  # an inconsistent combination of options
         fail(str(e))
-    server = TritonServer(options)
-    key = KeyFile(key_file or key_file_for(server.grpc_url)) if options.restrict_protocols else None
+    group = TritonReplicas(options, replicas)
+    servers = group.servers
+    if key_file is not None or replicas == 1:
+        key_paths = [key_file or key_file_for(servers[0].grpc_url)]
+    else:  # one key file per address, all with the one key: a client of any of them finds it
+        key_paths = [key_file_for(s.grpc_url) for s in servers]
+    keys = [KeyFile(p) for p in key_paths] if options.restrict_protocols else []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with contextlib.ExitStack() as stack:
-        if key is not None:
+        for key in keys:
             stack.enter_context(key)  # before the start: never overwrite the key of a live server
-        server.start()
+        group.start()
         try:
-            if key is not None:
-                key.write(server.repository_key)
-            typer.echo(f"tritonserver ready: grpc {server.grpc_url} (pid {server.pid}); log {server.log_file}")
-            if key is not None:
+            for key in keys:
+                key.write(group.repository_key)
+            for server in servers:
+                typer.echo(f"tritonserver ready: grpc {server.grpc_url} (pid {server.pid}); log {server.log_file}")
+            if replicas > 1:
+                typer.echo(f"{replicas} replicas ready; clients: --url {group.grpc_url}")
+            for key in keys:
                 typer.echo(f"repository key written to {key.path} (mode 0600)")
             with contextlib.ExitStack() as watching:
                 if watchdog and options.restrict_protocols:
-                    admin = watching.enter_context(TritonClient(ClientOptions(
-                        url=server.grpc_url, repository_key=server.repository_key, ssl=bool(ssl_cert),
-                        root_certificates=str(ssl_root_cert or ssl_cert) if ssl_cert else None,
-                    )))
-                    watching.enter_context(StubWatchdog(server.pid, admin))
+                    for server in servers:
+                        admin = watching.enter_context(TritonClient(ClientOptions(
+                            url=server.grpc_url, repository_key=group.repository_key, ssl=bool(ssl_cert),
+                            root_certificates=str(ssl_root_cert or ssl_cert) if ssl_cert else None,
+                        )))
+                        watching.enter_context(StubWatchdog(server.pid, admin))
                 while not stop.wait(1.0):
-                    if not server.is_alive():
-                        fail(ServerError(f"tritonserver exited while serving; log {server.log_file}"))
+                    dead = group.dead()
+                    if dead and replicas == 1:
+                        fail(ServerError(f"tritonserver exited while serving; log {dead[0].log_file}"))
+                    if dead:  # the others are stopped in the finally below
+                        fail(ServerError(f"{len(dead)} of {replicas} replicas exited while serving: " + "; ".join(
+                            f"{s.grpc_url} (log {s.log_file})" for s in dead)))
         finally:
             typer.echo("stopping: letting in-flight requests finish…")
-            code = server.stop()
-            kept = (f"log {server.log_file}" if server.log_file.exists()
-                    else "its temp work dir and log were removed (--log-file keeps a log)")
-            typer.echo(f"tritonserver stopped (exit code {code}); {kept}")
+            codes = group.stop()
+            for server, code in zip(servers, codes, strict=True):
+                kept = (f"log {server.log_file}" if server.log_file.exists()
+                        else "its temp work dir and log were removed (--log-file keeps a log)")
+                typer.echo(f"tritonserver {server.grpc_url + ' ' if replicas > 1 else ''}stopped (exit code {code}); {kept}")

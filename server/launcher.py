@@ -36,7 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -431,6 +432,87 @@ class TritonServer:
             self._process.wait(10)
 
     def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+#: Port step between replicas of ``lookserve serve --replicas`` given a fixed base port
+#: (8001, 8011, 8021, ...: the HTTP and metrics ports of one replica stay apart from the next).
+REPLICA_PORT_STEP = 10
+
+
+def replica_options(options: ServerOptions, index: int, replicas: int) -> ServerOptions:
+    """The options of replica ``index`` (0-based) of ``replicas``: the same flags, its own ports
+    (0 stays "a free one"; a fixed port steps by :data:`REPLICA_PORT_STEP`), its own log file and
+    work dir. One replica's options are ``options`` unchanged."""
+    if replicas == 1:
+        return options
+
+    def port(p: int | None) -> int | None:
+        return p if not p else p + REPLICA_PORT_STEP * index
+
+    log_file = options.log_file
+    if log_file is not None:
+        log_file = log_file.with_name(f"{log_file.stem}-{index}{log_file.suffix}")
+    work_dir = options.work_dir / f"replica-{index}" if options.work_dir is not None else None
+    return replace(options, grpc_port=port(options.grpc_port), http_port=port(options.http_port),
+                   metrics_port=port(options.metrics_port), log_file=log_file, work_dir=work_dir)
+
+
+class TritonReplicas:
+    """``replicas`` tritonserver processes with the same options and one repository key, each on
+    its own port with its own log and work dir (:func:`replica_options`).
+
+    ``start()`` starts them one after the other (each with :meth:`TritonServer.start`: port check,
+    readiness wait, log errors); when one fails, the ones started are stopped and the error names
+    the replica. ``grpc_url`` is the combined address ``127.0.0.1:8001,127.0.0.1:8011,...`` that
+    :class:`lookserve.client.core.ClientOptions` balances over. One replica behaves exactly as
+    :class:`TritonServer`.
+    """
+
+    def __init__(self, options: ServerOptions, replicas: int = 1) -> None:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
+        shared = replace(options, repository_key=options.repository_key or secrets.token_urlsafe(24))
+        self.servers = [TritonServer(replica_options(shared, i, replicas) if replicas > 1 else options)
+                        for i in range(replicas)]
+        self.repository_key = self.servers[0].repository_key
+
+    @property
+    def grpc_url(self) -> str:
+        return ",".join(s.grpc_url for s in self.servers)
+
+    def dead(self) -> list[TritonServer]:
+        """The replicas whose process is not running."""
+        return [s for s in self.servers if not s.is_alive()]
+
+    def start(self) -> TritonReplicas:
+        started: list[TritonServer] = []
+        for i, server in enumerate(self.servers):
+            try:
+                server.start()
+            except BaseException as e:
+                for other in reversed(started):
+                    other.stop()
+                if len(self.servers) == 1 or not isinstance(e, ServerStartError):
+                    raise
+                raise ServerStartError(
+                    f"replica {i + 1} of {len(self.servers)} ({server.grpc_url}) did not start, so the "
+                    f"{len(started)} started before it were stopped: {e}"
+                ) from e
+            started.append(server)
+        return self
+
+    def stop(self) -> list[int | None]:
+        """Stop every replica, all at once (each drains its in-flight requests); their exit codes."""
+        if len(self.servers) == 1:
+            return [self.servers[0].stop()]
+        with ThreadPoolExecutor(len(self.servers), thread_name_prefix="triton-stop") as pool:
+            return list(pool.map(TritonServer.stop, self.servers))
+
+    def __enter__(self) -> TritonReplicas:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -131,3 +131,12 @@ def test_bad_json_phase_lets_only_documented_errors_escape_and_accounts_for_ever
 @pytest.mark.triton
 def test_bad_json_phase_accepts_only_documents_that_mean_the_same_when_mutated(bad_json) -> None:
     _assert_passed(bad_json)
+
+
+@pytest.mark.triton
+def test_replicas_phase_fails_no_request_and_mixes_no_version_when_one_replica_is_killed_and_versions_roll(env) -> None:
+    result = rel.phase_replicas(dataclasses.replace(env, spec=dataclasses.replace(SPEC, max_requests=10_000)))
+    acc = _assert_passed(result)
+    assert acc["failed_typed"] == 0 and acc["ok"] > 0
+    assert result["per_replica"]["restarted replica answered after its restart"] > 0
+    assert set(result["answers_by_version"]) == {"1", "2"}
