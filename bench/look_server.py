@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
 import json
 import logging
@@ -25,12 +26,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lookserve import contracts, errors
 from lookserve.bench.perf_analyzer import locate
 from lookserve.client.catalog import TritonEmbedder, build_catalog, load_records, open_for_client
 from lookserve.client.core import TritonClient
@@ -125,21 +128,47 @@ def _summary(phases: list[dict], jpeg_bytes: float) -> dict:
     }
 
 
-def run(repo: Path, data: Path, catalog: Path, out: Path, concurrencies=(1, 2, 4), rounds: int = 2,
-        limit: int | None = None, perf_analyzer: bool = False) -> dict:
-    photos = list(dict.fromkeys(p.street_path for p in street2shop.load(data).pairs_of("test")))[:limit]
-    jpeg = float(np.mean([p.stat().st_size for p in photos]))
+def held_out_photos(data: Path, limit: int | None = None) -> list[Path]:
+    """The street photos of a street2shop data set's test pairs, each once, in order."""
+    return list(dict.fromkeys(p.street_path for p in street2shop.load(data).pairs_of("test")))[:limit]
+
+
+def ready_look(server: TritonServer, repo: Path, catalog: Path, data: Path | None = None) -> None:
+    """On a started server that serves ``detector`` and ``embedder``: build ``catalog`` through the
+    served embedder when it is missing (from ``data``'s shop photos) and load ``look`` on it. The
+    catalog goes in the load request's config; the repository's files are not rewritten (the shim
+    ``look/1/model.py`` is written only where the repository has none)."""
+    with TritonClient(server.grpc_url, repository_key=server.repository_key, timeout_s=120) as admin:
+        if not (catalog / "manifest.json").is_file():
+            if data is None:
+                raise errors.CatalogError(f"{catalog} is not a catalog and no data set was given to build it from")
+            log.info("building %s through the served embedder", catalog)
+            build_catalog(load_records(data), catalog, TritonEmbedder(admin), batch_size=16, concurrency=2,
+                          model_repository=repo)
+        if not (repo / contracts.LOOK / "1" / "model.py").is_file():
+            write_pipeline_models(repo)
+        admin.load_model(contracts.LOOK, config=contracts.look_config(catalog=str(catalog.resolve())))
+
+
+@contextlib.contextmanager
+def serve_look(repo: Path, data: Path | None, catalog: Path) -> Iterator[TritonServer]:
+    """A private tritonserver on ``repo`` serving ``detector``, ``embedder`` and ``look`` on
+    ``catalog`` (:func:`ready_look`), stopped on exit; its temp work dir is removed at stop."""
     server = TritonServer(ServerOptions(model_repository=repo.resolve(), load_models=("detector", "embedder"),
-                                        grpc_port=0))  # a temp work dir, removed at stop
+                                        grpc_port=0))
     server.start()
     try:
-        with TritonClient(server.grpc_url, repository_key=server.repository_key, timeout_s=120) as admin:
-            if not (catalog / "manifest.json").is_file():
-                log.info("building %s through the served embedder", catalog)
-                build_catalog(load_records(data), catalog, TritonEmbedder(admin), batch_size=16, concurrency=2,
-                              model_repository=repo)
-            write_pipeline_models(repo, catalog=str(catalog.resolve()))
-            admin.load_model("look")
+        ready_look(server, repo, catalog, data)
+        yield server
+    finally:
+        server.stop()
+
+
+def run(repo: Path, data: Path, catalog: Path, out: Path, concurrencies=(1, 2, 4), rounds: int = 2,
+        limit: int | None = None, perf_analyzer: bool = False) -> dict:
+    photos = held_out_photos(data, limit)
+    jpeg = float(np.mean([p.stat().st_size for p in photos]))
+    with serve_look(repo, data, catalog) as server:
         import psutil
 
         proc = psutil.Process(server.pid)
@@ -164,8 +193,6 @@ def run(repo: Path, data: Path, catalog: Path, out: Path, concurrencies=(1, 2, 4
         if perf_analyzer:  # NVIDIA's load generator on the same server, the same photos (--input-data)
             with tempfile.TemporaryDirectory() as work:
                 pa_rows = perf_analyzer_look(server.grpc_url, photos, Path(work), concurrencies, 2 * len(photos))
-    finally:
-        server.stop()
     results = {m: {str(c): _summary(ph, jpeg) for c, ph in by_c.items()} for m, by_c in phases.items()}
     return {"photos": len(photos), "mean_jpeg_bytes": round(jpeg), "rounds": rounds, "results": results,
             "perf_analyzer": pa_rows}

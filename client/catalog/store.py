@@ -202,9 +202,13 @@ def write_schema(db: sqlite3.Connection, schema: Mapping[str, str]) -> None:
     db.executemany("INSERT INTO attribute_schema VALUES (?, ?)", sorted(schema.items()))
 
 
-def file_checksums(directory: Path) -> dict[str, dict[str, Any]]:
-    """{name: {"sha256", "bytes"}} of every file in ``directory`` (what a manifest records)."""
-    return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(directory.iterdir())}
+def file_checksums(directory: Path, known: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """{name: {"sha256", "bytes"}} of every file in ``directory`` (what a manifest records):
+    ``known`` records as given (vectors hashed as :func:`save_vectors` wrote them, files linked
+    from a verified previous version), every other file hashed now."""
+    known = known or {}
+    return {p.name: dict(known[p.name]) if p.name in known else {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(directory.iterdir())}
 
 
 class _HashingWriter:
@@ -325,6 +329,7 @@ def write_catalog(
         for i, r in enumerate(records):
             by_cat.setdefault(r.category, []).append(i)
         cats: dict[str, CategoryInfo] = {}
+        written: dict[str, dict[str, Any]] = {}  # the vectors' records, hashed as they were written
         db = sqlite3.connect(tmp / DATABASE)
         try:
             db.executescript(SCHEMA_SQL)
@@ -353,7 +358,7 @@ def write_catalog(
                 index.add_items(v, np.arange(len(rows)), num_threads=params.build_threads)
                 ef, recall, sample = tune_ef(index, v, params, rng)
                 index.save_index(str(tmp / index_file(category)))
-                np.save(tmp / vectors_file(category), v)
+                written[vectors_file(category)] = save_vectors(tmp / vectors_file(category), v)
                 cats[category] = CategoryInfo(
                     count=len(rows), products=len({records[i].product_id for i in rows}), ef=int(ef),
                     recall_at_k=round(float(recall), 6), k=min(params.k, len(rows)), tune_sample=sample,
@@ -362,7 +367,7 @@ def write_catalog(
             db.commit()
         finally:
             db.close()
-        files = file_checksums(tmp)
+        files = file_checksums(tmp, written)
         manifest = Manifest(
             embedder=embedder, dim=dim, space=SPACE, params=params, categories=cats,
             counts={"photos": len(records), "products": len({r.product_id for r in records}), "categories": len(cats)},

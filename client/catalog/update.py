@@ -57,6 +57,7 @@ from lookserve.client.catalog.store import (
     MANIFEST,
     CategoryInfo,
     Manifest,
+    file_checksums,
     index_file,
     insert_products,
     link_verified,
@@ -67,7 +68,7 @@ from lookserve.client.catalog.store import (
     write_schema,
 )
 from lookserve.errors import CatalogError, CatalogVersionMismatch, InvalidInputError, LookserveError
-from lookserve.fsutil import atomic_write_json, fsync_dir, sha256_file
+from lookserve.fsutil import atomic_write_json, fsync_dir
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits
 from lookserve.taxonomy import CATEGORIES
 
@@ -281,7 +282,7 @@ def apply_update(
             db.close()
         manifest = replace(
             m, categories=cats, counts={"photos": int(photos), "products": int(products), "categories": len(cats)},
-            files=_checksums(tmp, files), created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            files=file_checksums(tmp, files), created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             attributes=schema if schema is not None else dict(m.attributes), parent=old.version,
         )
         atomic_write_json(tmp / MANIFEST, manifest.to_dict(), sort_keys=True)
@@ -308,13 +309,6 @@ def _switch(tmp: Path, out_dir: Path) -> None:
         switch_into_place(tmp, out_dir)
     else:
         os.replace(tmp, out_dir)
-
-
-def _checksums(directory: Path, known: dict[str, dict]) -> dict[str, dict]:
-    """The manifest's ``files``: ``known`` records (files linked from the previous version after
-    its verification, vectors hashed as they were written), every other file hashed now."""
-    return {p.name: dict(known[p.name]) if p.name in known else {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(directory.iterdir())}
 
 
 def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryInfo | None, dead: list[int],
