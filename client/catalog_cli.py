@@ -10,9 +10,16 @@ from pathlib import Path
 
 import typer
 
-from lookserve.client.catalog import Catalog, Manifest, resolve_catalog, update_catalog
+from lookserve.client.catalog import (
+    Catalog,
+    Manifest,
+    is_milvus_address,
+    resolve_catalog,
+    update_catalog,
+)
 from lookserve.client.catalog.records import load_records
 from lookserve.client.catalog.store import MANIFEST
+from lookserve.client.catalog.update import served_embedder
 from lookserve.client.cli import open_client
 from lookserve.cliutil import fail, handle_errors, stdout_console, url_option
 from lookserve.errors import DataError, InvalidInputError
@@ -43,7 +50,8 @@ def parse_ids(values: list[str]) -> list[int]:
 @app.command("update")
 @handle_errors
 def catalog_update(
-    catalog: Path = typer.Argument(..., help="A catalog root (catalog-v<N> folders + `current`) or a catalog directory."),
+    catalog: str = typer.Argument(..., help="A catalog root (catalog-v<N> folders + `current`), a catalog directory, "
+                                  "or milvus://HOST:PORT/ALIAS (a new collection, then the alias flips)."),
     add: list[Path] = typer.Option([], "--add", help="New products: a CSV (id,category,image[,title,attributes...]), a "
                                    "folder with metadata.csv, or a street2shop-format root (repeatable)."),
     replace: list[Path] = typer.Option([], "--replace", help="Changed products (same forms as --add); a photo whose "
@@ -63,6 +71,9 @@ def catalog_update(
 
     if not (add or replace or remove):
         fail(InvalidInputError("nothing to update: give --add, --replace or --remove"))
+    if is_milvus_address(catalog):
+        _update_milvus(catalog, add, replace, remove, url, timeout, keep)
+        return
     base = resolve_catalog(catalog)
     try:
         schema = Manifest.from_dict(json.loads((base / MANIFEST).read_bytes())).attributes
@@ -87,6 +98,28 @@ def catalog_update(
             f"product(s); embedded {result.embedded_photos} photo(s), kept {result.reused_photos} vector(s), "
             f"{result.removed_photos} photo(s) left the index"
             + (f"; rebuilt {', '.join(result.rebuilt)}" if result.rebuilt else ""), soft_wrap=True, markup=False)
+
+
+def _update_milvus(address: str, add: list[Path], replace: list[Path], remove: list[str], url: str, timeout: float,
+                   keep: int) -> None:
+    """`catalog update` on a Milvus alias: new photos embedded by the catalog's embedder version."""
+    from lookserve.client.catalog import milvus
+
+    current = milvus.MilvusCatalog.open(address)
+    adds = [r for p in add for r in load_records(p, schema=current.attributes)]
+    replaces = [r for p in replace for r in load_records(p, schema=current.attributes)]
+    ids = parse_ids(remove)
+    if adds or replaces:
+        with open_client(url, timeout) as client:
+            result = milvus.update_milvus_catalog(address, add=adds, replace=replaces, remove=ids,
+                                                  embedder=served_embedder(client, current), keep=keep)
+    else:
+        result = milvus.update_milvus_catalog(address, remove=ids, keep=keep)
+    stdout_console().print(
+        f"catalog {result.address}: {result.photos} photos of {result.products} products in {result.collection} "
+        f"(from {result.previous}); added {len({r.product_id for r in adds})}, replaced "
+        f"{len({r.product_id for r in replaces})}, removed {len(set(ids))} product(s)"
+        + (f"; pruned {', '.join(result.dropped)}" if result.dropped else ""), soft_wrap=True, markup=False)
 
 
 @app.command("search")

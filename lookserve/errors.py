@@ -83,6 +83,10 @@ class CatalogVersionMismatch(CatalogError):
     """The catalog was built with another embedder version than the one served."""
 
 
+class CatalogUnavailable(CatalogError):
+    """The catalog's service (a Milvus server) cannot be reached or did not answer in time."""
+
+
 class ExportError(LookserveError):
     """Turning a trained model into an ONNX model failed."""
 

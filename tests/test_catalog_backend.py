@@ -17,6 +17,7 @@ from lookserve.client.catalog import (
     IndexParams,
     PhotoRecord,
     catalog_dir_name,
+    catalog_path,
     open_catalog,
     set_current,
     write_catalog,
@@ -92,12 +93,18 @@ def test_open_catalog_follows_current_pointer_when_given_a_root(tmp_path: Path) 
     assert open_catalog(root).path == second
 
 
-@pytest.mark.parametrize("address", ["milvus://127.0.0.1:19530/products", "MILVUS://host/alias", "s3://bucket/catalog"])
+@pytest.mark.parametrize("address", ["s3://bucket/catalog", "GS://bucket/alias"])
 def test_open_catalog_refuses_naming_the_scheme_when_scheme_is_unsupported(address: str) -> None:
     with pytest.raises(ConfigError) as e:
         open_catalog(address)
     scheme = address.split("://")[0].lower()
     assert f"scheme {scheme!r} is not supported" in str(e.value) and address in str(e.value)
+
+
+@pytest.mark.parametrize("address", ["milvus://127.0.0.1:19530/products", "MILVUS://host/alias"])
+def test_catalog_path_refuses_naming_milvus_when_a_directory_is_needed(address: str) -> None:
+    with pytest.raises(ConfigError, match="catalog on a Milvus server, not a directory"):
+        catalog_path(address)  # open_catalog opens it (tests/test_catalog_milvus.py)
 
 
 def test_open_catalog_refuses_when_file_url_names_no_directory() -> None:

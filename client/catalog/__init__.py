@@ -14,7 +14,11 @@ One module per job; every public name is re-exported here, so callers import fro
 * :mod:`~lookserve.client.catalog.backend` — the :class:`CatalogBackend` interface and :class:`Match`;
 * :mod:`~lookserve.client.catalog.directory` — :class:`Catalog`, the hnswlib directory backend
   (open, verify, search) and :func:`open_for_client`;
-* :mod:`~lookserve.client.catalog.address` — :func:`open_catalog`: the backend an address names;
+* :mod:`~lookserve.client.catalog.address` — :func:`open_catalog`: the backend an address names
+  (:func:`follow_catalog`: a reference that follows its pointer);
+* :mod:`~lookserve.client.catalog.milvus` — :class:`MilvusCatalog`, the same interface on a Milvus
+  server (``milvus://HOST:PORT/ALIAS``; the ``[milvus]`` extra, so it is not re-exported here) and
+  :mod:`~lookserve.client.catalog.milvus_server`, the embedded server on loopback;
 * :mod:`~lookserve.client.catalog.root` — a catalog root and its ``current`` pointer (:func:`set_current`);
 * :mod:`~lookserve.client.catalog.watcher` — :class:`CatalogRef` and :class:`CatalogWatcher`,
   which follows the pointer in a running client;
@@ -39,7 +43,14 @@ up a new (embedder version, index) pair without a restart (see :mod:`lookserve.c
 The search benchmark of the HNSW tuning lives in :mod:`lookserve.bench.search`.
 """
 
-from lookserve.client.catalog.address import SCHEMES, catalog_path, open_catalog
+from lookserve.client.catalog.address import (
+    MILVUS_SCHEMES,
+    SCHEMES,
+    catalog_path,
+    follow_catalog,
+    is_milvus_address,
+    open_catalog,
+)
 from lookserve.client.catalog.attributes import AttributeColumns
 from lookserve.client.catalog.backend import CatalogBackend, Match
 from lookserve.client.catalog.build import build_catalog, embed_records, partial_dir_for
@@ -90,12 +101,12 @@ from lookserve.client.catalog.watcher import CatalogRef, CatalogWatcher
 from lookserve.fsutil import sha256_file
 
 __all__ = [
-    "CURRENT", "DATABASE", "FORMAT_VERSION", "MANIFEST", "SCHEMES", "SPACE",
+    "CURRENT", "DATABASE", "FORMAT_VERSION", "MANIFEST", "MILVUS_SCHEMES", "SCHEMES", "SPACE",
     "AttributeColumns", "Expr", "FilterError", "FilteredSearch", "UpdateResult", "parse_filter", "update_catalog",
     "Catalog", "CatalogBackend", "CatalogRef", "CatalogWatcher", "CategoryInfo", "Embedder", "EmbedderInfo",
     "IndexParams", "Manifest", "Match", "PhotoRecord", "TritonEmbedder",
     "build_catalog", "catalog_dir_name", "catalog_path", "check_embedder", "describe", "embed_records",
-    "exact_search", "index_file", "load_records", "model_file_sha256", "new_index", "open_catalog",
+    "exact_search", "follow_catalog", "index_file", "is_milvus_address", "load_records", "model_file_sha256", "new_index", "open_catalog",
     "open_for_client", "partial_dir_for", "read_current", "recall_at_k", "records_from_csv",
     "records_from_street2shop", "resolve_catalog", "set_current", "sha256_file", "switch_into_place",
     "tune_ef", "vectors_file", "write_catalog",

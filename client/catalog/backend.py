@@ -6,11 +6,12 @@ new version replaces an old one by reference
 (:class:`~lookserve.client.catalog.watcher.CatalogRef`), never in place. Implementations:
 
 * :class:`~lookserve.client.catalog.directory.Catalog` — a hnswlib catalog directory (the
-  default; a path, or a catalog root whose ``current`` symlink names the version clients use).
+  default; a path, or a catalog root whose ``current`` symlink names the version clients use);
+* :class:`~lookserve.client.catalog.milvus.MilvusCatalog` — a Milvus collection
+  (``milvus://HOST:PORT/<collection-or-alias>``: one collection per version behind an alias).
 
 :func:`~lookserve.client.catalog.address.open_catalog` picks the implementation from the
-catalog's address. A second backend (a vector database holding one collection per version
-behind an alias) implements the same surface. Filters on product attributes arrive as the
+catalog's address. Filters on product attributes arrive as the
 ``filter`` keyword of :meth:`CatalogBackend.search`, incremental updates as new versions
 (:mod:`~lookserve.client.catalog.update`), without changing what callers already use.
 """

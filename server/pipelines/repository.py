@@ -13,7 +13,15 @@ import os
 from pathlib import Path
 
 from lookserve import contracts, errors
-from lookserve.client.catalog import MANIFEST, Catalog, CatalogRef, CatalogWatcher, catalog_path
+from lookserve.client.catalog import (
+    MANIFEST,
+    Catalog,
+    CatalogRef,
+    CatalogWatcher,
+    catalog_path,
+    follow_catalog,
+    is_milvus_address,
+)
 from lookserve.client.catalog.root import CURRENT
 from lookserve.client.core import ModelMetadata, TensorMeta
 from lookserve.errors import CatalogError, ConfigError
@@ -69,9 +77,12 @@ def error_from_message(what: str, message: str) -> errors.ServerError:
 def open_catalog_ref(address: str, repository: Path, interval_s: float = 0.5) -> CatalogRef:
     """The catalog a pipeline searches: a catalog directory (fixed), or a catalog root whose
     ``current`` pointer is followed (a :class:`CatalogWatcher`). A relative address is relative
-    to the model repository. A missing or damaged catalog is a :class:`CatalogError` naming it."""
+    to the model repository. A missing or damaged catalog is a :class:`CatalogError` naming it.
+    A ``milvus://HOST:PORT/ALIAS`` address follows the alias (a ``MilvusCatalogRef``)."""
     if not address:
         raise ConfigError("the look model needs the 'catalog' parameter (a catalog directory or a catalog root)")
+    if is_milvus_address(address):
+        return follow_catalog(address, interval_s=interval_s)
     path = catalog_path(address)
     if not path.is_absolute():
         path = Path(repository) / path
