@@ -12,6 +12,8 @@ Modules (imported on demand; none is imported here, so ``import lookserve.data``
 * :mod:`lookserve.data.preview` — ``write_previews(data, out)``;
 * :mod:`lookserve.data.difficulty` — ``colour_baseline(root)``;
 * :mod:`lookserve.data.synthetic` — ``render_photos(n, h, w, seed)`` without writing a data set.
+* :mod:`lookserve.data.pretrained` — ``mediapipe_model(relpath) -> Path``: MediaPipe's ``.tflite``
+  models (Apache-2.0), fetched once from the mediapipe wheel and sha256-checked.
 
 See ``data/README.md`` for the layout and the commands (``lookserve data --help``).
 """

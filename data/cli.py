@@ -20,6 +20,7 @@ from rich.table import Table
 from lookserve.cliutil import fail, stdout_console
 from lookserve.data import difficulty as Dif
 from lookserve.data import download as D
+from lookserve.data import pretrained as PT
 from lookserve.data import preview as P
 from lookserve.data import street2shop
 from lookserve.data import synth as S
@@ -195,3 +196,19 @@ def difficulty(
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+@app.command()
+def pretrained() -> None:
+    """Fetch (once) and verify the pretrained MediaPipe models lookserve uses (Apache-2.0).
+
+    The mediapipe wheel is downloaded with pip into the cache (~/.cache/lookserve, or
+    $LOOKSERVE_CACHE) and only its .tflite files are kept; a no-op when they are cached."""
+
+    try:
+        paths = PT.prepare_all()
+    except LookserveError as e:
+        fail(e)
+    typer.echo(f"MediaPipe {PT.MEDIAPIPE_VERSION} models ({PT.MEDIAPIPE_LICENCE}), sha256 verified:")
+    for path in paths.values():
+        typer.echo(f"  {path}")

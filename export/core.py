@@ -96,6 +96,9 @@ class ExportResult:
     outputs: tuple[TensorSpec, ...]
     figures: tuple[parity.Figure, ...]
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: the fixed batch the model was exported with (``max_batch_size: 0``, the batch inside the
+    #: config's dims), or None: a dynamic batch. ``inputs``/``outputs`` dims never include it.
+    batch: int | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -164,8 +167,10 @@ def sha256_weights(weights: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def tensor_specs_of_graph(values) -> tuple[TensorSpec, ...]:
-    """TensorSpecs (batch dimension stripped; unknown dims → -1) of ONNX graph inputs or outputs."""
+def tensor_specs_of_graph(values, batch: int | None = None) -> tuple[TensorSpec, ...]:
+    """TensorSpecs (batch dimension stripped; unknown dims → -1) of ONNX graph inputs or outputs.
+
+    The batch dimension must be dynamic, or, with ``batch``, fixed at exactly that size."""
     specs = []
     for v in values:
         tt = v.type.tensor_type
@@ -174,8 +179,12 @@ def tensor_specs_of_graph(values) -> tuple[TensorSpec, ...]:
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
         if not dims:
             raise ExportError(f"ONNX tensor {v.name!r} has no batch dimension (rank 0)")
-        if dims[0] != -1:
-            raise ExportError(f"ONNX tensor {v.name!r}: the batch dimension is fixed at {dims[0]}; export with a dynamic batch")
+        if batch is None and dims[0] != -1:
+            raise ExportError(f"ONNX tensor {v.name!r}: the batch dimension is fixed at {dims[0]}; export with a dynamic "
+                              "batch, or say the batch is fixed (batch=...)")
+        if batch is not None and dims[0] != batch:
+            raise ExportError(f"ONNX tensor {v.name!r}: the batch dimension is {'dynamic' if dims[0] == -1 else dims[0]}, "
+                              f"the model's fixed batch is {batch}")
         rest = tuple(dims[1:])
         if not rest:
             # Triton describes a [B] tensor as dims [1]; the native backend also wants
@@ -209,8 +218,8 @@ def rename_tensors(proto, mapping: Mapping[str, str]) -> None:
 # --------------------------------------------------------------------------------------------
 # conversion and graph checks
 # --------------------------------------------------------------------------------------------
-def keras_serving_function(model, input_specs: Sequence[TensorSpec] | None = None):
-    """A ``tf.function`` over a Keras model with an explicit input signature (dynamic batch).
+def keras_serving_function(model, input_specs: Sequence[TensorSpec] | None = None, batch: int | None = None):
+    """A ``tf.function`` over a Keras model with an explicit input signature (batch dynamic, or ``batch``).
 
     ``input_specs`` default to the model's own inputs (names, dtypes, shapes without the batch).
     The function returns a dict of named outputs: the model's own dict, or its ``output_names``.
@@ -218,7 +227,7 @@ def keras_serving_function(model, input_specs: Sequence[TensorSpec] | None = Non
     tf = _tf()
     if input_specs is None:
         input_specs = keras_input_specs(model)
-    signature = [tf.TensorSpec([None, *(None if d == -1 else d for d in s.dims)], tf.as_dtype(s.np_dtype), name=s.name)
+    signature = [tf.TensorSpec([batch, *(None if d == -1 else d for d in s.dims)], tf.as_dtype(s.np_dtype), name=s.name)
                  for s in input_specs]
     names = [s.name for s in input_specs]
     output_names = list(getattr(model, "output_names", None) or [])
@@ -241,6 +250,24 @@ def keras_serving_function(model, input_specs: Sequence[TensorSpec] | None = Non
     return serve
 
 
+def keras_fixed_batch(model) -> int | None:
+    """The batch the Keras model's inputs are fixed at (``keras.Input(batch_size=...)``), or None."""
+    return fixed_batch_of([tuple(t.shape)[0] if len(tuple(t.shape)) else None for t in model.inputs], "Keras model")
+
+
+def fixed_batch_of(first_dims: Sequence[int | None], what: str) -> int | None:
+    """The one fixed batch of a source's inputs (their first dims; None or -1: dynamic), or None.
+
+    Inputs that disagree (one fixed and one dynamic, or two sizes) are an error: the export keeps
+    one batch dimension for all inputs."""
+    batches = {None if d is None or int(d) < 0 else int(d) for d in first_dims}
+    if len(batches) > 1:
+        raise ExportError(f"the {what}'s inputs disagree on their batch dimension "
+                          f"({sorted(batches, key=lambda b: -1 if b is None else b)}); lookserve exports one batch "
+                          "dimension for all inputs")
+    return next(iter(batches), None)
+
+
 def keras_input_specs(model) -> tuple[TensorSpec, ...]:
     """The model's inputs as TensorSpecs (batch stripped)."""
     specs = []
@@ -253,8 +280,10 @@ def keras_input_specs(model) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def convert_function(fn, opset: int = DEFAULT_OPSET):
-    """tf2onnx's ``from_function`` on a ``tf.function`` with an ``input_signature``; returns the ModelProto."""
+def convert_function(fn, opset: int = DEFAULT_OPSET, batch: int | None = None):
+    """tf2onnx's ``from_function`` on a ``tf.function`` with an ``input_signature``; returns the ModelProto.
+
+    Every input's batch dimension must be None (dynamic), or ``batch`` when the batch is fixed."""
     _tf()
     import tf2onnx
 
@@ -262,8 +291,9 @@ def convert_function(fn, opset: int = DEFAULT_OPSET):
     if not signature:
         raise ExportError("the function to export needs an explicit input_signature (a tf.function with input_signature=...)")
     for spec in signature:
-        if spec.shape.rank is None or spec.shape.rank == 0 or spec.shape[0] is not None:
-            raise ExportError(f"input {spec.name!r}: the signature's batch dimension must be None (dynamic), got {spec.shape}")
+        if spec.shape.rank is None or spec.shape.rank == 0 or spec.shape[0] != batch:
+            want = "None (dynamic)" if batch is None else f"{batch} (the fixed batch)"
+            raise ExportError(f"input {spec.name!r}: the signature's batch dimension must be {want}, got {spec.shape}")
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as e:  # tf2onnx raises bare ValueError/RuntimeError/KeyError on unsupported graphs
@@ -318,13 +348,33 @@ def run_parity_gate(
     name: str,
     samples: ParitySamples = ParitySamples(),
     variant: str = "fp32",
+    batch: int | None = None,
 ) -> tuple[list[parity.Figure], dict[str, Any]]:
     """Compare onnxruntime with ``reference`` on random and photo-like inputs; raise ParityError on divergence.
 
+    With a fixed ``batch`` both sides are fed batches of exactly that size (each sample set's rows
+    rounded up to a multiple of it) and their outputs concatenated before the comparison.
     Returns every figure (per output, metric and sample set) and a description of the sample sets.
     """
     session = _session(model_bytes)
     output_names = [o.name for o in session.get_outputs()]
+    if batch is not None:
+        if batch < 1:
+            raise ExportError(f"{name}: a fixed batch is a positive size, got {batch}")
+        samples = replace(samples, **{k: -(-getattr(samples, k) // batch) * batch
+                                      for k in ("random_batch", "photo_batch", "street_batch")})
+
+    def run_onnx(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(output_names, session.run(None, feeds), strict=True))
+
+    def in_batches(run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+                   feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if batch is None:
+            return _numpy_outputs(run(feeds))
+        rows = len(next(iter(feeds.values())))
+        parts = [_numpy_outputs(run({k: v[r:r + batch] for k, v in feeds.items()})) for r in range(0, rows, batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     detector = kind == "detector" or isinstance(tolerances, parity.DetectionTolerance)
     # (label, feeds, whether a detector's reference must detect enough there: street photos only)
     sets = [("random", random_inputs(inputs, samples.random_batch, samples.seed), False)]
@@ -342,8 +392,8 @@ def run_parity_gate(
         described["street"] = {"rows": samples.street_batch, "seed": samples.seed + 2, "source": source}
     figures: list[parity.Figure] = []
     for label, feeds, counts in sets:
-        ref = _numpy_outputs(reference(feeds))
-        got = dict(zip(output_names, session.run(None, feeds), strict=True))
+        ref = in_batches(reference, feeds)
+        got = in_batches(run_onnx, feeds)
         missing = sorted(set(ref) - set(got))
         if missing:
             raise ParityError(f"{name}: the ONNX model lacks output(s) {missing} that the source returns")
@@ -401,11 +451,14 @@ def serving_config(
     template: ModelConfig | None = None,
     max_batch_size: int = 8,
     queue_delay_us: int = 1000,
+    batch: int | None = None,
 ) -> ModelConfig:
     """The model's config: ``template``'s settings (batching, instances) with the graph's real tensors.
 
     Outputs keep the template's order where names agree; warm-up uses random data for every input
-    so a new version is only ready once warm.
+    so a new version is only ready once warm. ``inputs``/``outputs`` dims exclude the batch; a
+    fixed ``batch`` (a graph that only runs batches of that size) gives ``max_batch_size: 0``, no
+    dynamic batching, and dims that start with the batch, as Triton describes a non-batching model.
     """
     if template is not None:
         order = {t.name: i for i, t in enumerate(template.outputs)}
@@ -414,6 +467,10 @@ def serving_config(
     else:
         base = ModelConfig(name=name, inputs=tuple(inputs), outputs=tuple(outputs), max_batch_size=max_batch_size,
                            dynamic_batching=DynamicBatching(max_queue_delay_microseconds=queue_delay_us))
+    if batch is not None:
+        inputs = tuple(replace(t, dims=(batch, *t.dims)) for t in inputs)
+        outputs = tuple(replace(t, dims=(batch, *t.dims)) for t in outputs)
+        base = replace(base, max_batch_size=0, dynamic_batching=None)
     warmup = (Warmup("random_sample", 1, tuple(WarmupInput(t.name, t.dtype, tuple(32 if d == -1 else d for d in t.dims), random=True)
                                                for t in inputs)),)
     return replace(base, inputs=tuple(inputs), outputs=tuple(outputs), warmup=warmup)
@@ -488,6 +545,7 @@ def export_function(
     tamper: Callable[[Any], None] | None = None,
     accuracy: Callable[[bytes], Mapping[str, Any]] | None = None,
     proto=None,
+    batch: int | None = None,
 ) -> ExportResult:
     """Export a ``tf.function`` (explicit input signature) as ``<repository>/<name>/<version>``.
 
@@ -499,6 +557,10 @@ def export_function(
     converted ModelProto in place before the gate, to prove the gate refuses it. ``accuracy``
     (``model_bytes -> dict``) adds task figures (e.g. retrieval top-1) to export.json after the
     gate. ``proto``: an already converted ModelProto (``fn`` is then unused; ``reference`` is required).
+
+    ``batch``: the source's fixed batch (None: dynamic). A graph whose batch is fixed is exported
+    as it is — ``max_batch_size: 0`` with the batch in the config's dims (see :func:`serving_config`)
+    — and the gate feeds both sides batches of exactly that size (:func:`run_parity_gate`).
     """
     if variant not in VARIANTS:
         raise ExportError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
@@ -511,7 +573,7 @@ def export_function(
 
     if proto is None:
         log.info("converting %s with tf2onnx (opset %d)", name, opset)
-        proto = convert_function(fn, opset=opset)
+        proto = convert_function(fn, opset=opset, batch=batch)
     elif reference is None:
         raise ExportError("exporting a converted ModelProto needs a reference function for the parity gate")
     proto.graph.name = name
@@ -521,9 +583,9 @@ def export_function(
         check_graph(proto)
     if tamper is not None:
         tamper(proto)
-    inputs = tensor_specs_of_graph(proto.graph.input)
-    outputs = tensor_specs_of_graph(proto.graph.output)
-    config = serving_config(name, inputs, outputs, template)
+    inputs = tensor_specs_of_graph(proto.graph.input, batch)
+    outputs = tensor_specs_of_graph(proto.graph.output, batch)
+    config = serving_config(name, inputs, outputs, template, batch=batch)
     check_contract(config, template)
     config = _keep_serving_state(model_dir, config, overwrite)
     model_bytes = proto.SerializeToString()
@@ -534,7 +596,8 @@ def export_function(
             return {k: v.numpy() for k, v in out.items()}
 
     log.info("parity gate for %s (%s)", name, variant)
-    figures, sample_info = run_parity_gate(model_bytes, reference, inputs, tolerances, kind, name, samples, variant)
+    figures, sample_info = run_parity_gate(model_bytes, reference, inputs, tolerances, kind, name, samples, variant,
+                                           batch=batch)
     task_figures = dict(accuracy(model_bytes)) if accuracy is not None else {}
 
     info = {
@@ -548,8 +611,9 @@ def export_function(
         "opset": opset,
         "onnx": {"sha256": hashlib.sha256(model_bytes).hexdigest(), "bytes": len(model_bytes),
                  "producer": f"{proto.producer_name} {proto.producer_version}".strip(), "ir_version": proto.ir_version},
-        "inputs": [{"name": t.name, "dtype": t.dtype, "dims": [-1, *t.dims]} for t in inputs],
-        "outputs": [{"name": t.name, "dtype": t.dtype, "dims": [-1, *t.dims]} for t in outputs],
+        "inputs": [{"name": t.name, "dtype": t.dtype, "dims": [-1 if batch is None else batch, *t.dims]} for t in inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "dims": [-1 if batch is None else batch, *t.dims]} for t in outputs],
+        "batch": {"fixed": batch, "max_batch_size": config.max_batch_size},
         "parity": {"passed": True, "samples": sample_info, "figures": [f.to_dict() for f in figures]},
         **dict(extra or {}),
         **task_figures,
@@ -560,7 +624,7 @@ def export_function(
     return ExportResult(
         name=name, version=version, variant=variant, version_dir=version_dir, onnx_path=version_dir / MODEL_FILE,
         export_json=version_dir / EXPORT_JSON, config_path=cfg_path, gpu_config_path=gpu_path, opset=opset,
-        inputs=inputs, outputs=outputs, figures=tuple(figures), metadata=info,
+        inputs=inputs, outputs=outputs, figures=tuple(figures), metadata=info, batch=batch,
     )
 
 
@@ -580,11 +644,14 @@ def export_keras_model(
 ) -> ExportResult:
     """Export a Keras 3 model (``model(batch)`` returns a tensor, a list or a dict of named outputs).
 
-    ``input_specs`` default to the model's inputs; every input's batch dimension is dynamic.
+    ``input_specs`` default to the model's inputs; every input's batch dimension is dynamic, unless
+    the model's inputs fix it (``keras.Input(..., batch_size=1)``): that batch is kept
+    (``max_batch_size: 0``, see :func:`export_function`).
     Keyword arguments pass on to :func:`export_function` (``opset``, ``variant``, ``tolerances``,
     ``samples``, ``overwrite``).
     """
-    fn = keras_serving_function(model, input_specs)
+    batch = kwargs.pop("batch", keras_fixed_batch(model))
+    fn = keras_serving_function(model, input_specs, batch)
     source: dict[str, Any] = {"framework": "keras", "model": getattr(model, "name", type(model).__name__)}
     if source_path is not None:
         source.update(path=str(source_path), sha256=sha256_path(source_path))
@@ -593,7 +660,8 @@ def export_keras_model(
     info = dict(extra or {})
     if class_names is not None:
         info["class_names"] = list(class_names)
-    return export_function(fn, name, repository, version, kind=kind, template=template, source=source, extra=info, **kwargs)
+    return export_function(fn, name, repository, version, kind=kind, template=template, source=source, extra=info,
+                           batch=batch, **kwargs)
 
 
 __all__ = [

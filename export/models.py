@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lookserve import contracts
+from lookserve.data.pretrained import POSE_DETECTION, POSE_LANDMARK_FULL, mediapipe_model
 from lookserve.errors import ExportError, InvalidInputError, ParityError
 from lookserve.export import parity
 from lookserve.export.core import (
@@ -27,11 +30,13 @@ from lookserve.export.core import (
     _tf,
     export_function,
     export_keras_model,
+    fixed_batch_of,
     keras_input_specs,
     rename_tensors,
     sha256_path,
     sha256_weights,
 )
+from lookserve.export.tflite import densified_path
 from lookserve.modelconfig import TensorSpec
 from lookserve.taxonomy import CATEGORIES, FOOTWEAR_TYPES
 from lookserve.training.detector import load_model as load_detector
@@ -237,15 +242,18 @@ def export_keras_file(path: str | os.PathLike, name: str, repository: str | os.P
 
 
 def _signature_function(concrete, input_specs: Sequence[TensorSpec] | None):
-    """A tf.function with an explicit, dynamic-batch signature over a SavedModel signature."""
+    """A tf.function with an explicit signature over a SavedModel signature, and its fixed batch:
+    the batch dimension is dynamic unless the signature fixes it (then it keeps that size)."""
     tf = _tf()
     structured = concrete.structured_input_signature[1]
+    batch = fixed_batch_of([spec.shape.as_list()[0] if spec.shape.rank else None for spec in structured.values()],
+                           "SavedModel signature")
     if input_specs is None:
         input_specs = []
         for key, spec in sorted(structured.items()):
             dims = tuple(-1 if d is None else d for d in spec.shape.as_list()[1:])
             input_specs.append(TensorSpec(key, spec.dtype.name, dims))
-    signature = [tf.TensorSpec([None, *(None if d == -1 else d for d in s.dims)], tf.as_dtype(s.np_dtype), name=s.name)
+    signature = [tf.TensorSpec([batch, *(None if d == -1 else d for d in s.dims)], tf.as_dtype(s.np_dtype), name=s.name)
                  for s in input_specs]
     names = [s.name for s in input_specs]
 
@@ -254,13 +262,15 @@ def _signature_function(concrete, input_specs: Sequence[TensorSpec] | None):
         out = concrete(**dict(zip(names, xs, strict=True)))
         return {k: tf.identity(v, name=k) for k, v in out.items()}
 
-    return serve, tuple(input_specs)
+    return serve, tuple(input_specs), batch
 
 
 def export_saved_model(path: str | os.PathLike, name: str, repository: str | os.PathLike = "model_repository",
                        version: int = 1, *, signature: str = "serving_default",
                        input_specs: Sequence[TensorSpec] | None = None, **kwargs) -> ExportResult:
-    """A TensorFlow SavedModel directory, by its ``signature`` (inputs and outputs keep its names)."""
+    """A TensorFlow SavedModel directory, by its ``signature`` (inputs and outputs keep its names).
+
+    A batch the signature fixes is kept (``max_batch_size: 0``, see :func:`export_tflite`)."""
     tf = _tf()
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
@@ -271,17 +281,32 @@ def export_saved_model(path: str | os.PathLike, name: str, repository: str | os.
         raise ExportError(f"cannot load the SavedModel {path}: {e}") from e
     if signature not in loaded.signatures:
         raise InvalidInputError(f"{path} has no signature {signature!r}; it has {sorted(loaded.signatures)}")
-    fn, _ = _signature_function(loaded.signatures[signature], input_specs)
+    fn, _, batch = _signature_function(loaded.signatures[signature], input_specs)
     source = {"framework": "tensorflow-savedmodel", "path": str(path), "sha256": sha256_path(path), "signature": signature}
-    return export_function(fn, name, repository, version, source=source, **kwargs)
+    return export_function(fn, name, repository, version, source=source, batch=batch, **kwargs)
 
 
 def export_tflite(path: str | os.PathLike, name: str, repository: str | os.PathLike = "model_repository",
                   version: int = 1, *, opset: int = DEFAULT_OPSET, **kwargs) -> ExportResult:
     """A ``.tflite`` flatbuffer (tf2onnx's TFLite front end); the gate compares with TF's TFLite interpreter.
 
-    TFLite models have a fixed batch; the batch dimension of every input and output is made
-    dynamic in the ONNX graph, and the reference runs the interpreter one row at a time.
+    * **Batch.** The batch the source declares is kept. Inputs whose ``shape_signature`` batch is
+      -1 get a dynamic batch dimension (``max_batch_size`` > 0; the interpreter runs one row at a
+      time). Inputs fixed at a batch ``B`` (MediaPipe's models: 1) are exported as they are:
+      ``max_batch_size: 0`` and the full shape (``[B, ...]``) in the Triton config, and the gate
+      feeds both sides batches of exactly ``B``. Such graphs often bake the batch into their
+      reshapes (``[1, -1, 16]``), so making their batch dynamic would silently mix the rows of a
+      batch; Triton then queues requests instead of batching them.
+    * **Sparse weights.** DENSIFY ops (sparse constant weights, e.g. ``pose_detection.tflite``)
+      are replaced by their dense constants before conversion (:mod:`lookserve.export.tflite`);
+      the gate still compares with the original file.
+    * **Limits.** The reference is TFLite's interpreter with its built-in kernels (not the
+      XNNPACK delegate, another implementation of the same ops). Floating outputs within
+      :data:`~lookserve.export.parity.TFLITE_FLOAT` (``max_scaled_diff`` ≤ 1e-3: the max abs
+      diff, divided by the output's largest magnitude when that exceeds 1 — MediaPipe's outputs
+      are pixels and logits in the hundreds), integer outputs exact — unless ``tolerances`` is given.
+    * **Names.** The signature's input/output names when the file has a signature, else the
+      interpreter's tensor names (``input_1``, ``Identity``).
     """
     import tf2onnx
 
@@ -290,47 +315,89 @@ def export_tflite(path: str | os.PathLike, name: str, repository: str | os.PathL
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such TFLite file")
     try:
-        proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
-    except Exception as e:  # tf2onnx raises bare errors on unsupported graphs
-        raise ExportError(f"tf2onnx could not convert the TFLite model {path}: {type(e).__name__}: {e}") from e
-    _dynamic_batch(proto)
+        # TFLite's built-in kernels: the XNNPACK delegate (TFLite's default) is another
+        # implementation of the same ops, itself up to ~1e-3 of an output's scale away from them
+        interpreter = tf.lite.Interpreter(
+            model_path=str(path),
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"TensorFlow's TFLite interpreter cannot load {path}: {e}") from e
+    in_details = interpreter.get_input_details()
+    out_details = interpreter.get_output_details()
+    batch = fixed_batch_of([d["shape_signature"][0] if len(d["shape_signature"]) else None for d in in_details],
+                           f"TFLite model {path}")
+    with tempfile.TemporaryDirectory(prefix="lookserve-tflite-") as tmp:
+        dense, densified = densified_path(path, tmp)
+        try:
+            proto, _ = tf2onnx.convert.from_tflite(str(dense), opset=opset)
+        except Exception as e:  # tf2onnx raises bare errors on unsupported graphs
+            raise ExportError(f"tf2onnx could not convert the TFLite model {path}: {type(e).__name__}: {e}") from e
+    unconverted = Counter(n.op_type.removeprefix("TFL_") for n in proto.graph.node if n.op_type.startswith("TFL_"))
+    if unconverted:  # tf2onnx leaves an op it has no handler for in the graph, under its TFLite name
+        raise ExportError(f"tf2onnx cannot convert the TFLite op(s) "
+                          f"{', '.join(f'{op} (×{k})' for op, k in sorted(unconverted.items()))} of {path}")
+    if batch is None:
+        _dynamic_batch(proto)
 
-    interpreter = tf.lite.Interpreter(model_path=str(path))
     signatures = interpreter.get_signature_list()
     runner = None
     if signatures:
         key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
         runner = interpreter.get_signature_runner(key)
         # tf2onnx names tensors after TFLite's (``serving_default_image:0``); serve the signature's names
-        by_index = {d["index"]: d["name"] for d in (*interpreter.get_input_details(), *interpreter.get_output_details())}
+        by_index = {d["index"]: d["name"] for d in (*in_details, *out_details)}
         mapping = {by_index[d["index"]]: n for n, d in (*runner.get_input_details().items(),
                                                         *runner.get_output_details().items())}
         rename_tensors(proto, mapping)
     onnx_in = [i.name for i in proto.graph.input]
     onnx_out = [o.name for o in proto.graph.output]
-    in_details = interpreter.get_input_details()
-    out_details = interpreter.get_output_details()
+    step = batch or 1  # a dynamic-batch TFLite graph still runs one row at a time here
 
     def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(feeds.values())))
         outs: dict[str, list[np.ndarray]] = {n: [] for n in onnx_out}
-        for r in range(rows):  # one row at a time: the TFLite graph's batch is fixed at 1
+        for r in range(0, rows, step):
             if runner is not None:
-                got = runner(**{n: feeds[n][r:r + 1] for n in onnx_in})
+                got = runner(**{n: feeds[n][r:r + step] for n in onnx_in})
                 for n in onnx_out:
                     outs[n].append(np.asarray(got[n]))
                 continue
             interpreter.allocate_tensors()
             for d, n in zip(in_details, onnx_in, strict=True):
-                interpreter.set_tensor(d["index"], feeds[n][r:r + 1])
+                interpreter.set_tensor(d["index"], feeds[n][r:r + step])
             interpreter.invoke()
             for d, n in zip(out_details, onnx_out, strict=True):
                 outs[n].append(interpreter.get_tensor(d["index"]))
         return {n: np.concatenate(v) for n, v in outs.items()}
 
-    source = {"framework": "tflite", "path": str(path), "sha256": sha256_path(path)}
+    if kwargs.get("tolerances") is None and kwargs.get("kind") is None:
+        kwargs["tolerances"] = {o.name: parity.TFLITE_FLOAT if o.type.tensor_type.elem_type in (1, 10, 11)
+                                else parity.DEFAULT_INT for o in proto.graph.output}
+    source = {"framework": "tflite", "path": str(path), "sha256": sha256_path(path), "densified_tensors": densified}
     return export_function(None, name, repository, version, proto=proto, reference=reference, source=source,
-                           opset=opset, **kwargs)
+                           opset=opset, batch=batch, **kwargs)
+
+
+#: the served name of each MediaPipe BlazePose model (:mod:`lookserve.data.pretrained` keys)
+POSE_MODELS = {"pose_detector": POSE_DETECTION, "pose_landmarks": POSE_LANDMARK_FULL}
+
+
+def export_pose_models(repository: str | os.PathLike = "model_repository", version: int = 1,
+                       **kwargs) -> dict[str, ExportResult]:
+    """MediaPipe BlazePose as two Triton models, through :func:`export_tflite`.
+
+    ``pose_detector`` (``pose_detection.tflite``: ``input_1`` FP32 [1, 224, 224, 3] in [0, 1] →
+    ``Identity`` [1, 2254, 12] box/keypoint regressors, ``Identity_1`` [1, 2254, 1] scores; its 38
+    sparse weight tensors densified) and ``pose_landmarks`` (``pose_landmark_full.tflite``:
+    ``input_1`` FP32 [1, 256, 256, 3] → ``Identity`` [1, 195] landmarks, ``Identity_1`` [1, 1]
+    presence, ``Identity_2`` [1, 256, 256, 1] segmentation, ``Identity_3`` [1, 64, 64, 39]
+    heatmap, ``Identity_4`` [1, 117] world landmarks); both with their fixed batch of 1
+    (``max_batch_size: 0``). The files come from :func:`lookserve.data.pretrained.mediapipe_model`
+    (downloaded once, sha256-checked). Keyword arguments pass on to :func:`export_tflite`
+    (``overwrite``, ``samples``, ``opset``). Returns ``{name: ExportResult}``.
+    """
+    return {name: export_tflite(mediapipe_model(rel), name, repository, version, **kwargs)
+            for name, rel in POSE_MODELS.items()}
 
 
 def _dynamic_batch(proto) -> None:

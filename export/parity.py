@@ -24,19 +24,21 @@ import numpy as np
 from lookserve.errors import ParityError
 
 #: metrics and whether larger values are better
-_HIGHER_IS_BETTER = {"min_cosine": True, "min_mask_iou": True, "max_abs_diff": False,
+_HIGHER_IS_BETTER = {"min_cosine": True, "min_mask_iou": True, "max_abs_diff": False, "max_scaled_diff": False,
                      "max_box_px": False, "mismatched": False, "count": True}
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """One output's limit: ``metric`` is ``max_abs_diff``, ``min_cosine`` or ``mismatched`` (exact)."""
+    """One output's limit: ``metric`` is ``max_abs_diff``, ``max_scaled_diff`` (the max abs diff
+    divided by ``max(1, max |source|)``: absolute for outputs within ±1, relative to the output's
+    largest magnitude beyond), ``min_cosine`` or ``mismatched`` (exact)."""
 
     metric: str
     limit: float
 
     def __post_init__(self) -> None:
-        if self.metric not in ("max_abs_diff", "min_cosine", "mismatched"):
+        if self.metric not in ("max_abs_diff", "max_scaled_diff", "min_cosine", "mismatched"):
             raise ValueError(f"unknown parity metric {self.metric!r}")
 
 
@@ -85,6 +87,13 @@ RETRIEVAL_TOP1_CHANGE = 0.01
 #: for models of no known kind: every floating output within 1e-4, every integer output exact
 DEFAULT_FLOAT = Tolerance("max_abs_diff", 1e-4)
 DEFAULT_INT = Tolerance("mismatched", 0)
+
+#: a TFLite source's floating outputs (lookserve.export.models.export_tflite), against TFLite's
+#: built-in CPU kernels: within 1e-3 absolute where the output stays within ±1, else within 1e-3
+#: of its largest magnitude — MediaPipe's outputs are often pixels or logits in the hundreds
+#: (pose_landmark_full: landmarks ±600, segmentation logits down to −1500, where TFLite's own
+#: XNNPACK and built-in kernels differ by 0.002 and 1.7)
+TFLITE_FLOAT = Tolerance("max_scaled_diff", 1e-3)
 
 
 @dataclass(frozen=True)
@@ -151,8 +160,10 @@ def compare_tensors(
             raise ParityError(f"output {name!r} has shape {got.shape} in ONNX but {ref.shape} in the source ({samples})")
         if tol.metric == "min_cosine":
             value = float(_row_cosine(ref, got).min())
-        elif tol.metric == "max_abs_diff":
+        elif tol.metric in ("max_abs_diff", "max_scaled_diff"):
             value = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
+            if tol.metric == "max_scaled_diff" and ref.size:
+                value /= max(1.0, float(np.max(np.abs(ref.astype(np.float64)))))
         else:
             value = float(np.count_nonzero(ref != got))
         figures.append(Figure(name, tol.metric, value, tol.limit, samples))
