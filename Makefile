@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint train clean
+.PHONY: install demo test test-data test-fast lint train clean
 
 install: $(STAMP)
 
@@ -36,8 +36,20 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/lookserve -v demo
 
-test: install
+test: install test-data
 	$(BIN)/pytest
+
+# Test data fetched once into ~/.cache/lookserve ($$LOOKSERVE_CACHE): MediaPipe's .tflite models
+# from the mediapipe wheel (pip download, never installed; sha256-checked). A no-op when cached.
+test-data: install
+	$(BIN)/lookserve data pretrained
+	@# Real photos of people for the pose gate (lookserve.data.photos): Debian's opencv-doc example
+	@# data (installed when we may) and matplotlib's sample data, copied into the same cache.
+	@[ -d /usr/share/doc/opencv-doc/examples/data ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q opencv-doc >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q opencv-doc >/dev/null)); } || \
+	  echo "note: opencv-doc not installed (not root or no apt-get): the real-photo pose tests will be skipped"
+	$(BIN)/python -m lookserve.data.photos
 
 test-fast: install
 	$(BIN)/pytest -m "not slow and not tf"

@@ -24,7 +24,10 @@ from lookserve.client.catalog import (
     TritonEmbedder,
     build_catalog,
     describe,
+    follow_catalog,
+    is_milvus_address,
     load_records,
+    open_catalog,
     open_for_client,
 )
 from lookserve.client.catalog.filters import check, parse
@@ -32,7 +35,8 @@ from lookserve.client.core import TritonClient
 from lookserve.client.evaluation import evaluate_pairs, evaluate_thumbnails
 from lookserve.client.look import FilterConfig, LookConfig, LookPipeline, write_result
 from lookserve.client.look_remote import RemoteLook, result_from_dict, write_document
-from lookserve.client.render import render_look, render_thumbnails
+from lookserve.client.pose import TflitePoseModels, TritonPoseModels, analyse, check_gate
+from lookserve.client.render import render_look, render_poses, render_thumbnails
 from lookserve.client.thumbnails import (
     ThumbnailConfig,
     ThumbnailPipeline,
@@ -51,8 +55,10 @@ from lookserve.cliutil import (
     warn,
 )
 from lookserve.data.footwear import shoes_in_splits
+from lookserve.data.pretrained import POSE_DETECTION, POSE_LANDMARK_FULL, mediapipe_model
 from lookserve.errors import DataError, LookserveError
-from lookserve.images import IMAGE_SUFFIXES
+from lookserve.fsutil import atomic_write_text
+from lookserve.images import IMAGE_SUFFIXES, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +126,8 @@ def _progress(enabled: bool | None, total: int, what: str):
 def look(
     images: list[Path] = typer.Argument(..., metavar="IMAGE",
                                         help="Street or model photos (JPEG, PNG, WebP, BMP), or folders of them."),
-    catalog_dir: Path | None = typer.Option(None, "--catalog", "-c", help="Catalog directory (lookserve catalog build); "
-                                            "not needed with --server."),
+    catalog_dir: str | None = typer.Option(None, "--catalog", "-c", help="Catalog directory (lookserve catalog build) "
+                                           "or milvus://HOST:PORT/ALIAS; not needed with --server."),
     out: Path = typer.Option(Path("runs/look"), "--out", "-o", help="Folder for <image>.json and <image>.png."),
     url: str = _URL,
     k: int = typer.Option(6, "--k", "-k", min=1, help="Products per item."),
@@ -145,6 +151,9 @@ def look(
         None, "--filter", help='Only products whose attributes pass, e.g. \'price < 50 and brand in ["a", "b"] and in_stock\'.'),
     server: bool = typer.Option(False, "--server", help="One call per photo to the server's `look` model (the same "
                                 "chain, run inside Triton on the catalog it serves) instead of the client chain."),
+    gate: str = typer.Option("off", "--gate", help="off, person or full-shot: a photo without a person (or without "
+                             "a head-to-ankles person) is answered with the reason and not searched; needs the "
+                             "pose_detector and pose_landmarks models (README, \"Full-shot gate\")."),
 ) -> None:
     """Shop the look: detect garments, match each against the catalog, write JSON (+ PNG)."""
 
@@ -156,7 +165,7 @@ def look(
         fail(DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, given))}: "
                        "the folder is empty or holds no image files"))
     config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
-                        timeout_s=timeout, catalog_filter=catalog_filter)
+                        timeout_s=timeout, catalog_filter=catalog_filter, gate=gate)
     if server:
         _look_server(images, config, out, url, timeout, concurrency, render, masks_in_json, progress)
         return
@@ -164,18 +173,20 @@ def look(
         fail("--catalog is required (or --server: the look model searches the catalog the server serves)")
     with open_client(url, timeout) as client:
         if watch_interval is None:
-            pipe = LookPipeline(client, open_for_client(catalog_dir, client, model_repository), config)
+            pipe = LookPipeline(client, open_catalog(catalog_dir, client, model_repository), config)
+        elif is_milvus_address(catalog_dir):  # follows the alias, as a watcher follows `current`
+            pipe = LookPipeline(client, follow_catalog(catalog_dir, client, watch_interval, model_repository), config)
         else:
             pipe = LookPipeline(client, CatalogWatcher(catalog_dir, client, watch_interval, model_repository), config)
         if catalog_filter is not None:  # an unknown attribute or a type mismatch is refused before any image
 
-            check(parse(catalog_filter), pipe.catalog.manifest.attributes)
+            check(parse(catalog_filter), pipe.catalog.describe()["attributes"])
         searched: dict[str, Catalog] = {}  # the catalog each result was matched in, for its shop photos
 
         def catalog_of(result) -> Catalog:
             if result.catalog not in searched:
                 now = pipe.catalog
-                searched[result.catalog] = now if str(now.path) == result.catalog else Catalog.open(result.catalog, verify=False)
+                searched[result.catalog] = now if str(now.path) == result.catalog else open_catalog(result.catalog, verify=False)
             return searched[result.catalog]
 
         table = Table("image", "items", "top-1 per item", "client ms", "total ms")
@@ -198,9 +209,58 @@ def look(
                     render_look(result, path, catalog_of(result), out / f"{names[path]}.png", k)
                 tops = "; ".join(f"{i.detection.category}→#{i.matches[0].product_id} ({i.matches[0].similarity:.2f})"
                                  if i.matches else f"{i.detection.category}→-" for i in result.items)
+                if result.gate is not None and not result.gate["passed"]:
+                    tops = f"gate: {result.gate['reason']}"
                 table.add_row(escape(path.name), str(len(result.items)), tops or "-",
                               f"{result.timings_ms['client']:.1f}", f"{result.timings_ms['total']:.1f}")
     _finish_look(table, len(images), failed, out)
+
+
+@app.command("pose")
+@handle_errors
+def pose_command(
+    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="Photos, or folders of them."),
+    url: str = _URL,
+    interpreter: bool = typer.Option(False, "--interpreter", help="Run MediaPipe's .tflite files in TensorFlow's "
+                                     "TFLite interpreter (the reference) instead of the served pose models."),
+    gate: str = typer.Option("full-shot", "--gate", help="person or full-shot: how many photos pass it."),
+    render: Path | None = typer.Option(None, "--render", help="A PNG sheet of the photos with their landmarks."),
+    json_out: Path | None = typer.Option(None, "--json", help="Every photo's verdict as JSON."),
+    timeout: float = _TIMEOUT,
+) -> None:
+    """Who is in each photo, and is it a full shot? The pose gate of `lookserve look --gate`."""
+    check_gate(gate)
+    paths = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
+                                         if p.is_dir() else [p])]
+    if not paths:
+        fail(DataError(f"no images in {', '.join(map(str, images))}"))
+    with contextlib.ExitStack() as stack:
+        if interpreter:
+            models = TflitePoseModels(mediapipe_model(POSE_DETECTION), mediapipe_model(POSE_LANDMARK_FULL))
+        else:
+            models = TritonPoseModels(stack.enter_context(open_client(url, timeout)), timeout_s=timeout)
+        table = Table("image", "verdict", "persons", f"{gate} gate")
+        shots, docs, failed = [], {}, 0
+        for path in paths:
+            try:
+                image = decode_image(path)
+            except LookserveError as e:
+                error(f"{path}: {e}")
+                failed += 1
+                continue
+            verdict = analyse(image, models)
+            shots.append((path.name, image, verdict))
+            docs[str(path)] = verdict.to_dict(gate)
+            table.add_row(escape(path.name), verdict.verdict, ", ".join(p.kind for p in verdict.persons) or "-",
+                          "pass" if verdict.passes(gate) else escape(verdict.reason(gate)))
+    stdout_console().print(table)
+    passed = sum(v.passes(gate) for _, _, v in shots)
+    typer.echo(f"{passed} of {len(shots)} photos pass the {gate} gate")
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(docs, indent=2))
+    if render is not None and shots:
+        render_poses(shots, render)
+    finish_batch(failed, len(paths), "images")
 
 
 def _output_names(images: list[Path]) -> dict[Path, str]:
@@ -241,6 +301,8 @@ def _look_server(images: list[Path], config, out: Path, url: str, timeout: float
                     render_look(result_from_dict(doc), path, catalogs[doc["catalog"]], out / f"{names[path]}.png", config.k)
             tops = "; ".join(f"{i['category']}→#{i['matches'][0]['product_id']} ({i['matches'][0]['similarity']:.2f})"
                              if i["matches"] else f"{i['category']}→-" for i in doc["items"])
+            if doc.get("gate") is not None and not doc["gate"]["passed"]:
+                tops = f"gate: {doc['gate']['reason']}"
             table.add_row(escape(path.name), str(len(doc["items"])), tops or "-", f"{doc['timings_ms']['total']:.1f}")
     _finish_look(table, len(images), failed, out)
 
@@ -341,13 +403,18 @@ def catalog_build(
 def _print_catalog(info: dict) -> None:
     c = _console()
     e, n = info["embedder"], info["counts"]
+    # an index's count includes the labels updates marked deleted (never returned): shown apart
+    deleted = sum(v.get("deleted", 0) for v in info["categories"].values())
     c.print(f"catalog {escape(info['path'])}: {n.get('photos', 0)} photos of {n.get('products', 0)} products "
-            f"in {n.get('categories', len(info['categories']))} categories", soft_wrap=True)
+            f"in {n.get('categories', len(info['categories']))} categories"
+            + (f"; {deleted} deleted photos still in the indexes, never returned" if deleted else ""), soft_wrap=True)
     c.print(f"  embedded with model {escape(e['name'])!r} version {e['version']}: {info['dim']}-d vectors, "
             f"{info['space']} distance; HNSW M={info['M']}, ef_construction={info['ef_construction']}", soft_wrap=True)
-    table = Table("category", "photos", "products", "ef", "recall@K", "K")
+    table = Table("category", "photos", "deleted", "products", "ef", "recall@K", "K")
     for cat, v in info["categories"].items():
-        table.add_row(cat, str(v["count"]), str(v["products"]), str(v["ef"]), f"{v['recall_at_k']:.4f}", str(v["k"]))
+        gone = v.get("deleted", 0)
+        table.add_row(cat, str(v["count"] - gone), str(gone), str(v["products"]), str(v["ef"]),
+                      f"{v['recall_at_k']:.4f}", str(v["k"]))
     c.print(table)
 
 

@@ -39,6 +39,15 @@ import numpy as np
 from lookserve import contracts, errors
 from lookserve.client.catalog import Catalog, CatalogRef, Match, parse_filter
 from lookserve.client.core import image_input
+from lookserve.client.pose import (
+    AsyncTritonPoseModels,
+    PoseConfig,
+    PoseVerdict,
+    TritonPoseModels,
+    analyse,
+    analyse_async,
+    check_gate,
+)
 from lookserve.errors import (
     CatalogVersionMismatch,
     ConfigError,
@@ -95,12 +104,17 @@ class LookConfig:
     limits: DecodeLimits = DEFAULT_LIMITS
     timeout_s: float | None = None
     catalog_filter: str | None = None  # on product attributes (lookserve.client.catalog.filters), inside the search
+    # the pose gate (lookserve.client.pose): "off", "person" or "full-shot"; a photo that fails it
+    # is answered with the reason (LookResult.gate) and not searched
+    gate: str = "off"
+    pose: PoseConfig = field(default_factory=PoseConfig)
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"k must be ≥ 1, got {self.k}")
         if self.catalog_filter is not None:
             parse_filter(self.catalog_filter)  # a malformed filter is refused before any request
+        check_gate(self.gate)
         if self.crop not in ("box", "mask"):
             raise ConfigError(f"crop must be 'box' or 'mask', got {self.crop!r}")
 
@@ -149,6 +163,7 @@ class LookResult:
     catalog: str
     catalog_embedder: dict[str, str] = field(default_factory=dict)  # name, version of the catalog's manifest
     catalog_version: str = ""  # the catalog version searched (CatalogBackend.version; changes with every update)
+    gate: dict[str, Any] | None = None  # the pose gate's verdict (PoseVerdict.to_dict) when a gate was on
 
     def to_dict(self, include_masks: bool = True) -> dict[str, Any]:
         return {
@@ -164,6 +179,7 @@ class LookResult:
             "catalog": self.catalog,
             "catalog_embedder": dict(self.catalog_embedder),
             "catalog_version": self.catalog_version,
+            **({} if self.gate is None else {"gate": self.gate}),
         }
 
     def to_json(self, include_masks: bool = True, indent: int | None = 2) -> str:
@@ -183,6 +199,7 @@ class _Job:
     timings: dict[str, float]
     versions: dict[str, str]
     t0: float
+    gate: dict[str, Any] | None = None
 
 
 def _source_name(source) -> str:
@@ -245,6 +262,7 @@ class _Steps:
         self._embedder_input = "crops"
         self._embedder_output = "embedding"
         self._crop_size = contracts.CROP_SIZE
+        self._pose: TritonPoseModels | AsyncTritonPoseModels | None = None  # set when the gate is on
 
     @property
     def catalog(self) -> Catalog:
@@ -276,6 +294,17 @@ class _Steps:
         t2 = time.perf_counter()
         timings = {"decode": (t1 - t0) * 1e3, "letterbox": (t2 - t1) * 1e3}
         return _Job(_source_name(source), image, square, lb, catalog, timings, {}, t0)
+
+    def gated(self, job: _Job, verdict: PoseVerdict) -> LookResult | None:
+        """Record the pose gate's verdict on ``job``; the answer for a photo that fails the gate
+        (its reason, no items, nothing searched), else None."""
+        job.versions.update(verdict.model_versions)
+        job.timings["gate"] = verdict.timings_ms.get("gate", 0.0)
+        job.gate = verdict.to_dict(self.config.gate)
+        if verdict.passes(self.config.gate):
+            return None
+        log.info("%s fails the %s gate: %s", job.source, self.config.gate, job.gate["reason"])
+        return self.finish(job, [], [], None)
 
     def after_detect(self, job: _Job, result) -> tuple[list[Detection], list[Dropped], np.ndarray | None]:
         job.versions[self.config.detector] = result.model_version
@@ -371,7 +400,7 @@ class _Steps:
             dropped=tuple(dropped), model_versions=dict(job.versions), timings_ms=dict(job.timings),
             catalog=str(job.catalog.path),
             catalog_embedder={"name": job.catalog.embedder.name, "version": str(job.catalog.embedder.version)},
-            catalog_version=str(getattr(job.catalog, "version", "")),
+            catalog_version=str(getattr(job.catalog, "version", "")), gate=job.gate,
         )
 
 
@@ -387,9 +416,15 @@ class LookPipeline(_Steps):
         cat = self.catalog
         self._learn(client.model_metadata(self.config.detector, self.config.detector_version),
                     client.model_metadata(cat.embedder.name, self.embedder_version(cat)))
+        if self.config.gate != "off":
+            self._pose = TritonPoseModels(client, self.config.pose, self.config.timeout_s)
 
     def run(self, source) -> LookResult:
         job = self.prepare(source)
+        if self._pose is not None:
+            refused = self.gated(job, analyse(job.image, self._pose, self.config.pose))
+            if refused is not None:
+                return refused
         t0 = time.perf_counter()
         det = self.client.infer(self.config.detector, {self._detector_input: job.square[None]},
                                 version=self.config.detector_version, timeout_s=self.config.timeout_s)
@@ -437,10 +472,17 @@ class AsyncLookPipeline(_Steps):
         cat = self.catalog
         self._learn(await client.model_metadata(self.config.detector, self.config.detector_version),
                     await client.model_metadata(cat.embedder.name, self.embedder_version(cat)))
+        if self.config.gate != "off":
+            self._pose = await AsyncTritonPoseModels.create(client, self.config.pose, self.config.timeout_s)
         return self
 
     async def run(self, source) -> LookResult:
         job = await asyncio.to_thread(self.prepare, source)
+        if self._pose is not None:
+            verdict = await analyse_async(job.image, self._pose, self.config.pose)
+            refused = self.gated(job, verdict)
+            if refused is not None:
+                return refused
         t0 = time.perf_counter()
         det = await self.client.infer(self.config.detector, {self._detector_input: job.square[None]},
                                       version=self.config.detector_version, timeout_s=self.config.timeout_s)

@@ -75,9 +75,12 @@ def server_message(e: errors.ServerError) -> str:
 
 def request_tensors(data: bytes, k: int | None = None, min_score: float | None = None,
                     categories: Sequence[str] = (), catalog_filter: str | None = None,
-                    source: str | None = None, masks: bool | None = None) -> dict[str, np.ndarray]:
+                    source: str | None = None, masks: bool | None = None, gate: str | None = None,
+                    ) -> dict[str, np.ndarray]:
     """The inputs of one ``look`` request (batch of 1): the encoded photo and the knobs given."""
     tensors = {"image": np.array([[bytes(data)]], dtype=np.object_)}
+    if gate is not None:
+        tensors["gate"] = np.array([[gate.encode()]], dtype=np.object_)
     if masks is not None:
         tensors["masks"] = np.array([[masks]], dtype=np.bool_)
     if source is not None:
@@ -94,7 +97,8 @@ def request_tensors(data: bytes, k: int | None = None, min_score: float | None =
 
 
 def config_for_request(base: LookConfig, k: int | None = None, min_score: float | None = None,
-                       categories: Sequence[str] = (), catalog_filter: str | None = None) -> LookConfig:
+                       categories: Sequence[str] = (), catalog_filter: str | None = None,
+                       gate: str | None = None) -> LookConfig:
     """``base`` (the model's defaults) with one request's knobs; a bad knob is an
     :class:`~lookserve.errors.InvalidInputError` naming it."""
     try:
@@ -108,6 +112,8 @@ def config_for_request(base: LookConfig, k: int | None = None, min_score: float 
             changes["k"] = int(k)
         if catalog_filter is not None:
             changes["catalog_filter"] = catalog_filter
+        if gate is not None:
+            changes["gate"] = gate
         return replace(base, **changes)
     except (ConfigError, errors.CatalogError) as e:  # a malformed filter is a FilterError (a CatalogError)
         raise InvalidInputError(f"look request: {e}") from e
@@ -143,7 +149,7 @@ def result_from_dict(d: dict[str, Any]) -> LookResult:
     dropped = tuple(Dropped(detection(x), x["reason"]) for x in d["dropped"])
     return LookResult(d["source"], d["width"], d["height"], items, dropped, dict(d["model_versions"]),
                       dict(d["timings_ms"]), d["catalog"], dict(d.get("catalog_embedder", {})),
-                      str(d.get("catalog_version", "")))
+                      str(d.get("catalog_version", "")), d.get("gate"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -170,14 +176,15 @@ class RemoteLook:
             ("crop", c.crop == default.crop),
         ) if not same]
         if unsupported:
-            raise ConfigError(f"the look model takes k, min_score, categories and filter per request, not "
+            raise ConfigError(f"the look model takes k, min_score, categories, filter and gate per request, not "
                               f"{', '.join(unsupported)}; change the model's defaults or use the client chain")
 
     def request(self, source, name: str | None = None, include_masks: bool = True) -> dict[str, np.ndarray]:
         data = read_source(source, self.limits)
         f = self.config.filter
         return request_tensors(data, self.config.k, f.min_score, f.categories, self.config.catalog_filter, name,
-                               masks=None if include_masks else False)
+                               masks=None if include_masks else False,
+                               gate=None if self.config.gate == "off" else self.config.gate)
 
     def run(self, source, include_masks: bool = True) -> dict[str, Any]:
         """The document for one photo; without ``include_masks`` the server leaves the masks out."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lookserve.client.pose import CONNECTIONS
 from lookserve.errors import InvalidInputError
 from lookserve.fsutil import atomic_output
 from lookserve.images import decode_image, paste_mask
@@ -146,4 +147,49 @@ def render_thumbnails(results: Sequence, path: str | os.PathLike, max_products: 
         plt.close(fig)
 
 
-__all__ = ["overlay", "render_look", "render_thumbnails"]
+def render_poses(shots: Sequence[tuple[str, np.ndarray, object]], path: str | os.PathLike, visibility: float = 0.5,
+                 cols: int = 3) -> Path:
+    """A sheet of photos with their pose verdicts (``shots``: title, RGB image,
+    :class:`~lookserve.client.pose.PoseVerdict`): per person its turned ROI, the skeleton between
+    landmarks visible ≥ ``visibility`` and those landmarks as dots, the verdict in the title."""
+    plt = _pyplot()
+    from matplotlib.patches import Polygon
+
+    shots = list(shots)
+    if not shots:
+        raise InvalidInputError("no photos to draw")
+    rows = -(-len(shots) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for n, (title, image, verdict) in enumerate(shots):
+        ax = axes.ravel()[n]
+        ax.imshow(image)
+        for i, person in enumerate(verdict.persons):
+            colour = COLOURS[i % len(COLOURS)]
+            r = person.roi
+            c, s, h = np.cos(r.rotation), np.sin(r.rotation), r.side / 2
+            corners = [(r.x + c * u - s * v, r.y + s * u + c * v) for u, v in ((-h, -h), (h, -h), (h, h), (-h, h))]
+            ax.add_patch(Polygon(corners, closed=True, fill=False, edgecolor=colour, linewidth=1, linestyle="--"))
+            lm = person.landmarks
+            seen = lm[:, 3] >= visibility
+            for a, b in CONNECTIONS:
+                if seen[a] and seen[b]:
+                    ax.plot([lm[a, 0], lm[b, 0]], [lm[a, 1], lm[b, 1]], color=colour, linewidth=1.5)
+            body = np.arange(len(lm)) < 33
+            ax.scatter(lm[seen & body, 0], lm[seen & body, 1], s=6, color=colour, zorder=3)
+            x1, y1 = (min(max(v, 0.0), hi) for v, hi in ((person.box[0], image.shape[1]), (person.box[1], image.shape[0])))
+            ax.text(x1, y1, f"{i}: {person.kind}", color="white", fontsize=7, ha="left", va="bottom", clip_on=True,
+                    bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})
+        ax.set_xlim(0, image.shape[1])
+        ax.set_ylim(image.shape[0], 0)
+        ax.set_title(f"{title}: {verdict.verdict} ({len(verdict.persons)} person{'s' if len(verdict.persons) != 1 else ''})",
+                     fontsize=9)
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["overlay", "render_look", "render_poses", "render_thumbnails"]

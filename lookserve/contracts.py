@@ -26,6 +26,8 @@ EMBEDDER = "embedder"
 VIEW_CLASSIFIER = "view_classifier"
 LOOK = "look"  # python backend (BLS): the whole shop-the-look chain in one call
 THUMBNAILS = "thumbnails"  # python backend (BLS): one product's views -> thumbnail and type
+POSE_DETECTOR = "pose_detector"  # MediaPipe BlazePose detector: FP32 [1, 224, 224, 3] in [-1, 1] -> boxes, scores
+POSE_LANDMARKS = "pose_landmarks"  # MediaPipe pose_landmark_full: FP32 [1, 256, 256, 3] in [0, 1] -> 195 values, flag
 
 DETECTOR_INPUT_SIZE = 512
 DETECTOR_MAX_DETECTIONS = 20
@@ -133,6 +135,7 @@ def look_config(catalog: str = "../runs/demo/catalog", max_batch_size: int = 8, 
             TensorSpec("categories", "STRING", (-1,), optional=True),  # keep only these
             TensorSpec("filter", "STRING", (1,), optional=True),  # on product attributes
             TensorSpec("masks", "BOOL", (1,), optional=True),  # False: the JSON without the 28x28 masks
+            TensorSpec("gate", "STRING", (1,), optional=True),  # the pose gate: off, person, full-shot
         ),
         outputs=(
             TensorSpec("look_json", "STRING", (1,)),

@@ -9,7 +9,8 @@ This module is the one pixel path of the project: training (``lookserve.training
 ``read_rgb`` is :func:`decode_image`, the embedder's street crops are :func:`crop_box`, the
 detector's inputs are :func:`letterbox`), evaluation (detector masks by :func:`paste_mask` at
 :meth:`Letterbox.to_original` boxes), export's parity samples and serving all call these
-functions, so models are scored on the pixels they are served. The letterbox is centred on
+functions, so models are scored on the pixels they are served. The pose gate's turned person
+crops (MediaPipe's ROI) are :func:`crop_rotated`, bilinear like MediaPipe's. The letterbox is centred on
 black with ``scale = S / max(h, w)``; every resize (letterbox, crops, whole photos) uses one
 rule, OpenCV's ``INTER_AREA`` when shrinking and ``INTER_LINEAR`` when enlarging (:func:`_interp`).
 
@@ -281,6 +282,35 @@ def crop_box(image: np.ndarray, box: np.ndarray, size: int = 224) -> np.ndarray:
     return resize_square(image[y0:y1, x0:x1], size)
 
 
+def rotated_crop_matrix(center: tuple[float, float], side: float, rotation: float, size: int) -> np.ndarray:
+    """The 2×3 affine matrix taking a ``size``×``size`` crop's pixel coordinates to the original's:
+    the crop is the square of ``side`` pixels centred on ``center`` (x, y), turned by ``rotation``
+    radians (clockwise on screen, y down; MediaPipe's ``NormalizedRect.rotation``). Crop corner
+    (0, 0) is the square's top-left corner, (size, size) its bottom-right, as in MediaPipe's
+    ImageToTensorCalculator."""
+    if not side > 0 or size < 1 or not all(math.isfinite(v) for v in (*center, side, rotation)):
+        raise InvalidInputError(f"rotated crop needs a finite side > 0 and size ≥ 1, got side {side}, size {size}, "
+                                f"center {center}, rotation {rotation}")
+    c, s = math.cos(rotation), math.sin(rotation)
+    k = side / size
+    r = np.array([[c, -s], [s, c]], dtype=np.float64)
+    offset = np.asarray(center, dtype=np.float64) - r @ np.array([side / 2, side / 2])
+    return np.hstack([r * k, offset[:, None]])
+
+
+def crop_rotated(
+    image: np.ndarray, center: tuple[float, float], side: float, rotation: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a turned square (see :func:`rotated_crop_matrix`) into ``size``×``size`` RGB uint8,
+    bilinear, edge pixels replicated beyond the border (MediaPipe's default ``BORDER_REPLICATE``).
+    Returns the crop and the matrix taking crop pixels to the original's."""
+    _check_rgb(image)
+    matrix = rotated_crop_matrix(center, side, rotation, size)
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return crop, matrix
+
+
 def paste_mask(mask: np.ndarray, box: np.ndarray, width: int, height: int, threshold: float = 0.5) -> np.ndarray:
     """Paste an ``[m, m]`` mask probability map (relative to its box) into a ``height``×``width``
     canvas → bool. The map is sampled bilinearly at the centre of every pixel the box touches
@@ -336,11 +366,13 @@ __all__ = [
     "box_pixels",
     "crop_box",
     "crop_mask",
+    "crop_rotated",
     "decode_image",
     "letterbox",
     "paste_mask",
     "read_source",
     "resize_square",
+    "rotated_crop_matrix",
     "sniff_format",
     "to_rgb",
 ]

@@ -2,8 +2,9 @@
 
 Input ``image`` is the encoded photo as sent (JPEG, PNG, WebP: decoding, EXIF orientation and
 colour modes happen here with :func:`lookserve.images.decode_image`, the client's code), plus
-optional ``source`` (the name the JSON records), ``k``, ``min_score``, ``categories`` and
-``filter``, and ``masks`` (False: the JSON without the 28×28 masks, as ``lookserve look
+optional ``source`` (the name the JSON records), ``k``, ``min_score``, ``categories``,
+``filter`` and ``gate`` (the pose gate: off, person, full-shot; needs ``pose_detector`` and
+``pose_landmarks`` in the repository), and ``masks`` (False: the JSON without the 28×28 masks, as ``lookserve look
 --no-masks`` writes it). Each request runs :class:`lookserve.client.look.LookPipeline` — the chain
 ``lookserve look`` runs — over :class:`~lookserve.server.pipelines.bls.BlsClient`; the
 requests of one dynamic batch run on threads at once, so their detector and embedder calls
@@ -107,6 +108,7 @@ class TritonPythonModel:
             min_score = _optional(request, "min_score")
             categories = _optional(request, "categories")
             catalog_filter = _optional(request, "filter")
+            gate = _optional(request, "gate")
             source = _optional(request, "source")
             masks = _optional(request, "masks")
             config = config_for_request(
@@ -115,6 +117,7 @@ class TritonPythonModel:
                 min_score=None if min_score is None else float(min_score.reshape(-1)[0]),
                 categories=() if categories is None else tuple(_text(c) for c in categories.reshape(-1)),
                 catalog_filter=None if catalog_filter is None else _text(catalog_filter.reshape(-1)[0]),
+                gate=None if gate is None else _text(gate.reshape(-1)[0]),
             )
             name = None if source is None else _text(source.reshape(-1)[0])
             try:
