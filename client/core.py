@@ -341,6 +341,17 @@ _CONTRACT_WORDS = {
     "output": _TENSOR_WORDS,
 }
 
+@contextlib.contextmanager
+def _naming_replica(url: str) -> Iterator[None]:
+    """Re-raise a lookserve error from one replica's call with that replica's address in it."""
+    try:
+        yield
+    except errors.LookserveError as e:
+        if url in str(e):
+            raise
+        raise type(e)(f"replica {url}: {e}") from e
+
+
 class _Core:
     """What the sync and asyncio clients share; everything here is free of network I/O."""
 
@@ -561,12 +572,8 @@ class TritonClient(_Core):
             metas = []
             with each_replica(self) as each:
                 for replica in each:
-                    try:
+                    with _naming_replica(replica.url):
                         metas.append(replica.check_contract(expected, version))
-                    except errors.LookserveError as e:  # name the replica that failed
-                        if replica.url in str(e):
-                            raise
-                        raise type(e)(f"replica {replica.url}: {e}") from e
             self._verified.add((expected.name, version))
             return metas[0]
         meta = self.model_metadata(expected.name, version)
@@ -702,12 +709,8 @@ class AsyncTritonClient(_Core):
             metas = []
             for options in self.options.for_each_endpoint():
                 async with AsyncTritonClient(options) as replica:
-                    try:
+                    with _naming_replica(replica.url):
                         metas.append(await replica.check_contract(expected, version))
-                    except errors.LookserveError as e:  # name the replica that failed
-                        if replica.url in str(e):
-                            raise
-                        raise type(e)(f"replica {replica.url}: {e}") from e
             self._verified.add((expected.name, version))
             return metas[0]
         meta = await self.model_metadata(expected.name, version)
