@@ -153,6 +153,8 @@ def _run_load(make_workload, url: str, repository: Path | None, config_name: str
 
     if engine not in pa_engine.ENGINES:
         raise typer.BadParameter(f"--engine must be one of {', '.join(pa_engine.ENGINES)}, got {engine!r}")
+    if engine != "lookserve" and repository is None:
+        pa_engine.one_endpoint(url)  # a replica list is refused before any connection
     pa = pa_engine.locate() if engine != "lookserve" else None  # a missing binary fails before any server starts
 
     with contextlib.ExitStack() as stack:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lookserve import contracts, errors
-from lookserve.bench.perf_analyzer import locate
+from lookserve.bench.perf_analyzer import locate, one_endpoint
 from lookserve.client.catalog import TritonEmbedder, build_catalog, load_records, open_for_client
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookPipeline
@@ -215,9 +215,9 @@ def perf_input_data(photos: list[Path], path: Path, masks: bool = False) -> Path
 def perf_analyzer_look(url: str, photos: list[Path], work: Path, concurrencies=(1, 2, 4),
                        request_count: int = 24) -> list[dict]:
     """perf_analyzer on ``look`` with real photos (``--input-data``), closed loop per concurrency;
-    its CSV rows (throughput, latency percentiles in µs)."""
-
-
+    its CSV rows (throughput, latency percentiles in µs). One endpoint: a replica list is refused
+    (:func:`~lookserve.bench.perf_analyzer.one_endpoint`) before anything runs."""
+    one_endpoint(url)
     pa = locate()
     data = perf_input_data(photos, work / "look_input_data.json")
     rows = []

@@ -41,6 +41,7 @@ from typing import Any
 from lookserve import errors
 from lookserve.bench.load import run_load
 from lookserve.bench.report import environment
+from lookserve.client.core import DNS_SCHEME
 from lookserve.fsutil import atomic_output
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,23 @@ def locate() -> PerfAnalyzer:
     return PerfAnalyzer(binary, env)
 
 
+def one_endpoint(url: str, option: str = "--url") -> str:
+    """``url`` when it names one server; :class:`ConfigError` for a replica list or a ``dns:///``
+    name: perf_analyzer speaks to one endpoint (``-u``), so it would load one replica and the
+    report would read as the fleet's."""
+    if "," in url or url.startswith(DNS_SCHEME):
+        raise errors.ConfigError(
+            f"{option} {url!r} names several replicas, but perf_analyzer drives one endpoint: give one "
+            f"host:port ({option} {url.removeprefix(DNS_SCHEME).split(',')[0].strip()}) to measure one replica, "
+            "or use --engine lookserve, which spreads its load over every replica")
+    return url
+
+
 def command(pa: PerfAnalyzer, model: str, url: str, mode: str, level: float, window_ms: int, *, batch_size: int = 1,
             version: str = "", csv_path: Path | None = None, request_count: int | None = None) -> list[str]:
-    """The perf_analyzer command line for one load point (gRPC, synchronous closed loop or open-loop rate)."""
+    """The perf_analyzer command line for one load point (gRPC, synchronous closed loop or open-loop rate);
+    one endpoint only (:func:`one_endpoint`)."""
+    one_endpoint(url)
     words = [str(pa.binary), "-m", model, "-u", url, "-i", "grpc", "-b", str(batch_size)]
     if version:
         words += ["-x", version]

@@ -174,7 +174,9 @@ def catalog_current(
 @app.command("swap-embedder")
 @handle_errors
 def swap_embedder(
-    catalog_root: Path = typer.Option(..., "--catalog-root", help="Folder of catalog-v<N> catalogs and the current pointer."),
+    catalog_root: str = typer.Option(
+        ..., "--catalog-root",
+        help="Folder of catalog-v<N> catalogs and the current pointer, or a Milvus alias milvus://HOST:PORT/ALIAS."),
     onnx: Path | None = typer.Option(None, "--onnx", help="The new embedder's model.onnx (published as the next version)."),
     version: int | None = typer.Option(None, "--version", help="Or an already published version (e.g. the old one, to swap back)."),
     photos: Path | None = typer.Option(None, "--photos", help="Shop photos to index: a street2shop-format root or a folder with a CSV."),
@@ -196,7 +198,8 @@ def swap_embedder(
 ) -> None:
     """Swap the embedder and its catalog together, with running clients:
     publish → load both versions → build catalog-v<new> with the new version → flip CATALOG_ROOT/current
-    → wait until no client uses the old version → unload it. Before the flip any failure leaves the old pair serving."""
+    (on Milvus: a new collection, then the alias) → wait until no client uses the old version → unload it.
+    Before the flip any failure leaves the old pair serving."""
 
     records = load_records(photos, metadata, split or None) if photos else None
     options = SwapOptions(model=model, quiet_s=quiet, max_wait_s=max_wait, unload_old=not keep_old,

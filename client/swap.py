@@ -33,6 +33,17 @@ A failure before the flip (bad file, load failure inside Triton, a build error o
 the new version again and leaves the pointer alone: the old pair keeps serving, and a rerun
 resumes the build. A drain that times out leaves both versions loaded (clients that did not move
 keep working) and says so. Swapping back is the same command with ``--version OLD --reuse-catalog``.
+
+On a Milvus catalog (``catalog_root`` = ``milvus://HOST:PORT/ALIAS``) the steps are the same; the
+alias is the pointer: ``build`` embeds the shop photos with the new version into the alias's next
+collection (``<alias>__e<new>__v<N>``, staged: ``publish_records(..., flip=False)``), opens it bound
+to the new version and its model checksum and queries each category with one of its own rows;
+``flip`` is ``alter_alias`` (Milvus's own atomic switch), which running clients follow
+(:class:`~lookserve.client.catalog.milvus.MilvusCatalogRef`, via ``follow_catalog``) and whose
+requests pin the collection's embedder version, as with a directory. The old collection is kept
+(``--reuse-catalog`` finds it to swap back); a failure before the flip drops the staged collection
+(its embeddings stay under the work folder, so a rerun resumes). The swap is logged, not journalled
+in a file (there is no root folder).
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,10 +72,12 @@ from lookserve.client.catalog import (
     TritonEmbedder,
     build_catalog,
     catalog_dir_name,
+    is_milvus_address,
     model_file_sha256,
     read_current,
     set_current,
 )
+from lookserve.client.catalog.address import milvus_backend
 from lookserve.client.core import each_replica
 from lookserve.client.models import ModelRepository
 
@@ -89,6 +104,8 @@ class SwapOptions:
     reuse_catalog: bool = False  # use an existing catalog-v<new> when it verifies for that version
     # serve a new version whose file no passed parity gate recorded (see ModelRepository.promote)
     allow_unverified: bool = False
+    # a Milvus catalog: flush before indexing (MilvusParams.flush; off = searchable sooner, small catalogs)
+    milvus_flush: bool = True
 
     def __post_init__(self) -> None:
         if self.quiet_s <= 0 or self.max_wait_s < self.quiet_s or self.poll_s <= 0:
@@ -171,11 +188,138 @@ def _smoke(catalog: Catalog) -> None:
             raise errors.CatalogError(f"smoke test of {catalog.path}: category {category} does not find its own photo")
 
 
+def _smoke_milvus(catalog) -> None:
+    """Each category of a Milvus collection, queried with one of its own stored rows, finds that
+    photo first (similarity 1)."""
+    for category in sorted(catalog.categories):
+        vectors = catalog.vectors(category, limit=1)
+        if not len(vectors):
+            raise errors.CatalogError(f"smoke test of {catalog.path}: category {category} has no rows")
+        (found,) = catalog.search(category, vectors, k=1)
+        if not found or not np.isclose(found[0].similarity, 1.0, atol=1e-4):
+            raise errors.CatalogError(f"smoke test of {catalog.path}: category {category} does not find its own photo")
+
+
 def _append_json(path: Path, entry: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+class _DirectoryPointer:
+    """A catalog root: ``catalog-v<N>`` directories and the ``current`` symlink."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.old_dir = read_current(self.root)
+        self.old_embedder = Manifest.from_dict(json.loads((self.old_dir / MANIFEST).read_text())).embedder
+        self.old_label, self.old_name = str(self.old_dir), self.old_dir.name
+        self.where = str(self.root / "current")
+
+    def target(self, new: int) -> None:
+        self.new_dir = self.root / catalog_dir_name(new)
+        if self.new_dir.resolve() == self.old_dir.resolve():
+            raise errors.CatalogError(f"{self.new_dir} is the serving catalog; cannot rebuild it in place")
+        self.new_label, self.new_name = str(self.new_dir), self.new_dir.name
+
+    def build(self, client, repository, name: str, old: int, new: int, records, options: SwapOptions,
+              images_root, progress: bool) -> None:
+        sha = model_file_sha256(repository, name, str(new))
+
+        def open_new() -> Catalog:
+            return Catalog.open(self.new_dir, EmbedderInfo(name, str(new), sha), served_versions=[str(old), str(new)])
+
+        catalog = None
+        if options.reuse_catalog and (self.new_dir / MANIFEST).is_file():
+            try:
+                catalog = open_new()
+            except errors.CatalogError as e:
+                log.warning("cannot reuse %s (%s); rebuilding it", self.new_dir, e)
+        if catalog is None:
+            if not records:
+                raise errors.ConfigError(f"{self.new_dir} must be built: give the shop photos (--photos)")
+            build_catalog(records, self.new_dir, TritonEmbedder(client, name, str(new)), options.params,
+                          batch_size=options.batch_size, concurrency=options.concurrency, model_repository=repository,
+                          progress=progress, images_root=images_root)
+            catalog = open_new()
+        _smoke(catalog)
+
+    def flip(self) -> None:
+        set_current(self.root, self.new_dir.name)
+
+    def abandon(self) -> None:
+        """A failed swap keeps ``catalog-v<new>`` (or its .partial) so that a rerun resumes."""
+
+    def record(self, report: SwapReport) -> None:
+        _append_json(self.root / SWAPS, {"time": time.time(), **report.to_dict()})
+
+
+class _MilvusPointer:
+    """A Milvus alias: one collection per (embedder version, catalog version), the alias the pointer."""
+
+    def __init__(self, address: str, options: SwapOptions) -> None:
+        self.mv = milvus_backend()
+        self.address = self.mv.parse_address(str(address))
+        p = options.params
+        self.params = self.mv.MilvusParams(M=p.M, ef_construction=p.ef_construction, flush=options.milvus_flush)
+        old = self.mv.MilvusCatalog.open(self.address, self.params)
+        if old.collection == self.address.name:
+            raise errors.ConfigError(f"{self.address} names a collection, not an alias: swap-embedder flips an alias "
+                                     "(e.g. milvus://HOST:PORT/shop)")
+        self.old_embedder, self.old_label, self.old_name = old.embedder, old.path, old.collection
+        self.where = f"alias {self.address}"
+        self.staged: str | None = None  # a collection this run wrote (dropped again if the swap fails)
+
+    def target(self, new: int) -> None:
+        self.new_label = self.new_name = ""  # known once built
+
+    def _open(self, collection: str, name: str, old: int, new: int, sha: str | None):
+        return self.mv.MilvusCatalog.open(self.address.with_name(collection), self.params,
+                                          embedder=EmbedderInfo(name, str(new), sha),
+                                          served_versions=[str(old), str(new)])
+
+    def _reusable(self, name: str, old: int, new: int, sha: str | None):
+        """The newest collection of this alias built with version ``new`` that opens for it."""
+        for collection in reversed(self.mv.versions_of(self.address, str(new), self.params)):
+            try:
+                return self._open(collection, name, old, new, sha)
+            except errors.CatalogError as e:
+                log.warning("cannot reuse %s (%s)", collection, e)
+        return None
+
+    def build(self, client, repository, name: str, old: int, new: int, records, options: SwapOptions,
+              images_root, progress: bool) -> None:
+        sha = model_file_sha256(repository, name, str(new))
+        catalog = self._reusable(name, old, new, sha) if options.reuse_catalog else None
+        if catalog is None:
+            if not records:
+                raise errors.ConfigError(f"a collection of {name} version {new} behind {self.address} must be built: "
+                                         "give the shop photos (--photos)")
+            work = Path(tempfile.gettempdir()) / f"lookserve-{self.address.name}__e{new}.swap-partial"
+            staged = self.mv.publish_records(records, TritonEmbedder(client, name, str(new)), str(self.address), work,
+                                             params=self.params, model_sha256=sha, keep=0,
+                                             batch_size=options.batch_size, concurrency=options.concurrency,
+                                             progress=progress, flip=False)
+            self.staged = staged.collection
+            catalog = self._open(staged.collection, name, old, new, sha)
+            shutil.rmtree(work, ignore_errors=True)
+        _smoke_milvus(catalog)
+        self.new_label, self.new_name = catalog.path, catalog.collection
+
+    def flip(self) -> None:
+        self.mv.flip_alias(self.address, self.new_name, self.params)
+
+    def abandon(self) -> None:
+        if self.staged is None:
+            return
+        try:
+            self.mv.drop_collection(self.address, self.staged, self.params)
+        except errors.CatalogError as e:  # the swap's own error is the news; say what is left behind
+            log.error("could not drop the staged collection %s: %s", self.staged, e)
+
+    def record(self, report: SwapReport) -> None:
+        log.info("embedder swap on %s: %s", self.address, json.dumps(report.to_dict()))
 
 
 def swap_embedder(
@@ -192,37 +336,39 @@ def swap_embedder(
 ) -> SwapReport:
     """Swap the embedder and its catalog together (see the module docstring for the steps).
 
-    ``client`` needs the repository key. Either ``onnx_path`` (published as the next version) or
-    ``version`` (already published) names the new version. ``records`` are the shop photos to
-    index (not needed with ``reuse_catalog`` when the catalog exists). ``on_step(name, "start" |
-    "end")`` is called around every step (the bench marks them on its plot).
+    ``client`` needs the repository key. ``catalog_root`` is a catalog root (folder with the
+    ``current`` pointer) or a ``milvus://HOST:PORT/ALIAS`` address. Either ``onnx_path``
+    (published as the next version) or ``version`` (already published) names the new version.
+    ``records`` are the shop photos to index (not needed with ``reuse_catalog`` when the catalog
+    exists). ``on_step(name, "start" | "end")`` is called around every step (the bench marks them
+    on its plot).
     """
     models = ModelRepository(repository)
-    root = Path(catalog_root)
     name = options.model
     if (onnx_path is None) == (version is None):
         raise errors.ConfigError("give either the new ONNX file or an already published version, not both or neither")
-    old_dir = read_current(root)
-    built_with = Manifest.from_dict(json.loads((old_dir / MANIFEST).read_text())).embedder
+    pointer = _MilvusPointer(str(catalog_root), options) if is_milvus_address(catalog_root) \
+        else _DirectoryPointer(catalog_root)
+    built_with = pointer.old_embedder
     if built_with.name != name:
-        raise errors.CatalogError(f"the current catalog {old_dir} was built with {built_with.name!r}, not {name!r}")
+        raise errors.CatalogError(f"the current catalog {pointer.old_label} was built with {built_with.name!r}, not {name!r}")
     old = int(built_with.version)
     loaded = models.loaded_versions(client, name)
     if old not in loaded:
         raise errors.PublishError(
-            f"the current catalog {old_dir} needs {name} version {old}, but the server has {list(loaded) or 'none'} "
-            "loaded; fix the serving pair before swapping"
+            f"the current catalog {pointer.old_label} needs {name} version {old}, but the server has "
+            f"{list(loaded) or 'none'} loaded; fix the serving pair before swapping"
         )
     steps: list[SwapStep] = []
 
-    def run(step: str, fn, detail: str = ""):
+    def run(step: str, fn, detail: str | Callable[[], str] = ""):
         if on_step:
             on_step(step, "start")
         t0 = time.time()
         try:
             return fn()
         finally:
-            steps.append(SwapStep(step, t0, time.time(), detail))
+            steps.append(SwapStep(step, t0, time.time(), detail() if callable(detail) else detail))
             if on_step:
                 on_step(step, "end")
 
@@ -235,50 +381,30 @@ def swap_embedder(
         if new not in [v.version for v in models.versions(name)]:
             raise errors.PublishError(f"{name} has no published version {new}; publish it or pass --onnx")
     if new == old:
-        raise errors.PublishError(f"{name} version {new} already serves with {old_dir}; nothing to swap")
-
-    new_dir = root / catalog_dir_name(new)
-    if new_dir.resolve() == old_dir.resolve():
-        raise errors.CatalogError(f"{new_dir} is the serving catalog; cannot rebuild it in place")
+        raise errors.PublishError(f"{name} version {new} already serves with {pointer.old_label}; nothing to swap")
+    pointer.target(new)
 
     # 2. load both versions (Triton keeps the old one serving; a load failure restores the config)
     try:
         run("load_both", lambda: models.promote(client, name, new, keep_previous=True, timeout_s=options.load_timeout_s,
                                                 allow_unverified=options.allow_unverified))
     except errors.PublishError as e:
-        raise errors.PublishError(f"swap aborted, {name} version {old} and {old_dir.name} keep serving: {e}") from e
+        raise errors.PublishError(f"swap aborted, {name} version {old} and {pointer.old_name} keep serving: {e}") from e
 
     # 3. build (and check) the new catalog; 4. flip the pointer. Any failure: retire the new version.
     try:
-        def build() -> Catalog:
-            sha = model_file_sha256(repository, name, str(new))
-
-            def open_new() -> Catalog:
-                return Catalog.open(new_dir, EmbedderInfo(name, str(new), sha), served_versions=[str(old), str(new)])
-
-            if options.reuse_catalog and (new_dir / MANIFEST).is_file():
-                try:
-                    return open_new()
-                except errors.CatalogError as e:
-                    log.warning("cannot reuse %s (%s); rebuilding it", new_dir, e)
-            if not records:
-                raise errors.ConfigError(f"{new_dir} must be built: give the shop photos (--photos)")
-            build_catalog(records, new_dir, TritonEmbedder(client, name, str(new)), options.params,
-                          batch_size=options.batch_size, concurrency=options.concurrency, model_repository=repository,
-                          progress=progress, images_root=images_root)
-            return open_new()
-
-        catalog = run("build", build, str(new_dir))
-        _smoke(catalog)
-        run("flip", lambda: set_current(root, new_dir.name), f"{old_dir.name} -> {new_dir.name}")
+        run("build", lambda: pointer.build(client, repository, name, old, new, records, options, images_root, progress),
+            lambda: pointer.new_label)
+        run("flip", pointer.flip, f"{pointer.old_name} -> {pointer.new_name}")
     except BaseException as e:
+        pointer.abandon()
         try:
             models.retire(client, name, (new,), timeout_s=options.load_timeout_s)
         except errors.LookserveError as cleanup:
             log.error("could not retire %s version %d after the failed swap: %s", name, new, cleanup)
         if isinstance(e, errors.LookserveError):
             raise errors.PublishError(
-                f"swap aborted before the switch: {e}. {name} version {old} and {old_dir.name} keep serving; "
+                f"swap aborted before the switch: {e}. {name} version {old} and {pointer.old_name} keep serving; "
                 f"version {new} was retired (a rerun resumes the catalog build)"
             ) from e
         raise
@@ -291,16 +417,17 @@ def swap_embedder(
         serving = run("unload", lambda: models.retire(client, name, (old,), timeout_s=options.load_timeout_s))
     else:
         serving = models.loaded_versions(client, name)
-    report = SwapReport(name, old, new, str(old_dir), str(new_dir), tuple(steps), tuple(serving), after_flip, drained)
-    _append_json(root / SWAPS, {"time": time.time(), **report.to_dict()})
+    report = SwapReport(name, old, new, pointer.old_label, pointer.new_label, tuple(steps), tuple(serving), after_flip,
+                        drained)
+    pointer.record(report)
     if not drained:
         raise errors.PublishError(
-            f"{old_dir.name} -> {new_dir.name} switched, but {name} version {old} still answered requests after "
-            f"{options.max_wait_s:.0f} s (clients that do not follow {root / 'current'}?); both versions stay loaded. "
+            f"{pointer.old_name} -> {pointer.new_name} switched, but {name} version {old} still answered requests after "
+            f"{options.max_wait_s:.0f} s (clients that do not follow {pointer.where}?); both versions stay loaded. "
             f"Retire it when they have moved: lookserve models retire {name} {old}"
         )
-    log.info("embedder swap done: %s v%d (%s) -> v%d (%s); serving %s", name, old, old_dir.name, new, new_dir.name,
-             list(serving))
+    log.info("embedder swap done: %s v%d (%s) -> v%d (%s); serving %s", name, old, pointer.old_name, new,
+             pointer.new_name, list(serving))
     return report
 
 

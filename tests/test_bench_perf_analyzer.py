@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from lookserve import contracts, errors
 from lookserve.bench import perf_analyzer as pa
 from lookserve.bench.load import LoadSpec, markdown
+from lookserve.bench.look_server import perf_analyzer_look
 from lookserve.cli import app
 from lookserve.client.core import TritonClient
 from tinymodels import projection_embedder, write_model
@@ -176,3 +177,15 @@ def test_perf_analyzer_sends_whole_jpegs_when_given_the_cli_input_data(tmp_path:
     with TritonClient(server.grpc_url) as client:
         stats = client.statistics("look")["model_stats"][0]["inference_stats"]
     assert int(stats["success"]["count"]) > 3 and int(stats.get("fail", {}).get("count", 0)) == 0
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8001,127.0.0.1:8002", "dns:///triton.lookserve.svc:8001"])
+def test_perf_analyzer_refuses_naming_url_when_given_several_replicas(tmp_path: Path, url: str) -> None:
+    fake = pa.PerfAnalyzer(tmp_path / "perf_analyzer", {})
+    with pytest.raises(errors.ConfigError, match="--url .* names several replicas.*one endpoint.*--engine lookserve"):
+        pa.command(fake, "embedder", url, "closed", 1, 1000)
+    with pytest.raises(errors.ConfigError, match="names several replicas"):  # before the binary or a photo is read
+        perf_analyzer_look(url, [tmp_path / "missing.jpg"], tmp_path)
+    result = CliRunner().invoke(app, ["bench", "model", "embedder", "--engine", "perf_analyzer", "--url", url])
+    assert result.exit_code == 2 and "names several replicas" in result.output, result.output
+    assert pa.one_endpoint("127.0.0.1:8001") == "127.0.0.1:8001"

@@ -21,7 +21,10 @@ pytest.importorskip("pymilvus", reason="the Milvus client (pip install 'lookserv
 pytest.importorskip("milvus", reason="the embedded Milvus server (pip install 'lookserve[milvus]') is not installed")
 
 from PIL import Image
-from test_look_chain import served, street_photo  # noqa: F401 - `served`: the module's Triton + catalog
+from test_look_chain import CROP, served, street_photo  # noqa: F401 - `served`: the module's Triton + catalog
+from test_look_chain import DIM as LOOK_DIM
+from test_look_server import _without_timings
+from test_models_swap import LoadThreads
 from typer.testing import CliRunner
 
 from lookserve.cli import app
@@ -31,16 +34,24 @@ from lookserve.client.catalog import (
     EmbedderInfo,
     IndexParams,
     PhotoRecord,
+    model_file_sha256,
     open_catalog,
     write_catalog,
 )
 from lookserve.client.catalog import milvus as mv
+from lookserve.client.catalog.address import follow_catalog
 from lookserve.client.catalog.directory import open_for_client
 from lookserve.client.catalog.filters import FilterError, parse
 from lookserve.client.catalog.milvus_server import start_milvus
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookConfig, LookPipeline
-from lookserve.errors import CatalogError, CatalogUnavailable, CatalogVersionMismatch
+from lookserve.client.look_remote import RemoteLook
+from lookserve.client.models import ModelRepository
+from lookserve.client.swap import SwapOptions, swap_embedder
+from lookserve.errors import CatalogError, CatalogUnavailable, CatalogVersionMismatch, ConfigError
+from lookserve.server.pipelines.repository import write_pipeline_models
+from lookserve.ui import logic
+from tinymodels import projection_embedder
 
 pytestmark = pytest.mark.milvus
 
@@ -306,3 +317,158 @@ def test_milvus_new_embedder_version_gets_its_own_collection_when_alias_flips(pu
     (row,) = now.search("bags", _EmbedderV2().embed(np.zeros((1, 8, 8, 3), np.uint8))[0], k=3)
     assert {m.product_id for m in row} <= {7004, 7005, 7006}
     assert open_catalog(f"{milvus_server.catalog_address}/{before.collection}").embedder == EMB  # the old pair stays
+
+
+def test_milvus_drop_collection_refuses_when_the_alias_serves_it(published) -> None:
+    address = published["address"]
+    serving = open_catalog(address).collection
+    every = mv.versions_of(address)
+    assert serving in every and mv.versions_of(address, "2") == [c for c in every if "__e2__" in c]
+    with pytest.raises(CatalogError, match="flip the alias away from it first"):
+        mv.drop_collection(address, serving)
+    assert mv.versions_of(address) == every and open_catalog(address).collection == serving
+
+
+def _street(tmp_path: Path) -> Path:
+    path = tmp_path / "street.png"
+    Image.fromarray(street_photo([(230, "tops"), (240, "bags")], seed=1)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def on_milvus(served, milvus_server) -> str:  # noqa: F811
+    """The Triton-built catalog of `served` pushed once behind alias "served" (read by the UI and
+    the look model; the swap, last, flips it to v2 and back)."""
+    address = f"{milvus_server.catalog_address}/served"
+    mv.publish_catalog(served["catalog"], address, params=mv.MilvusParams(flush=False))
+    return address
+
+
+@pytest.mark.triton
+def test_ui_searches_the_milvus_catalog_when_given_a_milvus_address(served, milvus_server, on_milvus,  # noqa: F811
+                                                                      tmp_path: Path) -> None:
+    address = on_milvus
+    path = _street(tmp_path)
+    services = logic.connect(logic.UiConfig(url=served["server"].grpc_url, catalog=address,
+                                            model_repository=served["repo"]))
+    try:
+        assert services.look_error is None and isinstance(services.catalog, mv.MilvusCatalog)
+        view = logic.run_look(services, logic.load_input(path.name, path), k=4)
+        want = LookPipeline(services.client, open_for_client(served["catalog"], services.client, served["repo"]),
+                            LookConfig(k=4)).run(path)
+        caption = logic.catalog_caption(services.catalog)
+        attributes = logic.catalog_attributes(services.catalog)
+    finally:
+        services.close()
+    assert [i.category for i in view.items] == ["tops", "bags"]
+    assert [[m.product_id for m in i.matches] for i in view.items] == [[m.product_id for m in i.matches] for i in want.items]
+    assert view.result.catalog == f"{milvus_server.catalog_address}/served__e1__v1"
+    assert caption.startswith(f"Catalog {address}: 26 products (26 shop photos) in 3 categories, built by embedder v1")
+    assert attributes == {"i": "number"}
+
+
+@pytest.mark.triton
+def test_look_model_answers_the_client_chains_products_when_its_catalog_is_a_milvus_alias(
+    served, milvus_server, on_milvus, tmp_path: Path  # noqa: F811
+) -> None:
+    address = on_milvus
+    path = _street(tmp_path)
+    server = served["server"]
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as client:
+        write_pipeline_models(served["repo"], catalog=address)
+        client.load_model("look")
+        try:
+            got = RemoteLook(client).run(path)
+            chain = LookPipeline(client, open_catalog(address, client, served["repo"]))
+            want = json.loads(chain.run(path).to_json())
+        finally:
+            client.unload_model("look")
+    assert got["catalog"] == f"{milvus_server.catalog_address}/served__e1__v1"
+    assert [[m["product_id"] for m in i["matches"]] for i in got["items"]] == \
+        [[m["product_id"] for m in i["matches"]] for i in want["items"]]
+    assert len(got["items"]) == 2 and all(i["matches"] for i in got["items"])
+    assert _without_timings(got) == _without_timings(want)
+
+
+class _MilvusClients(LoadThreads):
+    """Threads running the look chain on a Milvus alias followed with ``follow_catalog``."""
+
+    def __init__(self, url: str, address: str, street: Path, threads: int = 2) -> None:
+        self.client = TritonClient(url, timeout_s=20)
+        self.ref = follow_catalog(address, self.client, interval_s=0.05)
+        self.pipeline = LookPipeline(self.client, self.ref)
+        self.street = street
+        self.results: list[tuple[float, str, str, str, int]] = []  # start, answered, catalog's, collection, items
+        super().__init__(threads)
+
+    def _run(self, i: int) -> None:
+        self._loop(self._look)
+
+    def _look(self) -> None:
+        t0 = time.time()
+        r = self.pipeline.run(self.street)
+        self.results.append((t0, r.model_versions.get("embedder", ""), r.catalog_embedder["version"], r.catalog,
+                             len(r.items)))
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self.client.close()
+
+
+@pytest.mark.triton
+def test_swap_embedder_flips_the_milvus_alias_without_failed_or_mixed_answers_when_under_load(
+    served, milvus_server, on_milvus, tmp_path: Path  # noqa: F811
+) -> None:
+    """Last of the module: it swaps the module Triton's embedder to v2 and back to v1 (rollback)."""
+    address = on_milvus
+    street = _street(tmp_path)
+    candidate = projection_embedder(tmp_path / "candidate" / "model.onnx", size=CROP, dim=LOOK_DIM, seed=2)
+    server = served["server"]
+    options = SwapOptions(quiet_s=0.3, max_wait_s=20.0, poll_s=0.05, batch_size=5, concurrency=2,
+                          allow_unverified=True, milvus_flush=False)
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin:
+        with pytest.raises(ConfigError, match="served__e1__v1 names a collection, not an alias"):
+            swap_embedder(admin, served["repo"], f"{address}__e1__v1", served["records"], onnx_path=candidate,
+                          options=options)
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin, \
+            _MilvusClients(server.grpc_url, address, street) as load:
+        report = swap_embedder(admin, served["repo"], address, served["records"], onnx_path=candidate,
+                               options=options, images_root=served["root"] / "shop")
+        t_done = time.time()
+        time.sleep(0.3)
+    assert load.failures == []
+    built_with: dict[str, str] = {}
+    for _, answered, recorded, collection, items in load.results:  # no answer mixes versions
+        if collection not in built_with:
+            built_with[collection] = open_catalog(collection).embedder.version
+        assert answered == recorded == built_with[collection], (answered, recorded, collection)
+        assert items == 2
+    assert {r[1] for r in load.results} == {"1", "2"}
+    assert all(r[1] == "2" for r in load.results if r[0] > t_done)
+    base = milvus_server.catalog_address
+    assert (report.old_catalog, report.new_catalog) == (f"{base}/served__e1__v1", f"{base}/served__e2__v2")
+    assert [st.name for st in report.steps] == ["publish", "load_both", "build", "flip", "drain", "unload"]
+    assert report.serving == (2,) and report.drained
+    milvus = open_catalog(address)
+    assert milvus.collection == "served__e2__v2" and milvus.client.has_collection("served__e1__v1")  # kept for rollback
+    sha2 = model_file_sha256(served["repo"], "embedder", "2")
+    assert milvus.embedder == EmbedderInfo("embedder", "2", sha2)
+    # rollback: the same command, the old collection reused (nothing re-embedded), v1 serving again;
+    # without --reuse-catalog nor photos it stops before the switch and the v2 pair keeps serving
+    key = tmp_path / "key"
+    key.write_text(server.repository_key)
+    back = ["models", "swap-embedder", "--catalog-root", address, "--version", "1", "--allow-unverified",
+            "--quiet", "0.3", "--max-wait", "20", "--url", server.grpc_url, "--key-file", str(key),
+            "-r", str(served["repo"])]
+    refused = CliRunner().invoke(app, back)
+    assert refused.exit_code == 2 and "must be built: give the shop photos" in refused.output, refused.output
+    assert "embedder version 2 and served__e2__v2 keep serving; version 1 was retired" in refused.output
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin:
+        assert ModelRepository(served["repo"]).loaded_versions(admin, "embedder") == (2,)
+    assert open_catalog(address).collection == "served__e2__v2"
+    back = CliRunner().invoke(app, [*back, "--reuse-catalog"])
+    assert back.exit_code == 0, back.output
+    assert "version 2 (served__e2__v2) -> version 1 (served__e1__v1)" in back.stdout
+    with TritonClient(server.grpc_url, repository_key=server.repository_key) as admin:
+        assert ModelRepository(served["repo"]).loaded_versions(admin, "embedder") == (1,)
+    assert open_catalog(address).collection == "served__e1__v1" and not milvus.client.has_collection("served__e1__v3")

@@ -138,3 +138,15 @@ def test_markdown_table_escapes_pipes_when_cells_hold_them() -> None:
     assert logic.markdown_table([]) == ""
     assert logic.timings_rows({"detect": 1.234, "total": 2.0}) == [{"stage": "detect", "ms": "1.2"},
                                                                     {"stage": "total", "ms": "2.0"}]
+
+
+def test_ui_config_refuses_naming_the_address_when_catalog_address_is_bad() -> None:
+    with pytest.raises(errors.ConfigError, match="'redis://h:1/shop'.*scheme 'redis' is not supported"):
+        logic.UiConfig(catalog="redis://h:1/shop")
+    pytest.importorskip("pymilvus", reason="the Milvus client (pip install 'lookserve[milvus]') is not installed")
+    with pytest.raises(errors.ConfigError, match="'milvus://h:1/9bad'.*expected milvus://HOST:PORT/NAME"):
+        logic.UiConfig(catalog="milvus://h:1/9bad")
+    result = CliRunner().invoke(app, ["ui", "--catalog", "redis://h:1/shop"])
+    assert result.exit_code == 2 and "scheme 'redis' is not supported" in result.output, result.output
+    good = logic.UiConfig(catalog="milvus://127.0.0.1:19530/shop")  # kept as given, through the environment too
+    assert logic.UiConfig.from_env(good.to_env()).catalog == "milvus://127.0.0.1:19530/shop"

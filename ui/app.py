@@ -98,7 +98,7 @@ def look_page(config: logic.UiConfig, samples: logic.Samples, services: logic.Se
         st.info("Pick a sample or upload a street photo: the page shows the garments it finds and the catalog "
                 "products that match each one.")
         return
-    attributes = ", ".join(f"{n} ({t})" for n, t in sorted(services.catalog.manifest.attributes.items())) or "none"
+    attributes = ", ".join(f"{n} ({t})" for n, t in sorted(logic.catalog_attributes(services.catalog).items())) or "none"
     product_filter = st.text_input("Filter on product attributes", key="product_filter", placeholder="price < 50 and in_stock",
                                    help=f"e.g. price < 50 and brand in [\"a\", \"b\"] and in_stock. Attributes: {attributes}")
     with st.spinner(f"Asking Triton about {inp.name}…"):

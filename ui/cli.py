@@ -15,7 +15,7 @@ import typer
 from lookserve.client.core import check_url
 from lookserve.cliutil import fail, url_option, warn
 from lookserve.errors import LookserveError
-from lookserve.ui.logic import ENV_VERBOSE, MAX_UPLOAD_MB, UiConfig
+from lookserve.ui.logic import ENV_VERBOSE, MAX_UPLOAD_MB, UiConfig, catalog_address
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def streamlit_command(config, port: int = 8501, address: str = "127.0.0.1", verb
 
 @app.command("ui")
 def ui(
-    catalog: Path | None = typer.Option(None, "--catalog", "-c", help="Catalog directory (lookserve catalog build; make demo: runs/demo/catalog)."),
+    catalog: str | None = typer.Option(None, "--catalog", "-c", help="Catalog directory (lookserve catalog build; make demo: runs/demo/catalog), or milvus://HOST:PORT/ALIAS."),
     samples: Path | None = typer.Option(None, "--samples", "-s", help="Data set to pick samples from (make demo: runs/demo/data)."),
     url: str = url_option(),
     port: int = typer.Option(8501, "--port", "-p", min=1, max=65535, help="Port of the web page."),
@@ -66,12 +66,14 @@ def ui(
     level = logging.getLogger().getEffectiveLevel()  # lookserve -v / -vv: the page logs alike
     verbose = 2 if level <= logging.DEBUG else 1 if level <= logging.INFO else 0
 
-    for what, path in (("catalog", catalog), ("samples folder", samples)):
+    folders = (("catalog", Path(catalog) if catalog and "://" not in catalog else None), ("samples folder", samples))
+    for what, path in folders:
         if path is not None and not path.is_dir():
             warn(f"{what} {path} does not exist; the page will say so")
     try:
         check_url(url)  # a malformed --url is refused here, not on the page
-        config = UiConfig(url=url, catalog=catalog, samples=samples, model_repository=model_repository, timeout_s=timeout)
+        config = UiConfig(url=url, catalog=catalog_address(catalog) if catalog else None, samples=samples,
+                          model_repository=model_repository, timeout_s=timeout)
         argv, env = streamlit_command(config, port=port, address=address, verbose=verbose)
     except LookserveError as e:
         fail(e)

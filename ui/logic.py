@@ -4,7 +4,9 @@ running the two chains on an upload or a sample, and turning errors into message
 The page (:mod:`lookserve.ui.app`) only lays these out. Everything talks to Triton through
 lookserve's client library — :class:`~lookserve.client.core.TritonClient`,
 :class:`~lookserve.client.look.LookPipeline` over a catalog opened with
-:func:`~lookserve.client.catalog.open_for_client`, and
+:func:`~lookserve.client.catalog.open_catalog` (any catalog address: a directory, a catalog root,
+``milvus://HOST:PORT/ALIAS``; the page only uses the :class:`~lookserve.client.catalog.CatalogBackend`
+interface), and
 :class:`~lookserve.client.thumbnails.ThumbnailPipeline` — never with its own requests.
 
 Every image, uploaded or sample, is decoded with :func:`lookserve.images.decode_image`'s limits
@@ -27,7 +29,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lookserve import errors
 from lookserve.client import render
-from lookserve.client.catalog import open_for_client
+from lookserve.client.catalog import catalog_path, is_milvus_address, open_catalog
+from lookserve.client.catalog.address import milvus_backend
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookConfig, LookPipeline
 from lookserve.client.render import overlay
@@ -59,7 +62,7 @@ class UiConfig:
     """Where the page finds Triton, the catalog and the samples."""
 
     url: str = "127.0.0.1:8001"
-    catalog: Path | None = None
+    catalog: Path | str | None = None  # a catalog address (open_catalog): a path, file://PATH or milvus://HOST:PORT/ALIAS
     samples: Path | None = None
     model_repository: Path | None = None  # also check the embedder's model-file checksum
     timeout_s: float = 30.0
@@ -71,6 +74,11 @@ class UiConfig:
             raise errors.ConfigError("the Triton URL is empty")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise errors.ConfigError(f"timeouts must be positive, got {self.timeout_s} and {self.connect_timeout_s}")
+        if self.catalog is not None:  # a malformed address is refused here, before the page starts
+            if is_milvus_address(self.catalog):
+                milvus_backend().parse_address(str(self.catalog))
+            else:
+                catalog_path(self.catalog)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> UiConfig:
@@ -85,16 +93,24 @@ class UiConfig:
             timeout_s = float(timeout) if timeout else cls.timeout_s
         except ValueError as e:
             raise errors.ConfigError(f"{ENV_TIMEOUT}={timeout!r} is not a number of seconds") from e
-        return cls(url=env.get(ENV_URL, "").strip() or cls.url, catalog=path(ENV_CATALOG), samples=path(ENV_SAMPLES),
+        catalog = env.get(ENV_CATALOG, "").strip()
+        return cls(url=env.get(ENV_URL, "").strip() or cls.url, catalog=catalog_address(catalog) if catalog else None,
+                   samples=path(ENV_SAMPLES),
                    model_repository=path(ENV_MODEL_REPOSITORY), timeout_s=timeout_s)
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes :meth:`from_env` return this configuration."""
         env = {ENV_URL: self.url, ENV_TIMEOUT: str(self.timeout_s)}
-        for name, value in ((ENV_CATALOG, self.catalog), (ENV_SAMPLES, self.samples),
-                            (ENV_MODEL_REPOSITORY, self.model_repository)):
+        catalog = catalog_address(self.catalog) if self.catalog is not None else None
+        env[ENV_CATALOG] = "" if catalog is None else str(catalog.resolve() if isinstance(catalog, Path) else catalog)
+        for name, value in ((ENV_SAMPLES, self.samples), (ENV_MODEL_REPOSITORY, self.model_repository)):
             env[name] = str(Path(value).resolve()) if value is not None else ""
         return env
+
+
+def catalog_address(value: str | os.PathLike) -> Path | str:
+    """A catalog address as the page keeps it: a path as a :class:`Path`, a ``scheme://`` address as given."""
+    return value if isinstance(value, str) and "://" in value else Path(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -188,10 +204,11 @@ def connect(config: UiConfig) -> Services:
     services = Services(config, client)
     try:
         if config.catalog is None:
-            raise errors.CatalogError("no catalog given (lookserve ui --catalog DIR; build one with lookserve catalog build)")
-        if not Path(config.catalog).is_dir():
+            raise errors.CatalogError("no catalog given (lookserve ui --catalog DIR or milvus://HOST:PORT/ALIAS; "
+                                      "build one with lookserve catalog build)")
+        if not is_milvus_address(config.catalog) and not catalog_path(config.catalog).exists():
             raise errors.CatalogError(f"catalog folder {config.catalog} does not exist (build one with lookserve catalog build)")
-        catalog = open_for_client(config.catalog, client, config.model_repository)
+        catalog = open_catalog(config.catalog, client, config.model_repository)
         services.look = LookPipeline(client, catalog, LookConfig(limits=config.limits, timeout_s=config.timeout_s))
     except errors.LookserveError as e:
         log.warning("shop the look is unavailable: %s", e)
@@ -360,10 +377,16 @@ def look_view(inp: ImageInput, result, catalog, truth: Mapping[str, int] | None 
 
 
 def catalog_caption(catalog) -> str:
-    m = catalog.manifest
-    photos, products = m.counts.get("photos", "?"), m.counts.get("products", "?")
-    return (f"Catalog {catalog.path}: {products} products ({photos} shop photos) in {len(catalog.categories)} categories, "
-            f"built by {m.embedder.name} v{m.embedder.version}")
+    """One line on the catalog, from the :class:`~lookserve.client.catalog.CatalogBackend` interface."""
+    counts = catalog.describe().get("counts", {})
+    photos, products = counts.get("photos", "?"), counts.get("products", "?")
+    return (f"Catalog {catalog.address}: {products} products ({photos} shop photos) in {len(catalog.categories)} categories, "
+            f"built by {catalog.embedder.name} v{catalog.embedder.version}")
+
+
+def catalog_attributes(catalog) -> dict[str, str]:
+    """The catalog's filterable attributes (name → type), from :meth:`CatalogBackend.describe`."""
+    return dict(catalog.describe().get("attributes", {}))
 
 
 def _existing(path: Path | None) -> Path | None:
@@ -514,6 +537,6 @@ def explain(error: BaseException) -> str:
 
 __all__ = [
     "ENV_CATALOG", "ENV_MODEL_REPOSITORY", "ENV_SAMPLES", "ENV_TIMEOUT", "ENV_URL", "MODES", "ImageInput", "ItemView",
-    "LookView", "MatchView", "Samples", "Services", "ThumbnailView", "UiConfig", "ViewRank", "annotate", "catalog_caption", "connect",
+    "LookView", "MatchView", "Samples", "Services", "ThumbnailView", "UiConfig", "ViewRank", "annotate", "catalog_address", "catalog_attributes", "catalog_caption", "connect",
     "explain", "find_samples", "load_input", "look_view", "markdown_table", "run_look", "run_thumbnails", "timings_rows", "versions_line",
 ]

@@ -29,7 +29,7 @@ def is_milvus_address(address: object) -> bool:
     return match is not None and match.group(1).lower() in MILVUS_SCHEMES
 
 
-def _milvus():
+def milvus_backend():
     """The Milvus backend module (lazily: it needs the [milvus] extra)."""
     try:
         from lookserve.client.catalog import milvus
@@ -70,7 +70,7 @@ def open_catalog(address: str | os.PathLike, client=None, model_repository: str 
     :class:`~lookserve.client.catalog.milvus.MilvusCatalog` with the same checks.
     """
     if is_milvus_address(address):
-        milvus = _milvus()
+        milvus = milvus_backend()
         if client is not None:
             return milvus.open_milvus_for_client(str(address), client, model_repository)
         return milvus.MilvusCatalog.open(str(address))
@@ -87,11 +87,11 @@ def follow_catalog(address: str | os.PathLike, client=None, interval_s: float = 
     :class:`~lookserve.client.catalog.watcher.CatalogWatcher`) or a Milvus alias (a
     :class:`~lookserve.client.catalog.milvus.MilvusCatalogRef`); a fixed reference otherwise."""
     if is_milvus_address(address):
-        return _milvus().MilvusCatalogRef(str(address), client, interval_s, model_repository=model_repository)
+        return milvus_backend().MilvusCatalogRef(str(address), client, interval_s, model_repository=model_repository)
     path = catalog_path(address)
     if (path / CURRENT).is_symlink():
         return CatalogWatcher(path, client, interval_s, model_repository)
     return CatalogRef(open_catalog(path, client, model_repository))
 
 
-__all__ = ["MILVUS_SCHEMES", "SCHEMES", "catalog_path", "follow_catalog", "is_milvus_address", "open_catalog"]
+__all__ = ["MILVUS_SCHEMES", "SCHEMES", "catalog_path", "follow_catalog", "is_milvus_address", "milvus_backend", "open_catalog"]

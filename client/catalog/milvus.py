@@ -494,6 +494,14 @@ class MilvusCatalog:
                             "attributes": json.loads(r["attributes_json"] or "{}")}
         return out
 
+    def vectors(self, category: str, limit: int = 1) -> np.ndarray:
+        """Up to ``limit`` stored (L2-normalised) vectors of ``category``, read Strong — what a
+        smoke test queries the collection with."""
+        got = self._call("reading vectors", self.client.query, collection_name=self.collection,
+                         filter=f"category == {_quote(category)}", output_fields=[VECTOR], limit=int(limit),
+                         consistency_level="Strong")
+        return np.asarray([r[VECTOR] for r in got], dtype=np.float32).reshape(-1, self.dim)
+
     def image_path(self, image: str) -> Path | None:
         if image.startswith(("http://", "https://")):
             return None
@@ -786,6 +794,33 @@ def _flip(client: MilvusClient, alias: str, collection: str, timeout_s: float) -
     return previous
 
 
+def versions_of(address: str | MilvusAddress, embedder_version: str | None = None,
+                params: MilvusParams = MilvusParams()) -> list[str]:
+    """The alias's collections (``<alias>__e<embedder>__v<N>``), oldest first; only those of
+    ``embedder_version`` when given."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    try:
+        names = connect(addr, params.timeout_s).list_collections(timeout=params.timeout_s)
+    except _ERRORS as e:
+        raise _translate(e, f"listing the collections of {addr}") from e
+    mine = sorted((int(m.group("n")), n) for n in names if (m := _VERSIONED.match(n)) and m.group("base") == addr.name)
+    return [n for i, n in mine
+            if embedder_version is None or n == collection_name(addr.name, str(embedder_version), i)]
+
+
+def drop_collection(address: str | MilvusAddress, collection: str, params: MilvusParams = MilvusParams()) -> None:
+    """Drop one of the alias's collections — never the one the alias names (e.g. a staged one
+    that failed its check)."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    client = connect(addr, params.timeout_s)
+    if resolve_alias(client, addr, params.timeout_s) == collection:
+        raise CatalogError(f"{collection} is what {addr} serves; flip the alias away from it first")
+    try:
+        client.drop_collection(collection, timeout=params.timeout_s)
+    except _ERRORS as e:
+        raise _translate(e, f"dropping {addr.with_name(collection)}") from e
+
+
 def prune(address: str | MilvusAddress, keep: int = 3, params: MilvusParams = MilvusParams()) -> list[str]:
     """Drop the alias's older versions beyond the newest ``keep`` (never the one it names)."""
     addr = parse_address(address) if isinstance(address, str) else address
@@ -951,8 +986,10 @@ def update_milvus_catalog(address: str, *, add: Sequence[PhotoRecord] = (), repl
 
 __all__ = [
     "MILVUS_SCHEMES", "TOKEN_ENV", "CollectionInfo", "FilterTranslationError", "MilvusAddress", "MilvusCatalog",
-    "MilvusCatalogRef", "MilvusParams", "Photo", "PublishResult", "collection_name", "connect", "flip_alias",
+    "MilvusCatalogRef", "MilvusParams", "Photo", "PublishResult", "collection_name", "connect", "drop_collection",
+    "flip_alias",
     "is_milvus_address",
     "open_milvus_for_client", "parse_address", "photos_of_directory", "prune", "publish_catalog", "publish_photos",
-    "publish_records", "resolve_alias", "to_milvus_expression", "update_milvus_catalog", "write_collection",
+    "publish_records", "resolve_alias", "to_milvus_expression", "update_milvus_catalog", "versions_of",
+    "write_collection",
 ]
