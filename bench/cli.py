@@ -335,6 +335,13 @@ def variants(
     c.print("\n".join(summary))
 
 
+def _spinning(value: str) -> bool:
+    value = value.strip()
+    if value not in ("0", "1"):
+        raise typer.BadParameter(f"--spinning takes 1, 0 or 1,0; got {value!r}")
+    return value == "1"
+
+
 @app.command()
 def tune(
     ctx: typer.Context,
@@ -344,6 +351,9 @@ def tune(
     instances: str = typer.Option("1,2", "--instances", help="Instance counts to try."),
     threads: str = typer.Option("1,2", "--threads", help="Intra-op thread counts to try."),
     delays: str = typer.Option("0,500", "--delays", help="max_queue_delay_microseconds values to try (0 allowed)."),
+    spinning: str = typer.Option("", "--spinning", help="allow_spinning values to try for candidates with more than one "
+                                 "intra-op thread: 1 (idle threads spin), 0 (they sleep), or 1,0 (default: the backend's "
+                                 "default, asleep above one thread)."),
     max_batches: str = typer.Option("", "--max-batch", help="max_batch_size values to try (default: the config's)."),
     thread_budget: int = typer.Option(2, "--thread-budget", min=1, help="Skip candidates with instances × threads above this."),
     objective: str = typer.Option("latency", "--objective", help="latency (best throughput with p99 ≤ --p99-ms at every "
@@ -370,8 +380,9 @@ def tune(
         delay_values = tuple(int(v) for v in delays.split(",") if v.strip())
         if not delay_values or any(v < 0 for v in delay_values):
             raise typer.BadParameter(f"--delays must be comma-separated integers ≥ 0, got {delays!r}")
+        spin_values = tuple(_spinning(v) for v in spinning.split(",") if v.strip()) or (None,)
         candidates = grid(_ints(instances, "--instances"), _ints(threads, "--threads"), delay_values, batches,
-                          thread_budget)
+                          thread_budget, spinning=spin_values)
         spec = _spec("closed", levels or "1,8", duration, max_requests, warmup, timeout, seed)
         stderr_console().print(f"tune {name}: {len(candidates)} candidates × {len(spec.levels)} levels × {rounds} round(s)")
         result = run_tune(base, onnx_path, candidates, spec, objective, p99_ms=p99_ms, rounds=rounds,

@@ -2,7 +2,8 @@
 
 Candidates are typed configs derived from the model's served ``config.pbtxt`` with
 ``dataclasses.replace`` over a grid of instance count × intra-op threads × dynamic-batching
-queue delay × ``max_batch_size`` (combinations that need more threads than ``thread_budget``
+queue delay × ``max_batch_size`` × (for more than one intra-op thread) whether idle threads spin,
+the backend's ``allow_spinning`` (combinations that need more threads than ``thread_budget``
 are left out). They are measured side by side by :func:`lookserve.bench.variants.run_variants`
 (every candidate on its own tritonserver, interleaved level by level, medians of ``rounds``), and
 the winner is chosen under one objective:
@@ -41,10 +42,13 @@ class Candidate:
     threads: int
     delay_us: int
     max_batch: int
+    #: the backend's ``allow_spinning`` parameter for idle intra-op threads; None keeps the base config's
+    spinning: bool | None = None
 
     @property
     def name(self) -> str:
-        return f"i{self.instances}_t{self.threads}_d{self.delay_us}_b{self.max_batch}"
+        name = f"i{self.instances}_t{self.threads}_d{self.delay_us}_b{self.max_batch}"
+        return name if self.spinning is None else f"{name}_{'spin' if self.spinning else 'nospin'}"
 
     def config(self, base: ModelConfig) -> ModelConfig:
         return replace(base, max_batch_size=self.max_batch,
@@ -53,15 +57,21 @@ class Candidate:
                                                                           if base.dynamic_batching else ())
                                                               if b <= self.max_batch)),
                        instance_groups=(InstanceGroup("KIND_CPU", self.instances),),
-                       parameters={**base.parameters, "intra_op_thread_count": str(self.threads)})
+                       parameters={**base.parameters, "intra_op_thread_count": str(self.threads),
+                                   **({} if self.spinning is None else {"allow_spinning": "1" if self.spinning else "0"})})
 
 
 def grid(instances: Sequence[int], threads: Sequence[int], delays_us: Sequence[int], max_batches: Sequence[int],
-         thread_budget: int) -> list[Candidate]:
-    """Every combination whose instances × threads fits the thread budget (at least one is kept)."""
+         thread_budget: int, spinning: Sequence[bool | None] = (None,)) -> list[Candidate]:
+    """Every combination whose instances × threads fits the thread budget (at least one is kept).
+
+    ``spinning`` (idle intra-op threads spin or sleep) is varied only for candidates with more than
+    one intra-op thread: with one, onnxruntime's pool has no thread of its own to spin."""
     if thread_budget < 1:
         raise errors.ConfigError(f"thread budget must be ≥ 1, got {thread_budget}")
-    all_ = [Candidate(i, t, d, b) for i, t, d, b in itertools.product(instances, threads, delays_us, max_batches)]
+    all_ = list(dict.fromkeys(
+        Candidate(i, t, d, b, s if t > 1 else None)
+        for i, t, d, b, s in itertools.product(instances, threads, delays_us, max_batches, spinning)))
     fits = [c for c in all_ if c.instances * c.threads <= thread_budget]
     if not fits:
         raise errors.ConfigError(f"no candidate fits a budget of {thread_budget} threads (instances × threads)")
@@ -98,7 +108,8 @@ def tune(base: ModelConfig, onnx_path: Path, candidates: Sequence[Candidate], sp
     winner, summary = choose(reports, objective, p99_ms)
     return {"kind": "tune", "model": base.name, "objective": objective, "p99_ms": p99_ms, "winner": winner,
             "candidates": {c.name: {"instances": c.instances, "threads": c.threads, "delay_us": c.delay_us,
-                                    "max_batch": c.max_batch, **summary[c.name]} for c in candidates},
+                                    "max_batch": c.max_batch, "spinning": c.spinning, **summary[c.name]}
+                           for c in candidates},
             "reports": reports, "winner_config": variants[winner].config.to_pbtxt() if winner else None}
 
 

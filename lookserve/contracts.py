@@ -43,7 +43,9 @@ EMBEDDING_DIM = 128
 #   the most throughput of 0/100/500/1000 µs (1.32× 1000 µs; 0 µs: 0.82–0.93×).
 # * 1 instance × 1 intra-op thread per model on the 2-core box: the look chain runs detector and
 #   embedder side by side, and 2 intra-op threads measured 2× slower than 1 under the box's shared
-#   load (its spinning pool competes with the other model and tenants). On a 16-core machine
+#   load — spinning or not (detector at c=1, p50 vs 1 thread: 2.87× spinning, 2.13× with idle
+#   threads asleep; bench/results/serving_spin_detector_*). With more than one intra-op thread the
+#   backend lets idle threads sleep unless ``allow_spinning`` says "1". On a 16-core machine
 #   raise ``intra_op_thread_count`` to 4 for the detector (single-image latency) and run 2–4
 #   embedder instances × 2 threads (throughput), keeping instances × threads within the cores
 #   left after gRPC and the python stubs (``lookserve bench tune MODEL --thread-budget 14``).

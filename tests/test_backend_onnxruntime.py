@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from lookserve import contracts
 from lookserve.client.core import TritonClient
@@ -48,17 +49,66 @@ def test_server_serves_gpu_variant_from_cpu_config_and_logs_the_fallback_when_no
     np.testing.assert_allclose(got, run_onnx(model_dir / "1" / "model.onnx", {"crops": crops})[0], atol=1e-5)
 
 
+class _TritonModelException(Exception):
+    pass
+
+
+def _backend_module(monkeypatch, warnings: list[str]) -> types.ModuleType:
+    """The backend's ``model.py`` loaded outside Triton, beside a stand-in ``triton_python_backend_utils``
+    (what it needs of it: the logger, the exception, the config dtype names)."""
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.Logger = types.SimpleNamespace(log_warn=warnings.append)
+    fake.TritonModelException = _TritonModelException
+    fake.triton_string_to_numpy = lambda name: np.dtype(name.removeprefix("TYPE_").lower().replace("fp", "float"))
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    spec = importlib.util.spec_from_file_location("lookserve_backend_under_test", BACKEND)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _initialized(module: types.ModuleType, model_dir: Path, parameters: dict[str, str]):
+    """``initialize`` as Triton calls it: the model config as Triton's JSON (proto field names)."""
+    config = replace(contracts.embedder_config(), parameters=parameters)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json_format.MessageToJson(config.to_proto(), preserving_proto_field_name=True),
+                      "model_name": "embedder", "model_version": "1", "model_repository": str(model_dir),
+                      "model_instance_kind": "CPU"})
+    return model
+
+
+def test_backend_session_gets_threads_and_spinning_from_config_parameters_when_given(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """The config's ``parameters`` reach the onnxruntime session itself (its options, read back from
+    the live session): thread counts, ``allow_spinning`` for both the intra- and inter-op pools, and
+    idle threads sleeping by default when there are several intra-op threads."""
+    module = _backend_module(monkeypatch, [])
+    model_dir = write_model(tmp_path / "repo", contracts.embedder_config(), projection_embedder)
+    for spinning in ("0", "1"):
+        model = _initialized(module, model_dir, {"intra_op_thread_count": "2", "inter_op_thread_count": "1",
+                                                 "allow_spinning": spinning})
+        options = model.session.get_session_options()
+        assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == spinning
+    crops = _crops(2, 0)
+    np.testing.assert_allclose(model.session.run(None, {"crops": crops})[0],
+                               run_onnx(model_dir / "1" / "model.onnx", {"crops": crops})[0], atol=1e-6)
+    options = _initialized(module, model_dir, {"intra_op_thread_count": "2"}).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # sleeping is the default
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # one thread: onnxruntime's own default
+        _initialized(module, model_dir, {"intra_op_thread_count": "1"}).session.get_session_options() \
+            .get_session_config_entry("session.intra_op.allow_spinning")
+    with pytest.raises(_TritonModelException, match=r"allow_spinning must be \"0\" or \"1\", got 'off'"):
+        _initialized(module, model_dir, {"allow_spinning": "off"})
+
+
 def test_backend_picks_cpu_and_logs_why_when_kind_gpu_but_onnxruntime_has_no_cuda(monkeypatch) -> None:
     """The backend's own fallback (a GPU machine with onnxruntime instead of onnxruntime-gpu): a
     provider choice inside Triton's stub, checked with a stand-in ``triton_python_backend_utils``
     (Triton cannot run a KIND_GPU instance on a machine without a GPU to show it)."""
     warnings: list[str] = []
-    fake = types.ModuleType("triton_python_backend_utils")
-    fake.Logger = types.SimpleNamespace(log_warn=warnings.append)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    spec = importlib.util.spec_from_file_location("lookserve_backend_under_test", BACKEND)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _backend_module(monkeypatch, warnings)
     model = module.TritonPythonModel()
     model.config, model.model_name, model.version = {}, "embedder", "1"
     gpu = {"model_instance_kind": "GPU", "model_instance_device_id": "0"}

@@ -27,6 +27,17 @@ def test_grid_keeps_only_candidates_within_the_thread_budget_when_threads_times_
         grid((2,), (2,), (0,), (8,), thread_budget=2)
 
 
+def test_grid_varies_spinning_only_for_multi_thread_candidates_and_configs_carry_it_when_asked() -> None:
+    got = grid((1, 2), (1, 2), (100,), (4,), thread_budget=2, spinning=(True, False))
+    assert [c.name for c in got] == ["i1_t1_d100_b4", "i1_t2_d100_b4_spin", "i1_t2_d100_b4_nospin", "i2_t1_d100_b4"]
+    base = contracts.detector_config()
+    params = {c.name: c.config(base).parameters for c in got}
+    assert params["i1_t2_d100_b4_spin"]["allow_spinning"] == "1"
+    assert params["i1_t2_d100_b4_nospin"]["allow_spinning"] == "0"
+    assert params["i1_t2_d100_b4_nospin"]["intra_op_thread_count"] == "2"
+    assert params["i1_t1_d100_b4"] == {**base.parameters, "intra_op_thread_count": "1"}  # the base config's own
+
+
 def test_choose_takes_the_fastest_candidate_meeting_p99_at_every_level_when_latency_objective() -> None:
     reports = {"fast_but_slow_tail": _report([(1, 100, 5.0), (8, 400, 30.0)]),
                "meets": _report([(1, 90, 4.0), (8, 300, 9.0)]),
@@ -73,3 +84,11 @@ def test_cli_bench_tune_measures_each_candidate_and_writes_the_winner_variant_wh
     assert all(c["throughput_rps_at_top"] > 0 for c in measured["candidates"].values())
     assert ModelConfig.read(model_dir / "configs" / "tuned.pbtxt").dynamic_batching.max_queue_delay_microseconds == 0
     assert (model_dir / "config.pbtxt").read_text() == before
+
+
+def test_cli_bench_tune_refuses_naming_the_option_when_spinning_is_not_0_or_1(tmp_path: Path) -> None:
+    write_model(tmp_path / "repo", contracts.embedder_config(), projection_embedder)
+    result = CliRunner().invoke(app, ["bench", "tune", "embedder", "--repository", str(tmp_path / "repo"),
+                                      "--threads", "2", "--spinning", "1,yes"])
+    assert result.exit_code == 2
+    assert "--spinning" in result.output and "'yes'" in result.output

@@ -12,8 +12,9 @@ It honours the model config as the native backend does, where it can:
 * ``instance_group`` kind: KIND_GPU uses CUDAExecutionProvider (and TensorRT when the config asks
   for the ``tensorrt`` GPU accelerator) if onnxruntime-gpu is installed, else the CPU;
 * ``parameters``: ``intra_op_thread_count`` (default 1), ``inter_op_thread_count`` (default 1; a
-  sequential graph uses one), ``allow_spinning`` (``0`` stops idle intra-op threads from spinning,
-  for a box whose cores other models share), ``enable_mem_arena`` / ``graph_optimization_level``
+  sequential graph uses one), ``allow_spinning`` (``1``: idle intra-op and inter-op threads spin, onnxruntime's own default;
+  ``0``: they sleep; default ``0`` when ``intra_op_thread_count`` > 1, since served models share
+  their cores with each other, the python stubs and gRPC), ``enable_mem_arena`` / ``graph_optimization_level``
   (``0``..``3``).
 
 A KIND_GPU instance without CUDA (onnxruntime, not onnxruntime-gpu, or no device) runs on the
@@ -81,8 +82,17 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(intra) if intra else 1
         options.inter_op_num_threads = int(inter) if inter else 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if _param(self.config, "allow_spinning") == "0":
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        spinning = _param(self.config, "allow_spinning")
+        if spinning is None and options.intra_op_num_threads > 1:
+            # onnxruntime's default is to spin; served, the pool's idle threads then compete with
+            # the other models, the python stubs and gRPC (bench/README.md, "Threads vs instances")
+            spinning = "0"
+        if spinning is not None:
+            if spinning not in ("0", "1"):
+                raise pb_utils.TritonModelException(
+                    f"{self.model_name}: parameter allow_spinning must be \"0\" or \"1\", got {spinning!r}")
+            for pool in ("intra_op", "inter_op"):
+                options.add_session_config_entry(f"session.{pool}.allow_spinning", spinning)
         level = _param(self.config, "graph_optimization_level")
         if level in _GRAPH_LEVELS:
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[level])
