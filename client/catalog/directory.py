@@ -83,6 +83,7 @@ class Catalog:
         served_versions: Sequence[str] | None = None,
         verify: bool = True,
         attributes: bool = True,
+        photos: bool = True,
     ) -> Catalog:
         """Open and verify a catalog.
 
@@ -90,6 +91,10 @@ class Catalog:
         sides know it) must equal the manifest's. ``served_versions``: the versions Triton
         serves now; the catalog's must be one of them. ``verify``: check every file's sha256.
         ``attributes``: read the attribute columns filters need now (else on the first filter).
+        ``photos=False``: check each category's photo rows against its index by SQL aggregates
+        (count, label range; the primary key keeps labels unique) instead of reading every row —
+        what an update's private copy, never searched, needs; such a catalog refuses
+        :meth:`search`, :meth:`product_ids` and :meth:`live_labels`.
         A catalog switched into place while it was being read is read again (once). A symlink
         (e.g. a root's ``current`` pointer) or a catalog root is resolved first, so the opened
         catalog stays bound to one directory when the pointer moves.
@@ -98,7 +103,7 @@ class Catalog:
         for attempt in range(2):
             before = _read_bytes(path / MANIFEST)
             try:
-                return cls._open_once(path, before, embedder, served_versions, verify, attributes)
+                return cls._open_once(path, before, embedder, served_versions, verify, attributes, photos)
             except (CatalogIntegrityError, FileNotFoundError) as e:
                 if attempt == 0 and before is not None and _read_bytes(path / MANIFEST) != before:
                     log.info("catalog %s was replaced while opening; reading it again", path)
@@ -110,7 +115,8 @@ class Catalog:
 
     @classmethod
     def _open_once(cls, path: Path, manifest_bytes: bytes | None, embedder: EmbedderInfo | None,
-                   served_versions: Sequence[str] | None, verify: bool, attributes: bool = True) -> Catalog:
+                   served_versions: Sequence[str] | None, verify: bool, attributes: bool = True,
+                   photos: bool = True) -> Catalog:
         manifest_path = path / MANIFEST
         if manifest_bytes is None:
             raise CatalogError(f"{path} is not a catalog: {MANIFEST} is missing (build one with lookserve catalog build)")
@@ -139,7 +145,7 @@ class Catalog:
                         f"expected {str(info.get('sha256'))[:12]}…, {info.get('bytes')} bytes): it was modified or "
                         "damaged; rebuild the catalog"
                     )
-        indexes, labels, images = {}, {}, {}
+        indexes, labels, names = {}, {}, {}
         db = sqlite3.connect(f"file:{path / DATABASE}?mode=ro", uri=True)
         try:
             for category, info in manifest.categories.items():
@@ -153,6 +159,13 @@ class Catalog:
                         f"{index_file(category)} holds {index.get_current_count()} items, manifest says {info.count}"
                     )
                 index.set_ef(max(info.ef, info.k))
+                indexes[category] = index
+                if not photos:
+                    n, lo, hi = db.execute("SELECT COUNT(*), MIN(label), MAX(label) FROM photos WHERE category = ?",
+                                           (category,)).fetchone()
+                    if n != info.count - info.deleted or (n and (lo < 0 or hi >= info.count)):
+                        raise CatalogIntegrityError(f"{DATABASE}: photos of {category} do not match the index")
+                    continue
                 rows = db.execute(
                     "SELECT label, product_id, image FROM photos WHERE category = ? ORDER BY label", (category,)
                 ).fetchall()
@@ -165,16 +178,15 @@ class Catalog:
                 photo_images = [""] * info.count
                 for r in rows:
                     photo_images[r[0]] = r[2]
-                indexes[category] = index
                 labels[category] = product_of
-                images[category] = photo_images
+                names[category] = photo_images
         except sqlite3.DatabaseError as e:
             raise CatalogIntegrityError(f"{path / DATABASE} is unreadable: {e}") from e
         finally:
             db.close()
         log.info("opened catalog %s: %s, embedder %s v%s", path, dict(manifest.counts), manifest.embedder.name,
                  manifest.embedder.version)
-        catalog = cls(path, manifest, indexes, labels, images)
+        catalog = cls(path, manifest, indexes, labels, names)
         catalog.verified = frozenset(manifest.files) if verify else frozenset()
         if attributes:
             catalog.columns  # noqa: B018 - read now, so the first filtered search does not wait for it
@@ -379,7 +391,7 @@ class Catalog:
         return q
 
     def _matches(self, category: str, labels: np.ndarray, sims: np.ndarray, k: int) -> list[list[Match]]:
-        product_of = self._labels[category]
+        product_of = self._product_of(category)
         results = []
         for row_labels, row_sims in zip(labels, sims, strict=True):
             best: dict[int, tuple[float, int]] = {}
@@ -427,10 +439,19 @@ class Catalog:
 
     def live_labels(self, category: str) -> np.ndarray:
         """The labels of photos that are searchable (not removed by an update)."""
-        return np.flatnonzero(self._labels[category] >= 0)
+        return np.flatnonzero(self._product_of(category) >= 0)
 
     def product_ids(self, category: str) -> np.ndarray:
-        return self._labels[category].copy()
+        return self._product_of(category).copy()
+
+    def _product_of(self, category: str) -> np.ndarray:
+        v = self._labels.get(category)
+        if v is None and category in self._indexes:
+            raise CatalogError(f"catalog {self.path} was opened without its photo rows (photos=False); open it again "
+                               "to search it or read its products")
+        if v is None:
+            raise CatalogError(f"the catalog has no {category!r} products (it has: {', '.join(sorted(self._indexes))})")
+        return v
 
     def image_path(self, image: str) -> Path | None:
         """Where a stored image name is on this machine (None for URLs)."""

@@ -1,6 +1,13 @@
 """The HNSW index of one category: its parameters, building it (:func:`new_index`), tuning its
 search breadth ``ef`` to a recall target (:func:`tune_ef`) and the exact search it is measured
-against (:func:`exact_search` with its exact :func:`top_k`, :func:`recall_at_k`)."""
+against (:func:`exact_search` with its exact :func:`top_k`, :func:`recall_at_k`).
+
+The tuning queries' exact neighbours are kept as a :class:`GroundTruth` (top-(k +
+:data:`TRUTH_SPARE`) labels and similarities), which a catalog stores per category, so that an
+update re-tunes ef against exact search without searching every row again: it drops the removed
+labels and exact-searches only the added rows (:func:`merge_truth`), and searches everything
+again only when a query has lost so many stored neighbours that its exact top-k is no longer
+known."""
 
 from __future__ import annotations
 
@@ -138,19 +145,55 @@ def new_index(dim: int, n: int, params: IndexParams):
     return index
 
 
-def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
-            labels: np.ndarray | None = None, deleted: np.ndarray | None = None) -> tuple[int, float, int]:
-    """The smallest candidate ef with recall@K ≥ target on noisy copies of sampled vectors
-    (against exact search). ``labels``: the index label of each row of ``vectors`` (default:
-    the row number; an updated index holds removed labels the rows skip). ``deleted``: instead,
-    ``vectors`` holds every label's row and this mask marks the removed ones (neither sampled
-    nor found; the same queries as passing the live rows and their labels, without copying
-    them). Returns (ef, measured recall, sample size)."""
-    if deleted is not None and labels is not None:
-        raise CatalogError("tune_ef takes labels or a deleted mask, not both")
+#: neighbours stored beyond k per tuning query: an update may remove up to this many of a
+#: query's stored neighbours before its exact top-k has to be searched for again
+TRUTH_SPARE = 16
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The tuning queries of one category and their exact neighbours among its live rows.
+
+    ``labels[i]`` are query ``i``'s best rows, best first (ties: lower label first), ``-1``
+    past the ones known; every live row not listed ranks after the last listed one.
+    ``complete[i]``: the listed rows are every live row."""
+
+    queries: np.ndarray  # [q, dim] float32
+    labels: np.ndarray  # [q, depth] int64
+    sims: np.ndarray  # [q, depth] float32, -inf past the known ones
+    complete: np.ndarray  # [q] bool
+
+    def __post_init__(self) -> None:
+        q = len(self.queries)
+        if (self.queries.ndim != 2 or self.labels.ndim != 2 or self.labels.shape != self.sims.shape
+                or self.labels.shape[0] != q or self.complete.shape != (q,)):
+            raise CatalogError(f"ground truth arrays disagree: queries {self.queries.shape}, labels "
+                               f"{self.labels.shape}, sims {self.sims.shape}, complete {self.complete.shape}")
+
+    @property
+    def depth(self) -> int:
+        return self.labels.shape[1]
+
+    def known(self) -> np.ndarray:
+        """Labels listed per query."""
+        return (self.labels >= 0).sum(axis=1)
+
+    def top(self, k: int) -> np.ndarray:
+        """The exact top-``k`` labels of every query ([q, k]);
+        :class:`CatalogError` when a query's are not all known."""
+        known = self.known()
+        short = (known < k) & ~self.complete
+        if short.any():
+            raise CatalogError(f"ground truth knows fewer than {k} neighbours of {int(short.sum())} tuning queries")
+        return self.labels[:, :k]
+
+
+def tuning_queries(vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
+                   deleted: np.ndarray | None = None) -> np.ndarray:
+    """``params.tune_sample`` queries (fewer when fewer rows are live): noisy copies of sampled
+    live rows of ``vectors`` (``deleted``: a mask of the rows that are not)."""
     live = np.flatnonzero(~np.asarray(deleted, dtype=bool)) if deleted is not None else None
     n, dim = (len(live), vectors.shape[1]) if live is not None else vectors.shape
-    k = min(params.k, n)
     m = min(params.tune_sample, n)
     picks = rng.choice(n, size=m, replace=False)
     if live is not None:
@@ -161,17 +204,80 @@ def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Gene
     levels = params.query_noise * (1 + np.arange(m) % 3) / 3
     noise *= (levels / np.maximum(np.linalg.norm(noise, axis=1), 1e-12))[:, None]
     unit = vectors[picks] / np.maximum(np.linalg.norm(vectors[picks], axis=1, keepdims=True), 1e-12)
-    queries = unit + noise
-    exact, _ = exact_search(vectors, queries, k, exclude=deleted)
-    if labels is not None:
-        exact = np.asarray(labels, dtype=np.int64)[exact]
+    return (unit + noise).astype(np.float32)
+
+
+def exact_truth(vectors: np.ndarray, queries: np.ndarray, depth: int, deleted: np.ndarray | None = None) -> GroundTruth:
+    """The exact top-``depth`` of ``queries`` among the rows of ``vectors`` (``deleted``: a mask
+    of rows that are not live), by a full :func:`exact_search`."""
+    n = len(vectors) - (int(np.count_nonzero(deleted)) if deleted is not None else 0)
+    idx, sims = exact_search(vectors, queries, depth, exclude=deleted)
+    labels = np.full((len(queries), depth), -1, np.int64)
+    out = np.full((len(queries), depth), -np.inf, np.float32)
+    labels[:, : idx.shape[1]], out[:, : idx.shape[1]] = idx, sims
+    return GroundTruth(np.asarray(queries, np.float32), labels, out, np.full(len(queries), n <= depth))
+
+
+def _before(sims: np.ndarray, labels: np.ndarray, sim: float, label: int) -> np.ndarray:
+    """Which (sim, label) pairs rank before or at (sim, label): higher similarity, then lower label."""
+    return (sims > sim) | ((sims == sim) & (labels <= label))
+
+
+def merge_truth(truth: GroundTruth, removed: np.ndarray, added: np.ndarray, first_label: int, k: int) -> GroundTruth | None:
+    """``truth`` after an update that removed the labels ``removed`` and added the rows
+    ``added`` as labels ``first_label, first_label + 1, …``: only the added rows are searched
+    (exactly, for the same queries), then merged with the stored neighbours that remain.
+
+    A merged list is cut where an unlisted old row could rank (after the last stored neighbour,
+    removed or not), so every listed label is exact; the added rows need no cut, since any of
+    them in the merged top-``depth`` is among their own top-``depth``, which were all searched.
+    None when a query then knows fewer than ``k`` and its list is not complete: its exact top-k
+    needs a full search."""
+    depth = truth.depth
+    removed = np.asarray(removed, np.int64)
+    q = len(truth.queries)
+    if len(added):
+        a_idx, a_sims = exact_search(added, truth.queries, depth)
+        a_labels, a_sims = a_idx + first_label, a_sims.astype(np.float32)
+        added_complete = len(added) <= depth
+    else:
+        a_labels, a_sims = np.zeros((q, 0), np.int64), np.zeros((q, 0), np.float32)
+        added_complete = True
+    valid = truth.labels >= 0
+    survive = valid & ~np.isin(truth.labels, removed)
+    labels = np.full((q, depth), -1, np.int64)
+    sims = np.full((q, depth), -np.inf, np.float32)
+    complete = np.zeros(q, bool)
+    for i in range(q):
+        cand_l = np.concatenate([truth.labels[i, survive[i]], a_labels[i]])
+        cand_s = np.concatenate([truth.sims[i, survive[i]], a_sims[i]])
+        order = np.lexsort((cand_l, -cand_s))
+        cand_l, cand_s = cand_l[order], cand_s[order]
+        cut = len(cand_l)
+        if not truth.complete[i]:
+            last = np.flatnonzero(valid[i])
+            cut = 0 if not len(last) else min(cut, int(_before(cand_s, cand_l, truth.sims[i, last[-1]],
+                                                                truth.labels[i, last[-1]]).sum()))
+        complete[i] = bool(truth.complete[i] and added_complete and len(cand_l) <= depth)
+        cut = min(cut, depth)
+        if cut < k and not complete[i]:
+            return None
+        labels[i, :cut], sims[i, :cut] = cand_l[:cut], cand_s[:cut]
+    return GroundTruth(truth.queries, labels, sims, complete)
+
+
+def ef_for_truth(index, truth: GroundTruth, params: IndexParams, n: int) -> tuple[int, float]:
+    """The smallest candidate ef whose recall@K (K = min(params.k, n), ``n`` live rows) on
+    ``truth``'s queries reaches ``params.recall_target``: (ef, measured recall)."""
+    k = min(params.k, n)
+    exact = truth.top(k)
     best = (max(params.ef_candidates[-1], n), 0.0)
     for ef in sorted({max(e, k) for e in params.ef_candidates} | {max(n, k)}):
         index.set_ef(ef)
-        labels, _ = index.knn_query(queries, k=k, num_threads=1)
+        labels, _ = index.knn_query(truth.queries, k=k, num_threads=params.build_threads)
         recall = recall_at_k(labels.astype(np.int64), exact)
         if recall >= params.recall_target:
-            return ef, recall, m
+            return ef, recall
         best = (ef, recall)
         if ef >= n:
             break
@@ -180,3 +286,36 @@ def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Gene
         f"ef={best[0]}); build with a larger M or ef_construction (now M={params.M}, "
         f"ef_construction={params.ef_construction})"
     )
+
+
+def tune_ef_with_truth(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
+                       deleted: np.ndarray | None = None) -> tuple[int, float, GroundTruth]:
+    """:func:`tune_ef` against a full exact search (rows = labels; ``deleted``: the removed
+    ones), also returning the ground truth it measured against, top-(k + :data:`TRUTH_SPARE`)
+    deep, for a later update to merge into (:func:`merge_truth`)."""
+    n = len(vectors) - (int(np.count_nonzero(deleted)) if deleted is not None else 0)
+    queries = tuning_queries(vectors, params, rng, deleted)
+    truth = exact_truth(vectors, queries, params.k + TRUTH_SPARE, deleted)
+    ef, recall = ef_for_truth(index, truth, params, n)
+    return ef, recall, truth
+
+
+def tune_ef(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
+            labels: np.ndarray | None = None, deleted: np.ndarray | None = None) -> tuple[int, float, int]:
+    """The smallest candidate ef with recall@K ≥ target on noisy copies of sampled vectors
+    (against exact search). ``labels``: the index label of each row of ``vectors`` (default:
+    the row number; an updated index holds removed labels the rows skip). ``deleted``: instead,
+    ``vectors`` holds every label's row and this mask marks the removed ones (neither sampled
+    nor found; the same queries as passing the live rows and their labels, without copying
+    them). Returns (ef, measured recall, sample size)."""
+    if deleted is not None and labels is not None:
+        raise CatalogError("tune_ef takes labels or a deleted mask, not both")
+    n = len(vectors) - (int(np.count_nonzero(deleted)) if deleted is not None else 0)
+    k = min(params.k, n)
+    queries = tuning_queries(vectors, params, rng, deleted)
+    truth = exact_truth(vectors, queries, k, deleted)
+    if labels is not None:
+        mapped = np.asarray(labels, dtype=np.int64)[np.maximum(truth.labels, 0)]
+        truth = GroundTruth(queries, np.where(truth.labels >= 0, mapped, -1), truth.sims, truth.complete)
+    ef, recall = ef_for_truth(index, truth, params, n)
+    return ef, recall, len(queries)

@@ -15,6 +15,11 @@ A catalog directory holds::
                              dimension, so the manifest does
     vectors_<category>.npy   the embeddings (row = label, removed labels included), for exact
                              search and rebuilding
+    truth_<category>.npy     ef's tuning queries and their exact top-(k + spare) labels and
+                             similarities (:class:`~lookserve.client.catalog.index.GroundTruth`),
+                             which an update merges its changes into instead of searching every
+                             row again (absent in catalogs written before it: an update then
+                             searches them all)
 
 A catalog is written into ``DIR.tmp-xxxx`` next to ``DIR`` and switched into place with one
 atomic directory exchange (``renameat2(RENAME_EXCHANGE)``; a two-step rename where the kernel
@@ -27,6 +32,7 @@ import ctypes
 import ctypes.util
 import datetime as _dt
 import hashlib
+import io
 import json
 import logging
 import os
@@ -42,7 +48,13 @@ import numpy as np
 
 from lookserve.client.catalog.attributes import TYPES, infer_schema, sql_rows
 from lookserve.client.catalog.embedder import EmbedderInfo
-from lookserve.client.catalog.index import SPACE, IndexParams, new_index, tune_ef
+from lookserve.client.catalog.index import (
+    SPACE,
+    GroundTruth,
+    IndexParams,
+    new_index,
+    tune_ef_with_truth,
+)
 from lookserve.client.catalog.records import PhotoRecord
 from lookserve.errors import CatalogError, CatalogIntegrityError, ConfigError, InvalidInputError
 from lookserve.fsutil import atomic_write_json, fsync_dir, sha256_file
@@ -61,6 +73,10 @@ def index_file(category: str) -> str:
 
 def vectors_file(category: str) -> str:
     return f"vectors_{category}.npy"
+
+
+def truth_file(category: str) -> str:
+    return f"truth_{category}.npy"
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,44 @@ def save_vectors(path: Path, vectors: np.ndarray) -> dict[str, Any]:
     return {"sha256": w.sha256.hexdigest(), "bytes": w.bytes}
 
 
+def _truth_dtype(dim: int, depth: int) -> np.dtype:
+    return np.dtype([("query", "<f4", (dim,)), ("labels", "<i8", (depth,)), ("sims", "<f4", (depth,)),
+                     ("complete", "?")])
+
+
+def save_truth(path: Path, truth: GroundTruth) -> dict[str, Any]:
+    """Write a category's :class:`GroundTruth` (one structured ``.npy``, no pickle), hashing it
+    as it is written; returns its manifest record."""
+    rows = np.zeros(len(truth.queries), _truth_dtype(truth.queries.shape[1], truth.depth))
+    rows["query"], rows["labels"], rows["sims"], rows["complete"] = truth.queries, truth.labels, truth.sims, truth.complete
+    return save_vectors(path, rows)
+
+
+def load_truth(path: Path, recorded: Mapping[str, Any], dim: int, count: int) -> GroundTruth:
+    """Read a :func:`save_truth` file, checking its bytes against the manifest's ``recorded``
+    checksum whether or not the catalog was verified when opened (it is small), and its shape
+    against the category (``dim``, labels below ``count``): :class:`CatalogIntegrityError`."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != recorded.get("sha256") or len(data) != recorded.get("bytes"):
+        raise CatalogIntegrityError(
+            f"catalog file {path} does not match its manifest (sha256 {digest[:12]}…, {len(data)} bytes; expected "
+            f"{str(recorded.get('sha256'))[:12]}…, {recorded.get('bytes')} bytes): it was modified or damaged; "
+            "rebuild the catalog")
+    try:
+        rows = np.load(io.BytesIO(data), allow_pickle=False)
+        names = rows.dtype.names or ()
+        if rows.ndim != 1 or set(names) != {"query", "labels", "sims", "complete"} or rows["query"].shape[1:] != (dim,):
+            raise ValueError(f"expected {dim}-d queries with labels, sims and complete, got {rows.dtype} {rows.shape}")
+        truth = GroundTruth(np.array(rows["query"], np.float32), np.array(rows["labels"], np.int64),
+                            np.array(rows["sims"], np.float32), np.array(rows["complete"], bool))
+    except (ValueError, TypeError, IndexError, CatalogError) as e:
+        raise CatalogIntegrityError(f"catalog file {path} is not a ground truth file: {e}") from e
+    if truth.labels.size and (truth.labels.min() < -1 or truth.labels.max() >= count):
+        raise CatalogIntegrityError(f"catalog file {path} names labels outside 0..{count - 1}")
+    return truth
+
+
 def link_verified(src: Path, dst: Path, recorded: Mapping[str, Any], verified: bool) -> dict[str, Any]:
     """Put the unchanged catalog file ``src`` at ``dst`` (a hard link, else a copy) and return
     its manifest record, checked against ``recorded`` (the previous manifest's): a link whose
@@ -356,9 +410,11 @@ def write_catalog(
                 )
                 index = new_index(dim, len(rows), params)
                 index.add_items(v, np.arange(len(rows)), num_threads=params.build_threads)
-                ef, recall, sample = tune_ef(index, v, params, rng)
+                ef, recall, truth = tune_ef_with_truth(index, v, params, rng)
+                sample = len(truth.queries)
                 index.save_index(str(tmp / index_file(category)))
                 written[vectors_file(category)] = save_vectors(tmp / vectors_file(category), v)
+                written[truth_file(category)] = save_truth(tmp / truth_file(category), truth)
                 cats[category] = CategoryInfo(
                     count=len(rows), products=len({records[i].product_id for i in rows}), ef=int(ef),
                     recall_at_k=round(float(recall), 6), k=min(params.k, len(rows)), tune_sample=sample,

@@ -8,8 +8,15 @@ server does not serve it). Per touched category the previous HNSW index is loade
 photos are ``mark_deleted`` (never returned again), the index is ``resize_index``'d and the new
 vectors ``add_items``'d under new labels; when more than ``rebuild_fraction`` of a category's
 labels are deleted, its index is rebuilt from the stored vectors of the live photos instead.
-Either way ``ef`` is tuned again to the recall target against exact search (over the stored
-rows with the removed labels masked, not a gathered copy of the live ones).
+Either way ``ef`` is tuned again to the recall target against exact search. Its ground truth —
+the tuning queries' exact top-(k + spare) neighbours, stored per category (``truth_<category>.npy``,
+checksummed in the manifest) — is merged, not searched again: the removed labels are dropped and
+only the added rows are searched exactly for the same queries
+(:func:`~lookserve.client.catalog.index.merge_truth`). When a query has lost so many stored
+neighbours that its exact top-k is no longer known, when the index is rebuilt, when the previous
+version has no such file, or with ``incremental_tuning=False``, every stored row is searched
+again (the removed labels masked, not a gathered copy of the live ones); a rebuild or a missing
+file also samples fresh queries.
 
 Each file's checksum is computed once: a category's new vectors are hashed as they are written,
 its new index and the database read back and hashed; an untouched category's files are hard
@@ -49,7 +56,15 @@ from lookserve.client.catalog.attributes import check_against, infer_schema
 from lookserve.client.catalog.build import embed_records
 from lookserve.client.catalog.directory import Catalog
 from lookserve.client.catalog.embedder import Embedder, TritonEmbedder
-from lookserve.client.catalog.index import SPACE, new_index, tune_ef
+from lookserve.client.catalog.index import (
+    SPACE,
+    TRUTH_SPARE,
+    ef_for_truth,
+    exact_truth,
+    merge_truth,
+    new_index,
+    tune_ef_with_truth,
+)
 from lookserve.client.catalog.records import PhotoRecord
 from lookserve.client.catalog.root import CURRENT, read_current, set_current
 from lookserve.client.catalog.store import (
@@ -61,9 +76,12 @@ from lookserve.client.catalog.store import (
     index_file,
     insert_products,
     link_verified,
+    load_truth,
     photo_sha256,
+    save_truth,
     save_vectors,
     switch_into_place,
+    truth_file,
     vectors_file,
     write_schema,
 )
@@ -92,6 +110,9 @@ class UpdateResult:
     removed_photos: int = 0
     rebuilt: tuple[str, ...] = ()  # categories whose index was rebuilt from stored vectors
     seconds: dict[str, float] = field(default_factory=dict)
+    #: per updated category, how ef's exact ground truth was had: "merged" (only added rows
+    #: searched), "searched" (every row, the stored queries), "sampled" (every row, new queries)
+    tuning: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -99,6 +120,7 @@ class UpdateResult:
             "replaced_products": self.replaced_products, "removed_products": self.removed_products,
             "embedded_photos": self.embedded_photos, "reused_photos": self.reused_photos,
             "removed_photos": self.removed_photos, "rebuilt": list(self.rebuilt), "seconds": dict(self.seconds),
+            "tuning": dict(self.tuning),
             "counts": dict(self.manifest.counts),
         }
 
@@ -138,13 +160,10 @@ class _Plan:
 
 
 def _plan(old: Catalog, add: Sequence[PhotoRecord], replace_: Sequence[PhotoRecord], remove: Sequence[int]) -> _Plan:
-    live: dict[int, str] = {}
-    for category in old.categories:
-        for pid in set(old.product_ids(category).tolist()) - {-1}:
-            live[int(pid)] = category
     add_ids = {r.product_id for r in add}
     rep_ids = {r.product_id for r in replace_}
     rem_ids = {int(p) for p in remove}
+    live = _live_products(old, add_ids | rep_ids | rem_ids)  # of the named ones only
     for a, b, what in ((add_ids, rep_ids, "--add and --replace"), (add_ids, rem_ids, "--add and --remove"),
                        (rep_ids, rem_ids, "--replace and --remove")):
         both = sorted(a & b)
@@ -178,6 +197,24 @@ def _plan(old: Catalog, add: Sequence[PhotoRecord], replace_: Sequence[PhotoReco
     return _Plan(frozenset(rep_ids | rem_ids), tuple(firsts.values()), photos, reuse, dict(sorted(schema.items())))
 
 
+def _live_products(old: Catalog, ids: set[int]) -> dict[int, str]:
+    """The category of each of ``ids`` that has a photo in ``old`` (looked up by product, not by
+    reading every photo row)."""
+    out: dict[int, str] = {}
+    db = sqlite3.connect(f"file:{old.path / DATABASE}?mode=ro", uri=True)
+    try:
+        chunk = sorted(ids)
+        for s in range(0, len(chunk), 500):
+            part = chunk[s : s + 500]
+            for pid, cat in db.execute(
+                f"SELECT DISTINCT product_id, category FROM photos WHERE product_id IN ({','.join('?' * len(part))})", part,
+            ):
+                out[int(pid)] = cat
+    finally:
+        db.close()
+    return out
+
+
 def _old_photos(old: Catalog, ids: set[int]) -> dict[tuple[int, str], tuple[str, int, str | None]]:
     out: dict[tuple[int, str], tuple[str, int, str | None]] = {}
     db = sqlite3.connect(f"file:{old.path / DATABASE}?mode=ro", uri=True)
@@ -206,13 +243,17 @@ def apply_update(
     rebuild_fraction: float = REBUILD_FRACTION,
     switch=None,
     consume: bool = False,
+    incremental_tuning: bool = True,
+    tuning: dict[str, str] | None = None,
 ) -> tuple[Manifest, tuple[str, ...], int]:
     """Write the catalog ``old`` less the products ``remove``, plus ``new_photos`` (one row of
     ``new_vectors`` each; ``new_products``: their product rows), at ``out_dir`` through a
     temporary directory, then ``switch(tmp, out_dir)`` (default: a rename for a new
     directory, :func:`switch_into_place` for an existing one). ``consume``: update ``old``'s
     loaded HNSW indexes in place instead of loading them again (``old`` must not be searched
-    afterwards; :func:`update_catalog` opens a private one).
+    afterwards; :func:`update_catalog` opens a private one). ``incremental_tuning``: merge the
+    stored ground truth of ef's tuning (else search every row again); ``tuning``, when given,
+    receives how each updated category's was had (see :attr:`UpdateResult.tuning`).
 
     Returns (manifest, categories rebuilt from stored vectors, photos removed)."""
     m = old.manifest
@@ -236,14 +277,21 @@ def apply_update(
         shutil.copyfile(old.path / DATABASE, tmp / DATABASE)
         db = sqlite3.connect(tmp / DATABASE)
         try:
+            # a private copy, thrown away whole if the update fails: its rollback journal can stay in
+            # memory (the commit still syncs the file before the version is switched in)
+            db.execute("PRAGMA journal_mode=MEMORY")
+            db.execute("PRAGMA cache_size=-65536")
             _upgrade(db)
             removed = sorted(remove)
             gone: dict[str, list[int]] = {}
+            gone_products: dict[str, set[int]] = {}
             for s in range(0, len(removed), 500):
                 part = removed[s : s + 500]
                 marks = ",".join("?" * len(part))
-                for cat, label in db.execute(f"SELECT category, label FROM photos WHERE product_id IN ({marks})", part):
+                for cat, label, pid in db.execute(
+                        f"SELECT category, label, product_id FROM photos WHERE product_id IN ({marks})", part):
                     gone.setdefault(cat, []).append(int(label))
+                    gone_products.setdefault(cat, set()).add(int(pid))
                 for table, col in (("photos", "product_id"), ("attributes", "product_id"), ("products", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {col} IN ({marks})", part)
             insert_products(db, list(new_products))
@@ -260,16 +308,21 @@ def apply_update(
                 if info is None and not new_rows:
                     continue
                 if info is not None and not dead and not new_rows:  # untouched: the same files
-                    for name in (index_file(category), vectors_file(category)):
+                    for name in (index_file(category), vectors_file(category), truth_file(category)):
+                        if name not in m.files:  # a catalog written before ground truth files
+                            continue
                         files[name] = link_verified(old.path / name, tmp / name, m.files[name], name in old.verified)
                     cats[category] = info
                     continue
                 cats_info = _update_category(db, old, tmp, category, info, dead, new_rows, new_photos, new_vectors,
-                                             params, rng, rebuild_fraction, consume, files)
+                                             params, rng, rebuild_fraction, consume, files, incremental_tuning,
+                                             len(gone_products.get(category, ())))
                 if cats_info is None:
                     log.info("%s: every product removed; the category leaves the catalog", category)
                     continue
-                info2, was_rebuilt = cats_info
+                info2, was_rebuilt, how = cats_info
+                if tuning is not None:
+                    tuning[category] = how
                 cats[category] = info2
                 if was_rebuilt:
                     rebuilt.append(category)
@@ -313,16 +366,15 @@ def _switch(tmp: Path, out_dir: Path) -> None:
 
 def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryInfo | None, dead: list[int],
                      new_rows: list[int], new_photos: Sequence[PhotoRecord], new_vectors: np.ndarray, params,
-                     rng, rebuild_fraction: float, consume: bool = False,
-                     files: dict[str, dict] | None = None) -> tuple[CategoryInfo, bool] | None:
+                     rng, rebuild_fraction: float, consume: bool = False, files: dict[str, dict] | None = None,
+                     incremental_tuning: bool = True, dead_products: int = 0) -> tuple[CategoryInfo, bool, str] | None:
     dim = old.dim
     add_v = new_vectors[new_rows]
     if info is not None:
         old_vectors = old.vectors_mapped(category)
-        old_deleted = np.flatnonzero(old.product_ids(category) < 0)
         count, deleted = info.count, info.deleted + len(dead)
     else:
-        old_vectors, old_deleted = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+        old_vectors = np.zeros((0, dim), np.float32)
         count, deleted = 0, 0
     live_after = count - deleted + len(new_rows)
     if live_after == 0:
@@ -330,21 +382,21 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
     total = count + len(new_rows)
     rebuild = info is None or deleted / total > rebuild_fraction
     if rebuild:
-        # relabel the live photos 0..n-1 (old ones in label order, then the new ones)
-        dead_all = np.union1d(old_deleted, np.array(dead, np.int64))
-        keep = np.setdiff1d(np.arange(count), dead_all)
+        # relabel the live photos 0..n-1 (old ones in label order, then the new ones); the photo
+        # rows left in db (the removed ones are deleted already) are the live old labels
+        rows = db.execute("SELECT label, product_id, image, sha256 FROM photos WHERE category = ?", (category,)).fetchall()
+        keep = np.sort(np.array([r[0] for r in rows], np.int64))
         vectors = np.concatenate([np.asarray(old_vectors[keep]), add_v]) if count else add_v
         if count:
             mapping = np.full(count, -1, np.int64)
             mapping[keep] = np.arange(len(keep))
-            rows = db.execute("SELECT label, product_id, image, sha256 FROM photos WHERE category = ?", (category,)).fetchall()
             db.execute("DELETE FROM photos WHERE category = ?", (category,))
             db.executemany("INSERT INTO photos VALUES (?, ?, ?, ?, ?)",
                            [(category, int(mapping[label]), pid, image, sha) for label, pid, image, sha in rows])
         first_new = len(keep)
         index = new_index(dim, len(vectors), params)
         index.add_items(vectors, np.arange(len(vectors)), num_threads=params.build_threads)
-        live_labels = np.arange(len(vectors))
+        deleted_mask = None
         count, deleted = len(vectors), 0
     else:
         if consume:
@@ -359,25 +411,56 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
             index.add_items(add_v, np.arange(count, total), num_threads=params.build_threads)
         vectors = np.concatenate([np.asarray(old_vectors), add_v])
         first_new = count
-        dead_all = np.union1d(old_deleted, np.array(dead, np.int64))
-        deleted_mask = np.zeros(total, bool)
-        deleted_mask[dead_all] = True
-        live_labels = np.flatnonzero(~deleted_mask)
+        # the removed labels (this update's and earlier ones): the old labels left without a photo
+        # row in db — read only when every row is searched, since a merge does not need them
+        deleted_mask = None if incremental_tuning and truth_file(category) in old.manifest.files else \
+            _removed_mask(db, category, count, total)
         count = total
     db.executemany("INSERT INTO photos VALUES (?, ?, ?, ?, ?)",
                    [(category, first_new + j, new_photos[i].product_id, new_photos[i].image, photo_sha256(new_photos[i]))
                     for j, i in enumerate(new_rows)])
-    # the stored rows with the removed labels masked (the same tuning queries as their live rows)
-    ef, recall, sample = tune_ef(index, vectors, params, rng, deleted=None if rebuild else deleted_mask)
+    # ef's ground truth: the stored one with this update merged in, else an exact search of the
+    # stored rows with the removed labels masked (the same tuning queries as their live rows)
+    stored_name = truth_file(category)
+    n_live = live_after
+    if rebuild or not incremental_tuning or stored_name not in old.manifest.files:
+        ef, recall, truth = tune_ef_with_truth(index, vectors, params, rng, deleted=deleted_mask)
+        how = "sampled"
+    else:
+        stored = load_truth(old.path / stored_name, old.manifest.files[stored_name], dim, info.count)
+        truth = merge_truth(stored, np.asarray(dead, np.int64), add_v, first_new, min(params.k, n_live))
+        how = "merged"
+        if truth is None:
+            log.info("%s: a tuning query lost more than %d of its stored neighbours; searching every row again",
+                     category, stored.depth - min(params.k, n_live))
+            truth = exact_truth(vectors, stored.queries, max(stored.depth, params.k + TRUTH_SPARE),
+                                _removed_mask(db, category, first_new, count))
+            how = "searched"
+        ef, recall = ef_for_truth(index, truth, params, n_live)
+    sample = len(truth.queries)
     index.save_index(str(tmp / index_file(category)))
     record = save_vectors(tmp / vectors_file(category), vectors)
+    truth_record = save_truth(tmp / stored_name, truth)
     if files is not None:
         files[vectors_file(category)] = record
-    products = db.execute("SELECT COUNT(DISTINCT product_id) FROM photos WHERE category = ?", (category,)).fetchone()[0]
-    log.info("%s: %d live photos (%d labels, %d deleted)%s, ef=%d, recall@%d=%.4f", category, len(live_labels), count,
-             deleted, ", rebuilt" if rebuild else "", ef, min(params.k, len(live_labels)), recall)
+        files[stored_name] = truth_record
+    # a product's photos are all in one category: its products less the removed, plus the new
+    products = (info.products if info is not None else 0) - dead_products + len({new_photos[i].product_id for i in new_rows})
+    log.info("%s: %d live photos (%d labels, %d deleted)%s, ef=%d, recall@%d=%.4f (ground truth %s)", category,
+             n_live, count, deleted, ", rebuilt" if rebuild else "", ef, min(params.k, n_live), recall,
+             how)
     return CategoryInfo(count=int(count), products=int(products), ef=int(ef), recall_at_k=round(float(recall), 6),
-                        k=min(params.k, len(live_labels)), tune_sample=sample, deleted=int(deleted)), rebuild
+                        k=min(params.k, n_live), tune_sample=sample, deleted=int(deleted)), rebuild, how
+
+
+def _removed_mask(db, category: str, old_count: int, total: int) -> np.ndarray:
+    """Over ``total`` labels, True for the first ``old_count`` (the previous version's) that have
+    no photo row in ``db`` (removed by this update or an earlier one); the new ones are live."""
+    mask = np.zeros(total, bool)
+    mask[:old_count] = True
+    rows = db.execute("SELECT label FROM photos WHERE category = ? AND label < ?", (category, old_count))
+    mask[np.fromiter((r[0] for r in rows), np.int64)] = False
+    return mask
 
 
 def served_embedder(client, catalog: Catalog) -> TritonEmbedder:
@@ -413,6 +496,7 @@ def update_catalog(
     limits: DecodeLimits = DEFAULT_LIMITS,
     progress: bool = False,
     verify: bool = True,
+    incremental_tuning: bool = True,
 ) -> UpdateResult:
     """Add, replace and remove products of the catalog at ``address`` (a catalog root or a
     catalog directory), writing a new version (see the module docstring).
@@ -422,12 +506,14 @@ def update_catalog(
     ``new_vectors`` (one row per photo of ``add`` then ``replace``, already embedded by that
     version, e.g. the synthetic vectors of ``lookserve bench catalog-update``) skips embedding.
     In a root, update versions older than the newest ``keep`` are removed (never the current one).
+    ``incremental_tuning=False`` searches every row for ef's ground truth, as before it was stored.
     """
     t0 = time.perf_counter()
     address = Path(address)
     root = address if _is_root(address) else None
     base = read_current(root) if root is not None else address
-    old = Catalog.open(base, verify=verify, attributes=False)  # private: its loaded indexes are updated in place
+    # private: its loaded indexes are updated in place, and it is never searched (no photo rows read)
+    old = Catalog.open(base, verify=verify, attributes=False, photos=False)
     plan = _plan(old, add, replace, remove)
     if not plan.remove and not plan.new_photos:
         raise InvalidInputError("nothing to update: give products to add, replace or remove")
@@ -465,8 +551,10 @@ def update_catalog(
     kept_products = {r.product_id for r in photos}
     products = [p for p in plan.new_products if p.product_id in kept_products]
     target = next_version_dir(root, base) if root is not None else address
+    tuning: dict[str, str] = {}
     manifest, rebuilt, removed_photos = apply_update(
-        old, target, plan.remove, products, photos, vectors[keep_rows], plan.schema, rebuild_fraction, consume=True)
+        old, target, plan.remove, products, photos, vectors[keep_rows], plan.schema, rebuild_fraction, consume=True,
+        incremental_tuning=incremental_tuning, tuning=tuning)
     if root is not None:
         set_current(root, target.name)
         _prune(root, keep)
@@ -477,7 +565,7 @@ def update_catalog(
         added_products=len({r.product_id for r in add}), replaced_products=len(rep_ids),
         removed_products=len(set(map(int, remove))), embedded_photos=len(todo), reused_photos=len(plan.reuse),
         removed_photos=removed_photos, rebuilt=rebuilt,
-        seconds={"plan": round(t1 - t0, 3), "embed": round(t2 - t1, 3), "write": round(t3 - t2, 3)},
+        seconds={"plan": round(t1 - t0, 3), "embed": round(t2 - t1, 3), "write": round(t3 - t2, 3)}, tuning=tuning,
     )
 
 
