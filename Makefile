@@ -36,8 +36,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/lookserve -v demo
 
+# Two workers, whole modules each (--dist loadfile): a module's servers (Triton, Milvus) still
+# start once, and the suite's many waits (servers starting, deadlines) overlap on the 2 cores.
+PYTEST_WORKERS ?= 2
+
 test: install test-data
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # Test data fetched once into ~/.cache/lookserve ($$LOOKSERVE_CACHE): MediaPipe's .tflite models
 # from the mediapipe wheel (pip download, never installed; sha256-checked). A no-op when cached.
@@ -52,7 +56,7 @@ test-data: install
 	$(BIN)/python -m lookserve.data.photos
 
 test-fast: install
-	$(BIN)/pytest -m "not slow and not tf"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow and not tf"
 
 lint: install
 	$(BIN)/ruff check .
