@@ -79,7 +79,7 @@ class Load:
         self.options = ClientOptions(url=url, timeout_s=10, retry=retry or RetryPolicy())
         self.crops = [np.random.default_rng(i).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8) for i in range(THREADS)]
         self.expected = {v: [run_onnx(path, {"crops": c})[0] for c in self.crops] for v, path in references.items()}
-        self.records: list[tuple[float, str]] = []
+        self.records: list[tuple[float, str]] = []  # (sent at, answering version)
         self.failures: list[BaseException] = []
         self.mixed = 0
         self.stop = threading.Event()
@@ -89,6 +89,9 @@ class Load:
         deadline = time.monotonic() + 60  # bounded, whatever happens
         with TritonClient(self.options) as client:
             while not self.stop.is_set() and time.monotonic() < deadline:
+                # A record carries when its request was SENT: the answer to a request sent just
+                # before a swap may arrive after it, and says nothing about the swap.
+                sent = time.monotonic()
                 try:
                     r = client.infer("embedder", {"crops": self.crops[i]})
                 except errors.LookserveError as e:
@@ -97,7 +100,7 @@ class Load:
                 want = self.expected.get(r.model_version)
                 if want is None or not np.allclose(r.outputs["embedding"], want[i], atol=1e-5):
                     self.mixed += 1
-                self.records.append((time.monotonic(), r.model_version))
+                self.records.append((sent, r.model_version))
 
     def __enter__(self) -> Load:
         for t in self.threads:
