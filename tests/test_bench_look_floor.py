@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
-from PIL import Image
-from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+from test_look_chain import (
+    CROP,
+    shop_records,
+    street_photo,
+    write_look_models,
+)
 from test_look_server import PHOTOS, _png
 from typer.testing import CliRunner
 
@@ -16,9 +18,8 @@ from lookserve.bench.load import stats_snapshot
 from lookserve.bench.look_floor import GOAL_RATIO, OrtClient, markdown, measure
 from lookserve.bench.look_server import ready_look
 from lookserve.cli import app
-from lookserve.client.catalog import PhotoRecord, TritonEmbedder, build_catalog
+from lookserve.client.catalog import TritonEmbedder, build_catalog
 from lookserve.client.core import TritonClient
-from tinymodels import projection_embedder, write_model
 
 pytestmark = pytest.mark.triton
 
@@ -28,19 +29,10 @@ ROUNDS = 2
 @pytest.fixture
 def served(tmp_path, triton_factory):
     repo = tmp_path / "repo"
-    write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()),
-                tiny_detector)
-    write_model(repo, replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=()),
-                lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=3))
+    write_look_models(repo)
     server = triton_factory(repo, models=["detector", "embedder"])
-    rng = np.random.default_rng(5)
     shop = tmp_path / "shop"
-    shop.mkdir()
-    records = []
-    for i, category in enumerate(["tops"] * 8 + ["bags"] * 6 + ["hats"] * 4):
-        path = shop / f"{i}.png"
-        Image.fromarray(shop_photo(rng)).save(path)
-        records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}", {}))
+    records = shop_records(shop, ["tops"] * 8 + ["bags"] * 6 + ["hats"] * 4, np.random.default_rng(5))
     with TritonClient(server.grpc_url, repository_key=server.repository_key) as client:
         build_catalog(records, tmp_path / "catalog", TritonEmbedder(client), batch_size=6, model_repository=repo,
                       images_root=shop)

@@ -137,27 +137,45 @@ def shop_photo(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
 
 
+def write_look_models(repo: Path, embedder_seed: int = 3) -> None:
+    """The tiny detector and embedder (version 1, no warm-up) the look tests serve."""
+    write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()),
+                tiny_detector)
+    write_model(repo, replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=()),
+                lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=embedder_seed))
+
+
+def shop_records(shop: Path, categories, rng: np.random.Generator, attributes=lambda i: {}) -> list[PhotoRecord]:
+    """One generated shop photo per entry of ``categories`` written to ``shop`` (created), as
+    catalog records with product ids 100, 101, … and ``attributes(i)``."""
+    shop.mkdir()
+    records = []
+    for i, category in enumerate(categories):
+        path = shop / f"{i}.png"
+        Image.fromarray(shop_photo(rng)).save(path)
+        records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}", attributes(i)))
+    return records
+
+
+def module_triton(repo: Path, work_dir: Path, models=("detector", "embedder")) -> TritonServer:
+    """A started Triton for a module-scoped fixture (free port, the given models loaded)."""
+    server = TritonServer(ServerOptions(model_repository=repo, load_models=tuple(models), grpc_port=0,
+                                        work_dir=work_dir, ready_timeout_s=120.0, exit_timeout_s=10))
+    server.start()
+    return server
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One Triton for the module: detector, embedder (v1) and a catalog built through it."""
     root = tmp_path_factory.mktemp("look")
     repo = root / "repo"
-    det_cfg = replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=())
-    emb_cfg = replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=())
-    write_model(repo, det_cfg, tiny_detector)
-    write_model(repo, emb_cfg, lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=3))
-    server = TritonServer(ServerOptions(model_repository=repo, load_models=("detector", "embedder"), grpc_port=0,
-                                        work_dir=root / "triton", ready_timeout_s=120.0, exit_timeout_s=10))
-    server.start()
+    write_look_models(repo)
+    server = module_triton(repo, root / "triton")
     try:
-        rng = np.random.default_rng(5)
         shop = root / "shop"
-        shop.mkdir()
-        records = []
-        for i, category in enumerate(["tops"] * 12 + ["bags"] * 8 + ["hats"] * 6):
-            path = shop / f"{i}.png"
-            Image.fromarray(shop_photo(rng)).save(path)
-            records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}", {"i": i}))
+        records = shop_records(shop, ["tops"] * 12 + ["bags"] * 8 + ["hats"] * 6, np.random.default_rng(5),
+                               lambda i: {"i": i})
         with TritonClient(server.grpc_url) as client:
             build_catalog(records, root / "catalog", TritonEmbedder(client), batch_size=5, concurrency=3,
                           model_repository=repo, images_root=shop)

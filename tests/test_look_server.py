@@ -12,21 +12,27 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+from test_look_chain import (
+    M,
+    S,
+    module_triton,
+    shop_records,
+    street_photo,
+    write_look_models,
+)
 from test_models_embedder_swap import FAST, PHOTO_SLOTS, _served
 from test_models_swap import LoadThreads
 from typer.testing import CliRunner
 
 from lookserve import contracts, errors
 from lookserve.cli import app
-from lookserve.client.catalog import PhotoRecord, TritonEmbedder, build_catalog, open_for_client
+from lookserve.client.catalog import TritonEmbedder, build_catalog, open_for_client
 from lookserve.client.catalog.store import manifest_checksum
 from lookserve.client.core import TritonClient
 from lookserve.client.look import FilterConfig, LookConfig, LookPipeline
@@ -42,7 +48,6 @@ from lookserve.client.look_remote import (
 from lookserve.client.swap import swap_embedder
 from lookserve.demo import compare_one_call
 from lookserve.modelconfig import ModelConfig
-from lookserve.server.launcher import ServerOptions, TritonServer
 from lookserve.server.pipelines.repository import (
     SHIM,
     check_embedder_on_disk,
@@ -51,7 +56,6 @@ from lookserve.server.pipelines.repository import (
     open_catalog_ref,
     write_pipeline_models,
 )
-from tinymodels import projection_embedder, write_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,22 +82,12 @@ def _outcome(fn):
 def served(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("look-server")
     repo = root / "repo"
-    write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()),
-                tiny_detector)
-    write_model(repo, replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=()),
-                lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=3))
-    server = TritonServer(ServerOptions(model_repository=repo, load_models=("detector", "embedder"), grpc_port=0,
-                                        work_dir=root / "triton", ready_timeout_s=120.0, exit_timeout_s=10))
-    server.start()
+    write_look_models(repo)
+    server = module_triton(repo, root / "triton")
     try:
-        rng = np.random.default_rng(5)
         shop = root / "shop"
-        shop.mkdir()
-        records = []
-        for i, category in enumerate(["tops"] * 12 + ["bags"] * 8 + ["hats"] * 6):
-            path = shop / f"{i}.png"
-            Image.fromarray(shop_photo(rng)).save(path)
-            records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}", {"i": i}))
+        records = shop_records(shop, ["tops"] * 12 + ["bags"] * 8 + ["hats"] * 6, np.random.default_rng(5),
+                               lambda i: {"i": i})
         with TritonClient(server.grpc_url, repository_key=server.repository_key) as client:
             build_catalog(records, root / "catalog", TritonEmbedder(client), batch_size=5, concurrency=3,
                           model_repository=repo, images_root=shop)

@@ -22,11 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+from test_look_chain import (
+    CROP,
+    DIM,
+    shop_records,
+    street_photo,
+    write_look_models,
+)
 from test_models_swap import LoadThreads
 from typer.testing import CliRunner
 
-from lookserve import contracts, errors
+from lookserve import errors
 from lookserve.cli import app
 from lookserve.client import catalog as catalog_module
 from lookserve.client.catalog import (
@@ -45,7 +51,7 @@ from lookserve.client.look import AsyncLookPipeline, LookPipeline
 from lookserve.client.models import ModelRepository
 from lookserve.client.swap import SwapOptions, swap_embedder
 from lookserve.images import decode_image, resize_square
-from tinymodels import projection_embedder, run_onnx, write_model
+from tinymodels import projection_embedder, run_onnx
 
 # the candidates here are ONNX files built by hand, not exports behind the parity gate: unverified
 FAST = SwapOptions(quiet_s=0.5, max_wait_s=20.0, poll_s=0.05, batch_size=4, concurrency=2, allow_unverified=True)
@@ -114,19 +120,11 @@ def _served(tmp_path: Path, triton_factory) -> dict:
     """detector + embedder v1 served; catalogs/catalog-v1 built through v1 and made current;
     a v2 candidate file (another projection) outside the repository."""
     repo = tmp_path / "repo"
-    write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()), tiny_detector)
-    write_model(repo, replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=()),
-                lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=1))
+    write_look_models(repo, embedder_seed=1)
     candidate = projection_embedder(tmp_path / "candidate" / "model.onnx", size=CROP, dim=DIM, seed=2)
     server = triton_factory(repo, models=["detector", "embedder"])
-    rng = np.random.default_rng(7)
     shop = tmp_path / "shop"
-    shop.mkdir()
-    records = []
-    for i, category in enumerate(["tops"] * 8 + ["bags"] * 6 + ["hats"] * 4):
-        path = shop / f"{i}.png"
-        Image.fromarray(shop_photo(rng)).save(path)
-        records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}"))
+    records = shop_records(shop, ["tops"] * 8 + ["bags"] * 6 + ["hats"] * 4, np.random.default_rng(7))
     root = tmp_path / "catalogs"
     with TritonClient(server.grpc_url) as client:
         build_catalog(records, root / "catalog-v1", TritonEmbedder(client, version="1"), batch_size=6,

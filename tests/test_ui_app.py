@@ -19,18 +19,23 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
+from test_look_chain import (
+    module_triton,
+    shop_records,
+    street_photo,
+    write_look_models,
+)
 from test_thumbnails_chain import SIZE, tiny_view_classifier
 
 from lookserve import contracts
-from lookserve.client.catalog import PhotoRecord, TritonEmbedder, build_catalog, open_for_client
+from lookserve.client.catalog import TritonEmbedder, build_catalog, open_for_client
 from lookserve.client.catalog.store import manifest_checksum
 from lookserve.client.core import TritonClient
 from lookserve.client.look import LookPipeline
 from lookserve.client.thumbnails import ThumbnailPipeline
-from lookserve.server.launcher import ServerOptions, TritonServer, free_port
+from lookserve.server.launcher import free_port
 from lookserve.ui import logic
-from tinymodels import projection_embedder, write_model
+from tinymodels import write_model
 
 pytestmark = pytest.mark.triton
 
@@ -62,24 +67,13 @@ def ui_served(tmp_path_factory):
     """Triton with detector + embedder + view_classifier (tiny), a catalog and samples."""
     root = tmp_path_factory.mktemp("ui")
     repo = root / "repo"
-    write_model(repo, replace(contracts.detector_config(input_size=S, max_detections=D, mask_size=M), warmup=()),
-                tiny_detector)
-    write_model(repo, replace(contracts.embedder_config(dim=DIM, crop_size=CROP), warmup=()),
-                lambda p: projection_embedder(p, size=CROP, dim=DIM, seed=3))
+    write_look_models(repo)
     write_model(repo, replace(contracts.view_classifier_config(image_size=SIZE), warmup=()), tiny_view_classifier)
-    server = TritonServer(ServerOptions(model_repository=repo, load_models=("detector", "embedder", "view_classifier"),
-                                        grpc_port=0, work_dir=root / "triton", ready_timeout_s=120.0, exit_timeout_s=10))
-    server.start()
+    server = module_triton(repo, root / "triton", ("detector", "embedder", "view_classifier"))
     try:
-        rng = np.random.default_rng(5)
         shop = root / "shop"
-        shop.mkdir()
-        records = []
-        for i, category in enumerate(["tops"] * 10 + ["bags"] * 8 + ["hats"] * 4):
-            path = shop / f"{i}.png"
-            Image.fromarray(shop_photo(rng)).save(path)
-            records.append(PhotoRecord(100 + i, category, path.name, path, f"{category} #{i}",
-                                       {"colour": ["red", "blue"][i % 2], "size": i}))
+        records = shop_records(shop, ["tops"] * 10 + ["bags"] * 8 + ["hats"] * 4, np.random.default_rng(5),
+                               lambda i: {"colour": ["red", "blue"][i % 2], "size": i})
         with TritonClient(server.grpc_url) as client:
             build_catalog(records, root / "catalog", TritonEmbedder(client), batch_size=8, concurrency=2,
                           model_repository=repo, images_root=shop)
