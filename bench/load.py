@@ -47,7 +47,6 @@ from lookserve.bench.report import (
     save_figure,
 )
 from lookserve.client.catalog import open_for_client
-from lookserve.client.core import each_replica
 from lookserve.client.look import LookConfig, LookPipeline
 from lookserve.client.thumbnails import ThumbnailConfig, ThumbnailPipeline
 from lookserve.export.samples import photos
@@ -194,8 +193,7 @@ def stats_snapshot(client, models: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per model, summed over its versions (and the replicas behind ``client``): counts and ns per
     stage, executions, batch-size histogram."""
     snap: dict[str, dict[str, Any]] = {}
-    with each_replica(client) as replicas:
-        raw = {model: [e for r in replicas for e in r.statistics(model).get("model_stats", [])] for model in models}
+    raw = {model: client.statistics(model).get("model_stats", []) for model in models}
     for model in models:
         total: dict[str, Any] = {f"{s}_{x}": 0 for s in _STAGES for x in ("count", "ns")}
         total.update(inference_count=0, execution_count=0, batches={}, versions={})

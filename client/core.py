@@ -341,6 +341,10 @@ _CONTRACT_WORDS = {
     "output": _TENSOR_WORDS,
 }
 
+def _merged_statistics(per_replica: Sequence[dict]) -> dict:
+    return {"model_stats": [entry for stats in per_replica for entry in stats.get("model_stats", [])]}
+
+
 @contextlib.contextmanager
 def _naming_replica(url: str) -> Iterator[None]:
     """Re-raise a lookserve error from one replica's call with that replica's address in it."""
@@ -603,6 +607,11 @@ class TritonClient(_Core):
 
     # --- statistics and repository ----------------------------------------------------------
     def statistics(self, model: str = "", version: str = "") -> dict:
+        """Triton's inference statistics; behind several replicas, every replica's entries in one
+        ``model_stats`` list (sum them per version; :func:`each_replica` for one replica's)."""
+        if self.options.replicated:
+            with each_replica(self) as replicas:
+                return _merged_statistics([r.statistics(model, version) for r in replicas])
         return self._call(
             "statistics",
             lambda: self._client.get_inference_statistics(model, version, as_json=True, client_timeout=self.options.timeout_s),
@@ -738,6 +747,12 @@ class AsyncTritonClient(_Core):
         return self._result(response, outputs)
 
     async def statistics(self, model: str = "", version: str = "") -> dict:
+        if self.options.replicated:  # every replica's entries, as TritonClient.statistics
+            stats = []
+            for options in self.options.for_each_endpoint():
+                async with AsyncTritonClient(options) as replica:
+                    stats.append(await replica.statistics(model, version))
+            return _merged_statistics(stats)
         return await self._call(
             "statistics",
             lambda: self._client.get_inference_statistics(model, version, as_json=True, client_timeout=self.options.timeout_s),

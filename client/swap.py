@@ -78,7 +78,6 @@ from lookserve.client.catalog import (
     set_current,
 )
 from lookserve.client.catalog.address import milvus_backend
-from lookserve.client.core import each_replica
 from lookserve.client.models import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -150,13 +149,11 @@ def version_requests(client, model: str, version: int | str) -> int:
     """Requests (successful and failed) Triton has answered for one version of a model (summed
     over the replicas behind ``client``)."""
     total = 0
-    with each_replica(client) as replicas:
-        for replica in replicas:
-            for entry in replica.statistics(model, str(version)).get("model_stats", []):
-                if str(entry.get("version")) == str(version):
-                    inference = entry.get("inference_stats", {})
-                    for key in ("success", "fail"):
-                        total += int(inference.get(key, {}).get("count", 0) or 0)
+    for entry in client.statistics(model, str(version)).get("model_stats", []):
+        if str(entry.get("version")) == str(version):
+            inference = entry.get("inference_stats", {})
+            for key in ("success", "fail"):
+                total += int(inference.get(key, {}).get("count", 0) or 0)
     return total
 
 
