@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +109,64 @@ def atomic_output(path: str | os.PathLike, *, mode: int | None = None) -> Iterat
     fsync_dir(path.parent)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks."""
+def sha256_file(path: str | os.PathLike, chunk: int | None = None, entered: threading.Event | None = None) -> str:
+    """Hex sha256 of a file's bytes, hashed straight from a memory map (no copies) in one
+    hashlib call, or ``chunk`` bytes per call. hashlib releases the GIL for each call, so files
+    hashed by several threads (:func:`sha256_files`) hash in parallel, and a call once begun goes
+    on while another thread runs C code that holds the GIL (hnswlib's ``load_index``).
+    ``entered``: set just before the first call."""
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        if os.fstat(f.fileno()).st_size == 0:  # an empty file cannot be mapped
+            if entered is not None:
+                entered.set()
+            return h.hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
+            step = chunk or len(view)
+            if entered is not None:
+                entered.set()
+            for start in range(0, len(view), step):
+                h.update(view[start : start + step])
     return h.hexdigest()
 
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "sha256_file"]
+class BackgroundSha256:
+    """The sha256 of files, hashed by background threads while the caller goes on
+    (:meth:`result` waits for them): e.g. :meth:`Catalog.open
+    <lookserve.client.catalog.directory.Catalog.open>` loads its HNSW indexes meanwhile and
+    refuses the catalog after, when a file does not match. The largest files are hashed first,
+    one per thread, and the constructor returns once each thread is inside its first hashlib call,
+    which then runs to its end without the GIL, whatever the caller runs."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike], threads: int | None = None) -> None:
+        files = sorted({Path(p) for p in paths}, key=lambda p: -p.stat().st_size)
+        workers = max(1, min(threads or min(4, os.cpu_count() or 1), len(files)))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sha256")
+        entered = [threading.Event() for _ in files[:workers]]
+        self._futures = {p: self._pool.submit(self._one, p, entered[i] if i < workers else None)
+                         for i, p in enumerate(files)}
+        self._pool.shutdown(wait=False)
+        for event in entered:
+            event.wait(1.0)  # bounded: a thread that fails before hashing sets nothing
+
+    @staticmethod
+    def _one(path: Path, entered: threading.Event | None) -> tuple[str, int]:
+        try:
+            return sha256_file(path, entered=entered), path.stat().st_size
+        finally:
+            if entered is not None:
+                entered.set()
+
+    def result(self) -> dict[Path, tuple[str, int]]:
+        """{path: (hex sha256, bytes)}; the first error of a thread (e.g. a missing file) is raised."""
+        return {p: f.result() for p, f in self._futures.items()}
+
+
+def sha256_files(paths: Iterable[str | os.PathLike], threads: int | None = None) -> dict[Path, tuple[str, int]]:
+    """{path: (hex sha256, bytes)} of each file, hashed by ``threads`` threads at once (default:
+    the CPUs, at most 4; see :class:`BackgroundSha256`)."""
+    return BackgroundSha256(paths, threads).result()
+
+
+__all__ = ["BackgroundSha256", "atomic_output", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir", "sha256_file",
+           "sha256_files"]

@@ -26,8 +26,10 @@ from lookserve.client.catalog import (
 from lookserve.client.catalog.index import (
     TRUTH_SPARE,
     GroundTruth,
+    ef_for_truth,
     exact_truth,
     merge_truth,
+    new_index,
     tuning_queries,
 )
 from lookserve.client.catalog.store import file_checksums, load_truth, manifest_checksum, truth_file
@@ -137,6 +139,22 @@ def _check_recall(catalog: Catalog) -> None:
     labels, _ = catalog.search_labels("tops", queries, K)
     exact, _ = exact_search(v[live], queries, K)
     assert recall_at_k(labels, live[exact]) >= 0.99
+
+
+def test_ef_for_truth_keeps_a_start_ef_that_reaches_the_target_and_tunes_upward_from_one_that_does_not() -> None:
+    rng = np.random.default_rng(11)
+    vectors = _clustered(rng, 3000)
+    params = IndexParams(M=8, ef_construction=24, tune_sample=200, k=10, recall_target=0.99)  # a sparse graph
+    index = new_index(DIM, len(vectors), params)
+    index.add_items(vectors, np.arange(len(vectors)))
+    truth = exact_truth(vectors, tuning_queries(vectors, params, rng), 10 + TRUTH_SPARE)
+    smallest, _ = ef_for_truth(index, truth, params, len(vectors))
+    assert smallest > 16  # else the start below could not be below it
+    # a start at or above the smallest passing ef is kept, even off the candidate grid
+    assert ef_for_truth(index, truth, params, len(vectors), start=smallest + 5)[0] == smallest + 5
+    # a start below it moves up the grid to the smallest passing candidate above the start
+    ef, recall = ef_for_truth(index, truth, params, len(vectors), start=16)
+    assert ef == smallest and recall >= 0.99
 
 
 def test_update_merges_the_stored_ground_truth_into_one_a_full_exact_search_equals(tmp_path: Path) -> None:

@@ -154,6 +154,8 @@ def test_update_rebuilds_a_category_from_stored_vectors_when_deletions_pass_the_
     assert first.rebuilt == () and Catalog.open(root).manifest.categories["tops"].deleted == 40
     second = update_catalog(root, remove=list(range(20, 40)), rebuild_fraction=0.2)  # 80 of 300: 27 %
     assert second.rebuilt == ("tops",)
+    assert "vectors_tops.delta.npy" not in first.manifest.files  # removals add no rows: the base is linked
+    assert "vectors_tops.delta.npy" not in second.manifest.files  # a rebuild writes one base file
     new = Catalog.open(root)
     info = new.manifest.categories["tops"]
     assert (info.count, info.deleted, info.products) == (220, 0, 110)
@@ -164,6 +166,35 @@ def test_update_rebuilds_a_category_from_stored_vectors_when_deletions_pass_the_
     labels, _ = new.search_labels("tops", queries, 6)
     exact, _ = exact_search(new.vectors("tops"), queries, 6)
     assert info.recall_at_k >= 0.99 and recall_at_k(labels, exact) >= 0.99
+
+
+def test_update_links_the_base_vectors_and_writes_added_rows_as_a_delta_until_it_passes_its_fraction(
+        tmp_path: Path) -> None:
+    root, _ = _root(tmp_path)  # tops: 300 rows in the base file
+    old = Catalog.open(root)
+    images = tmp_path / "images"
+    first = update_catalog(root, embedder=CountingEmbedder(), add=_records(images, range(500, 510), seed=1), remove=[3])
+    base = first.path / "vectors_tops.npy"
+    assert base.stat().st_ino == (root / "catalog-v1" / "vectors_tops.npy").stat().st_ino  # 20 rows: 6.7 % ≤ 10 %
+    delta = np.load(first.path / "vectors_tops.delta.npy")
+    assert delta.shape == (20, DIM) and "vectors_bags.delta.npy" not in first.manifest.files
+    new = Catalog.open(root)
+    np.testing.assert_array_equal(new.vectors("tops"), np.concatenate([old.vectors("tops"), delta]))
+    np.testing.assert_array_equal(new.vectors_mapped("tops"), new.vectors("tops"))
+    picks = np.array([0, 299, 300, 319, 5])
+    np.testing.assert_array_equal(new.vector_rows("tops", picks), new.vectors("tops")[picks])
+    # a delta row is searched like any other: by HNSW, and by the exact search of a selective filter
+    label = int(np.flatnonzero(new.product_ids("tops") == 505)[0])
+    assert label >= 300 and new.search("tops", delta[label - 300 : label - 299], 1)[0][0].product_id == 505
+    found = new.search("tops", delta[label - 300 : label - 299], 1, filter="price == 5")
+    assert new.filtered_paths["exact"] == 1 and found[0][0].product_id == 505
+    # 20 more rows: 40 after the base (13 % > 10 %) are written into one new base file
+    second = update_catalog(root, embedder=CountingEmbedder(), add=_records(images, range(520, 530), seed=2))
+    assert "vectors_tops.delta.npy" not in second.manifest.files and not (second.path / "vectors_tops.delta.npy").exists()
+    assert (second.path / "vectors_tops.npy").stat().st_ino != base.stat().st_ino
+    latest = Catalog.open(root)
+    np.testing.assert_array_equal(latest.vectors("tops")[:320], new.vectors("tops"))
+    assert latest.vectors("tops").shape == (340, DIM) and latest.vector_segments("tops")[1] is None
 
 
 def test_update_keeps_recall_against_exact_search_when_labels_are_marked_deleted(tmp_path: Path) -> None:

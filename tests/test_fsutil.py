@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from lookserve import fsutil
-from lookserve.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from lookserve.fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+    sha256_files,
+)
 
 
 def test_atomic_write_bytes_replaces_content_and_leaves_no_temp_file_when_it_succeeds(tmp_path: Path) -> None:
@@ -85,6 +91,20 @@ def test_sha256_file_equals_hashlib_when_file_spans_several_chunks(tmp_path: Pat
     data = os.urandom(10_000)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f", chunk=4096) == hashlib.sha256(data).hexdigest()
+
+
+def test_sha256_file_of_an_empty_file_is_the_empty_digest(tmp_path: Path) -> None:
+    (tmp_path / "e").write_bytes(b"")
+    assert sha256_file(tmp_path / "e") == hashlib.sha256(b"").hexdigest()
+
+
+def test_sha256_files_hashes_every_file_once_with_its_size_in_parallel_threads(tmp_path: Path) -> None:
+    blobs = {tmp_path / f"f{i}": os.urandom(1000 * i + 1) for i in range(6)}
+    for path, data in blobs.items():
+        path.write_bytes(data)
+    got = sha256_files([*blobs, tmp_path / "f1"], threads=3)  # a path named twice is hashed once
+    assert got == {p: (hashlib.sha256(d).hexdigest(), len(d)) for p, d in blobs.items()}
+    assert sha256_files(blobs, threads=1) == got
 
 
 def test_atomic_output_keeps_suffixes_and_renames_onto_path_when_the_writer_succeeds(tmp_path: Path) -> None:

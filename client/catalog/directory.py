@@ -34,14 +34,21 @@ from lookserve.client.catalog.embedder import EmbedderInfo, model_file_sha256
 from lookserve.client.catalog.filters import Expr, as_expr, evaluate
 from lookserve.client.catalog.index import SPACE, FilteredSearch, exact_search
 from lookserve.client.catalog.root import resolve_catalog
-from lookserve.client.catalog.store import DATABASE, MANIFEST, Manifest, index_file, vectors_file
+from lookserve.client.catalog.store import (
+    DATABASE,
+    MANIFEST,
+    Manifest,
+    delta_file,
+    index_file,
+    vectors_file,
+)
 from lookserve.errors import (
     CatalogError,
     CatalogIntegrityError,
     CatalogVersionMismatch,
     InvalidInputError,
 )
-from lookserve.fsutil import sha256_file
+from lookserve.fsutil import BackgroundSha256
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,8 @@ class Catalog:
         self._masks: OrderedDict[tuple[str, str], tuple[np.ndarray, list[bool], np.ndarray]] = OrderedDict()
         self._gathered: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # unit vectors of kept photos
         self._masks_lock = threading.Lock()
-        self._vectors: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # base memory map, delta
+        self._joined: dict[str, np.ndarray] = {}
         self.filtered_paths = {"exact": 0, "hnsw": 0}  # queries answered by each path (approximate under threads)
         self._local = threading.local()
         #: names of the files whose sha256 :meth:`open` checked against the manifest
@@ -132,19 +140,31 @@ class Catalog:
         missing = expected - set(manifest.files)
         if missing:
             raise CatalogIntegrityError(f"{manifest_path} records no checksum for {sorted(missing)}")
-        for name, info in manifest.files.items():
-            file = path / name
-            if not file.is_file():
-                raise CatalogIntegrityError(f"catalog file {file} is missing")
-            if verify:
-                size = file.stat().st_size
-                digest = sha256_file(file)
-                if size != info.get("bytes") or digest != info.get("sha256"):
-                    raise CatalogIntegrityError(
-                        f"catalog file {file} does not match its manifest (sha256 {digest[:12]}…, {size} bytes; "
-                        f"expected {str(info.get('sha256'))[:12]}…, {info.get('bytes')} bytes): it was modified or "
-                        "damaged; rebuild the catalog"
-                    )
+        for name in manifest.files:
+            if not (path / name).is_file():
+                raise CatalogIntegrityError(f"catalog file {path / name} is missing")
+        # every file is hashed by background threads while the indexes load and the photo rows are
+        # read; nothing is searched or returned before the checksums match
+        # (hnswlib's load_index follows no stored neighbour, so a damaged file loads or fails cleanly)
+        hashing = BackgroundSha256(path / name for name in manifest.files) if verify else None
+        try:
+            catalog = cls._load(path, manifest, photos)
+        except BaseException as e:
+            if hashing is not None:  # a damaged file explains the failure better than the failure
+                _check_checksums(path, manifest, hashing.result(), cause=e)
+            raise
+        if hashing is not None:
+            _check_checksums(path, manifest, hashing.result())
+        log.info("opened catalog %s: %s, embedder %s v%s", path, dict(manifest.counts), manifest.embedder.name,
+                 manifest.embedder.version)
+        catalog.verified = frozenset(manifest.files) if verify else frozenset()
+        if attributes:
+            catalog.columns  # noqa: B018 - read now, so the first filtered search does not wait for it
+        return catalog
+
+    @classmethod
+    def _load(cls, path: Path, manifest: Manifest, photos: bool) -> Catalog:
+        """The catalog's indexes and photo rows, read (not yet verified)."""
         indexes, labels, names = {}, {}, {}
         db = sqlite3.connect(f"file:{path / DATABASE}?mode=ro", uri=True)
         try:
@@ -184,13 +204,7 @@ class Catalog:
             raise CatalogIntegrityError(f"{path / DATABASE} is unreadable: {e}") from e
         finally:
             db.close()
-        log.info("opened catalog %s: %s, embedder %s v%s", path, dict(manifest.counts), manifest.embedder.name,
-                 manifest.embedder.version)
-        catalog = cls(path, manifest, indexes, labels, names)
-        catalog.verified = frozenset(manifest.files) if verify else frozenset()
-        if attributes:
-            catalog.columns  # noqa: B018 - read now, so the first filtered search does not wait for it
-        return catalog
+        return cls(path, manifest, indexes, labels, names)
 
     @property
     def columns(self) -> AttributeColumns:
@@ -374,7 +388,7 @@ class Catalog:
             if v is not None:
                 self._gathered.move_to_end((category, key))
         if v is None:
-            v = np.asarray(self.vectors_mapped(category)[kept], dtype=np.float32)
+            v = self.vector_rows(category, kept)
             v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
             if v.nbytes <= self.filtered.gather_bytes:
                 with self._masks_lock:
@@ -426,16 +440,53 @@ class Catalog:
         return {r[0]: {"id": r[0], "category": r[1], "title": r[2], "image": r[3], "attributes": json.loads(r[4] or "{}")}
                 for r in rows}
 
+    # A category's vectors (row = HNSW label, removed labels included) are one base file, memory
+    # mapped, and — after updates — a small delta file of the rows added since the base was
+    # written (:func:`~lookserve.client.catalog.store.delta_file`), read into memory.
+    def vector_segments(self, category: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the base file's rows, memory mapped; the delta's rows or None)."""
+        got = self._vectors.get(category)
+        if got is None:
+            if category not in self.manifest.categories:
+                raise CatalogError(f"the catalog has no {category!r} products (it has: {', '.join(sorted(self._indexes))})")
+            base = np.load(self.path / vectors_file(category), mmap_mode="r")
+            delta = np.load(self.path / delta_file(category)) if delta_file(category) in self.manifest.files else None
+            rows = len(base) + (len(delta) if delta is not None else 0)
+            if rows != self.manifest.categories[category].count or base.shape[1:] != (self.dim,):
+                raise CatalogIntegrityError(f"the vectors of {category} hold {rows} rows of {base.shape[1:]}, the "
+                                            f"manifest says {self.manifest.categories[category].count} of ({self.dim},)")
+            got = self._vectors[category] = (base, delta)
+        return got
+
     def vectors(self, category: str) -> np.ndarray:
-        """The stored embeddings of a category (row = HNSW label, removed labels included)."""
-        return np.load(self.path / vectors_file(category))
+        """The stored embeddings of a category (row = HNSW label, removed labels included), in memory."""
+        base, delta = self.vector_segments(category)
+        return np.concatenate([base, delta]) if delta is not None else np.array(base)
 
     def vectors_mapped(self, category: str) -> np.ndarray:
-        """:meth:`vectors`, memory-mapped once (read-only) for exact searches."""
-        v = self._vectors.get(category)
-        if v is None:
-            v = self._vectors[category] = np.load(self.path / vectors_file(category), mmap_mode="r")
-        return v
+        """:meth:`vectors` without reading them: the base file's memory map when the category has
+        no delta, else base and delta joined once (a copy, kept). Searches gather rows with
+        :meth:`vector_rows` instead."""
+        base, delta = self.vector_segments(category)
+        if delta is None:
+            return base
+        with self._masks_lock:
+            joined = self._joined.get(category)
+            if joined is None:
+                joined = self._joined[category] = np.concatenate([base, delta])
+        return joined
+
+    def vector_rows(self, category: str, labels: np.ndarray) -> np.ndarray:
+        """The stored embeddings of ``labels`` ([n, dim] float32, a copy), from base and delta."""
+        base, delta = self.vector_segments(category)
+        labels = np.asarray(labels, dtype=np.int64)
+        if delta is None:
+            return np.asarray(base[labels], dtype=np.float32)
+        out = np.empty((len(labels), self.dim), np.float32)
+        in_base = labels < len(base)
+        out[in_base] = base[labels[in_base]]
+        out[~in_base] = delta[labels[~in_base] - len(base)]
+        return out
 
     def live_labels(self, category: str) -> np.ndarray:
         """The labels of photos that are searchable (not removed by an update)."""
@@ -461,6 +512,21 @@ class Catalog:
         if not p.is_absolute() and self.manifest.images_root:
             p = Path(self.manifest.images_root) / p
         return p
+
+
+def _check_checksums(path: Path, manifest: Manifest, hashed: Mapping[Path, tuple[str, int]],
+                     cause: BaseException | None = None) -> None:
+    """:class:`CatalogIntegrityError` naming the first file whose (sha256, bytes) in ``hashed``
+    differ from the manifest's record."""
+    for name, info in manifest.files.items():
+        file = path / name
+        digest, size = hashed[file]
+        if size != info.get("bytes") or digest != info.get("sha256"):
+            raise CatalogIntegrityError(
+                f"catalog file {file} does not match its manifest (sha256 {digest[:12]}…, {size} bytes; "
+                f"expected {str(info.get('sha256'))[:12]}…, {info.get('bytes')} bytes): it was modified or "
+                "damaged; rebuild the catalog"
+            ) from cause
 
 
 def _read_bytes(path: Path) -> bytes | None:

@@ -266,13 +266,20 @@ def merge_truth(truth: GroundTruth, removed: np.ndarray, added: np.ndarray, firs
     return GroundTruth(truth.queries, labels, sims, complete)
 
 
-def ef_for_truth(index, truth: GroundTruth, params: IndexParams, n: int) -> tuple[int, float]:
+def ef_for_truth(index, truth: GroundTruth, params: IndexParams, n: int, start: int | None = None) -> tuple[int, float]:
     """The smallest candidate ef whose recall@K (K = min(params.k, n), ``n`` live rows) on
-    ``truth``'s queries reaches ``params.recall_target``: (ef, measured recall)."""
+    ``truth``'s queries reaches ``params.recall_target``: (ef, measured recall). ``start``: try
+    this ef first and only larger candidates after it — an update keeps its parent's ef while
+    that still reaches the target (one search of the queries instead of one per smaller
+    candidate, and no drift of recall or latency with every small update); a build or rebuild
+    tunes from the smallest candidate."""
     k = min(params.k, n)
     exact = truth.top(k)
     best = (max(params.ef_candidates[-1], n), 0.0)
-    for ef in sorted({max(e, k) for e in params.ef_candidates} | {max(n, k)}):
+    grid = {max(e, k) for e in params.ef_candidates} | {max(n, k)}
+    if start is not None:
+        grid = {max(start, k)} | {e for e in grid if e > start}
+    for ef in sorted(grid):
         index.set_ef(ef)
         labels, _ = index.knn_query(truth.queries, k=k, num_threads=params.build_threads)
         recall = recall_at_k(labels.astype(np.int64), exact)
@@ -289,14 +296,15 @@ def ef_for_truth(index, truth: GroundTruth, params: IndexParams, n: int) -> tupl
 
 
 def tune_ef_with_truth(index, vectors: np.ndarray, params: IndexParams, rng: np.random.Generator,
-                       deleted: np.ndarray | None = None) -> tuple[int, float, GroundTruth]:
+                       deleted: np.ndarray | None = None, start: int | None = None) -> tuple[int, float, GroundTruth]:
     """:func:`tune_ef` against a full exact search (rows = labels; ``deleted``: the removed
     ones), also returning the ground truth it measured against, top-(k + :data:`TRUTH_SPARE`)
-    deep, for a later update to merge into (:func:`merge_truth`)."""
+    deep, for a later update to merge into (:func:`merge_truth`); ``start`` as in
+    :func:`ef_for_truth`."""
     n = len(vectors) - (int(np.count_nonzero(deleted)) if deleted is not None else 0)
     queries = tuning_queries(vectors, params, rng, deleted)
     truth = exact_truth(vectors, queries, params.k + TRUTH_SPARE, deleted)
-    ef, recall = ef_for_truth(index, truth, params, n)
+    ef, recall = ef_for_truth(index, truth, params, n, start)
     return ef, recall, truth
 
 

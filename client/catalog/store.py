@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from lookserve.client.catalog.attributes import TYPES, infer_schema, sql_rows
 from lookserve.client.catalog.embedder import EmbedderInfo
@@ -57,7 +58,7 @@ from lookserve.client.catalog.index import (
 )
 from lookserve.client.catalog.records import PhotoRecord
 from lookserve.errors import CatalogError, CatalogIntegrityError, ConfigError, InvalidInputError
-from lookserve.fsutil import atomic_write_json, fsync_dir, sha256_file
+from lookserve.fsutil import atomic_write_json, fsync_dir, sha256_file, sha256_files
 from lookserve.taxonomy import CATEGORIES
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,13 @@ def index_file(category: str) -> str:
 
 def vectors_file(category: str) -> str:
     return f"vectors_{category}.npy"
+
+
+def delta_file(category: str) -> str:
+    """The rows of a category's vectors added since its base file (:func:`vectors_file`) was
+    written: an update appends here instead of rewriting the base (see
+    :data:`~lookserve.client.catalog.update.DELTA_FRACTION`)."""
+    return f"vectors_{category}.delta.npy"
 
 
 def truth_file(category: str) -> str:
@@ -223,30 +231,31 @@ def file_checksums(directory: Path, known: Mapping[str, Mapping[str, Any]] | Non
     ``known`` records as given (vectors hashed as :func:`save_vectors` wrote them, files linked
     from a verified previous version), every other file hashed now."""
     known = known or {}
-    return {p.name: dict(known[p.name]) if p.name in known else {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(directory.iterdir())}
+    files = sorted(directory.iterdir())
+    hashed = sha256_files(p for p in files if p.name not in known)
+    return {p.name: dict(known[p.name]) if p.name in known else {"sha256": hashed[p][0], "bytes": hashed[p][1]}
+            for p in files}
 
 
-class _HashingWriter:
-    """A binary file wrapper hashing every byte written through it (not a real file object, so
-    ``np.save`` writes through :meth:`write` in chunks rather than ``tofile``)."""
-
-    def __init__(self, f) -> None:
-        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return self._f.write(data)
-
-
-def save_vectors(path: Path, vectors: np.ndarray) -> dict[str, Any]:
-    """``np.save`` ``vectors`` at ``path``, hashing the bytes as they are written; returns the
+def save_vectors(path: Path, *blocks: np.ndarray) -> dict[str, Any]:
+    """Write the rows of ``blocks`` one after another as one ``.npy`` file at ``path`` — the
+    bytes ``np.save`` writes for their concatenation, without making it (an update writes the
+    stored vectors, a memory map, then the new ones) — hashing the bytes as they are written
+    (hashlib and the file write each take a whole block with the GIL released); returns the
     manifest's record of the file ({"sha256", "bytes"}) without reading it back."""
+    arrays = [np.ascontiguousarray(b) for b in blocks]
+    if not arrays or any(a.dtype != arrays[0].dtype or a.shape[1:] != arrays[0].shape[1:] for a in arrays):
+        raise CatalogError(f"vector blocks must share dtype and row shape, got {[(a.dtype, a.shape) for a in arrays]}")
+    header = io.BytesIO()
+    npy_format.write_array_header_1_0(header, {"descr": npy_format.dtype_to_descr(arrays[0].dtype), "fortran_order": False,
+                                               "shape": (sum(len(a) for a in arrays), *arrays[0].shape[1:])})
+    h, size = hashlib.sha256(), 0
     with Path(path).open("wb") as f:
-        w = _HashingWriter(f)
-        np.save(w, vectors)
-    return {"sha256": w.sha256.hexdigest(), "bytes": w.bytes}
+        for data in (memoryview(header.getvalue()), *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays if a.size)):
+            h.update(data)
+            f.write(data)
+            size += data.nbytes
+    return {"sha256": h.hexdigest(), "bytes": size}
 
 
 def _truth_dtype(dim: int, depth: int) -> np.dtype:

@@ -8,7 +8,9 @@ server does not serve it). Per touched category the previous HNSW index is loade
 photos are ``mark_deleted`` (never returned again), the index is ``resize_index``'d and the new
 vectors ``add_items``'d under new labels; when more than ``rebuild_fraction`` of a category's
 labels are deleted, its index is rebuilt from the stored vectors of the live photos instead.
-Either way ``ef`` is tuned again to the recall target against exact search. Its ground truth —
+Either way ``ef`` is tuned again to the recall target against exact search — an updated index
+keeps its parent's ef while that still reaches the target (only a larger one is tried when it
+does not), a rebuilt one is tuned from the smallest candidate. Its ground truth —
 the tuning queries' exact top-(k + spare) neighbours, stored per category (``truth_<category>.npy``,
 checksummed in the manifest) — is merged, not searched again: the removed labels are dropped and
 only the added rows are searched exactly for the same queries
@@ -17,6 +19,11 @@ neighbours that its exact top-k is no longer known, when the index is rebuilt, w
 version has no such file, or with ``incremental_tuning=False``, every stored row is searched
 again (the removed labels masked, not a gathered copy of the live ones); a rebuild or a missing
 file also samples fresh queries.
+
+A category's vectors are a base file and the rows added since it was written, a small delta file:
+an update links the base and writes the delta, until the delta passes :data:`DELTA_FRACTION` of
+the base's rows or the index is rebuilt, when one new base is written (so a 1 % update does not
+rewrite every stored vector).
 
 Each file's checksum is computed once: a category's new vectors are hashed as they are written,
 its new index and the database read back and hashed; an untouched category's files are hard
@@ -72,6 +79,7 @@ from lookserve.client.catalog.store import (
     MANIFEST,
     CategoryInfo,
     Manifest,
+    delta_file,
     file_checksums,
     index_file,
     insert_products,
@@ -86,13 +94,16 @@ from lookserve.client.catalog.store import (
     write_schema,
 )
 from lookserve.errors import CatalogError, CatalogVersionMismatch, InvalidInputError, LookserveError
-from lookserve.fsutil import atomic_write_json, fsync_dir
+from lookserve.fsutil import BackgroundSha256, atomic_write_json, fsync_dir
 from lookserve.images import DEFAULT_LIMITS, DecodeLimits
 from lookserve.taxonomy import CATEGORIES
 
 log = logging.getLogger(__name__)
 
 REBUILD_FRACTION = 0.2
+#: rows added since a category's base vectors file may reach this fraction of its rows before an
+#: update writes them into a new base, instead of a delta file beside the previous base
+DELTA_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -308,14 +319,15 @@ def apply_update(
                 if info is None and not new_rows:
                     continue
                 if info is not None and not dead and not new_rows:  # untouched: the same files
-                    for name in (index_file(category), vectors_file(category), truth_file(category)):
-                        if name not in m.files:  # a catalog written before ground truth files
+                    for name in (index_file(category), vectors_file(category), delta_file(category),
+                                 truth_file(category)):
+                        if name not in m.files:  # no delta, or a catalog written before ground truth files
                             continue
                         files[name] = link_verified(old.path / name, tmp / name, m.files[name], name in old.verified)
                     cats[category] = info
                     continue
                 cats_info = _update_category(db, old, tmp, category, info, dead, new_rows, new_photos, new_vectors,
-                                             params, rng, rebuild_fraction, consume, files, incremental_tuning,
+                                             params, rng, rebuild_fraction, files, consume, incremental_tuning,
                                              len(gone_products.get(category, ())))
                 if cats_info is None:
                     log.info("%s: every product removed; the category leaves the catalog", category)
@@ -330,9 +342,12 @@ def apply_update(
                 raise CatalogError("the update removes every product; a catalog needs at least one")
             products = db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
             photos = db.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+            # the new index files (all that is not yet known but the database) hash while it commits
+            hashing = BackgroundSha256(p for p in tmp.iterdir() if p.name not in files and p.name != DATABASE)
             db.commit()
         finally:
             db.close()
+        files.update({p.name: {"sha256": digest, "bytes": size} for p, (digest, size) in hashing.result().items()})
         manifest = replace(
             m, categories=cats, counts={"photos": int(photos), "products": int(products), "categories": len(cats)},
             files=file_checksums(tmp, files), created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -366,15 +381,13 @@ def _switch(tmp: Path, out_dir: Path) -> None:
 
 def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryInfo | None, dead: list[int],
                      new_rows: list[int], new_photos: Sequence[PhotoRecord], new_vectors: np.ndarray, params,
-                     rng, rebuild_fraction: float, consume: bool = False, files: dict[str, dict] | None = None,
+                     rng, rebuild_fraction: float, files: dict[str, dict], consume: bool = False,
                      incremental_tuning: bool = True, dead_products: int = 0) -> tuple[CategoryInfo, bool, str] | None:
     dim = old.dim
     add_v = new_vectors[new_rows]
     if info is not None:
-        old_vectors = old.vectors_mapped(category)
         count, deleted = info.count, info.deleted + len(dead)
     else:
-        old_vectors = np.zeros((0, dim), np.float32)
         count, deleted = 0, 0
     live_after = count - deleted + len(new_rows)
     if live_after == 0:
@@ -386,7 +399,7 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
         # rows left in db (the removed ones are deleted already) are the live old labels
         rows = db.execute("SELECT label, product_id, image, sha256 FROM photos WHERE category = ?", (category,)).fetchall()
         keep = np.sort(np.array([r[0] for r in rows], np.int64))
-        vectors = np.concatenate([np.asarray(old_vectors[keep]), add_v]) if count else add_v
+        vectors = np.concatenate([old.vector_rows(category, keep), add_v]) if count else add_v
         if count:
             mapping = np.full(count, -1, np.int64)
             mapping[keep] = np.arange(len(keep))
@@ -396,6 +409,7 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
         first_new = len(keep)
         index = new_index(dim, len(vectors), params)
         index.add_items(vectors, np.arange(len(vectors)), num_threads=params.build_threads)
+        blocks = (vectors,)
         deleted_mask = None
         count, deleted = len(vectors), 0
     else:
@@ -409,7 +423,10 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
         if new_rows:
             index.resize_index(total)
             index.add_items(add_v, np.arange(count, total), num_threads=params.build_threads)
-        vectors = np.concatenate([np.asarray(old_vectors), add_v])
+        # the stored rows (base: a memory map; delta) then the new ones: the base kept, the others
+        # written as the new delta; joined into one array only for a search of every row
+        base, delta = old.vector_segments(category)
+        blocks = (base, delta if delta is not None else np.zeros((0, dim), np.float32), add_v)
         first_new = count
         # the removed labels (this update's and earlier ones): the old labels left without a photo
         # row in db — read only when every row is searched, since a merge does not need them
@@ -423,8 +440,10 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
     # stored rows with the removed labels masked (the same tuning queries as their live rows)
     stored_name = truth_file(category)
     n_live = live_after
+    start = None if rebuild else info.ef  # an updated graph keeps its ef while that reaches the target
     if rebuild or not incremental_tuning or stored_name not in old.manifest.files:
-        ef, recall, truth = tune_ef_with_truth(index, vectors, params, rng, deleted=deleted_mask)
+        ef, recall, truth = tune_ef_with_truth(index, np.concatenate(blocks), params, rng, deleted=deleted_mask,
+                                               start=start)
         how = "sampled"
     else:
         stored = load_truth(old.path / stored_name, old.manifest.files[stored_name], dim, info.count)
@@ -433,17 +452,14 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
         if truth is None:
             log.info("%s: a tuning query lost more than %d of its stored neighbours; searching every row again",
                      category, stored.depth - min(params.k, n_live))
-            truth = exact_truth(vectors, stored.queries, max(stored.depth, params.k + TRUTH_SPARE),
+            truth = exact_truth(np.concatenate(blocks), stored.queries, max(stored.depth, params.k + TRUTH_SPARE),
                                 _removed_mask(db, category, first_new, count))
             how = "searched"
-        ef, recall = ef_for_truth(index, truth, params, n_live)
+        ef, recall = ef_for_truth(index, truth, params, n_live, start)
     sample = len(truth.queries)
     index.save_index(str(tmp / index_file(category)))
-    record = save_vectors(tmp / vectors_file(category), vectors)
-    truth_record = save_truth(tmp / stored_name, truth)
-    if files is not None:
-        files[vectors_file(category)] = record
-        files[stored_name] = truth_record
+    _save_vectors(old, tmp, category, blocks, files)
+    files[stored_name] = save_truth(tmp / stored_name, truth)
     # a product's photos are all in one category: its products less the removed, plus the new
     products = (info.products if info is not None else 0) - dead_products + len({new_photos[i].product_id for i in new_rows})
     log.info("%s: %d live photos (%d labels, %d deleted)%s, ef=%d, recall@%d=%.4f (ground truth %s)", category,
@@ -451,6 +467,22 @@ def _update_category(db, old: Catalog, tmp: Path, category: str, info: CategoryI
              how)
     return CategoryInfo(count=int(count), products=int(products), ef=int(ef), recall_at_k=round(float(recall), 6),
                         k=min(params.k, n_live), tune_sample=sample, deleted=int(deleted)), rebuild, how
+
+
+def _save_vectors(old: Catalog, tmp: Path, category: str, blocks: tuple[np.ndarray, ...], files: dict[str, dict]) -> None:
+    """Write a category's vectors: ``blocks`` = (base rows, *rows after them). A single block
+    (a rebuild), or rows after the base passing :data:`DELTA_FRACTION` of it, are written as one
+    new base file; otherwise the base file is the previous version's (a link) and the rows after
+    it are the new delta file."""
+    base, rest = blocks[0], blocks[1:]
+    after = sum(len(b) for b in rest)
+    name = vectors_file(category)
+    if not rest or after > DELTA_FRACTION * len(base):
+        files[name] = save_vectors(tmp / name, *blocks)
+        return
+    files[name] = link_verified(old.path / name, tmp / name, old.manifest.files[name], name in old.verified)
+    if after:
+        files[delta_file(category)] = save_vectors(tmp / delta_file(category), *rest)
 
 
 def _removed_mask(db, category: str, old_count: int, total: int) -> np.ndarray:
@@ -542,7 +574,7 @@ def update_catalog(
         vectors[todo] = got
         shutil.rmtree(partial, ignore_errors=True)
     for i, (category, label) in plan.reuse.items():
-        vectors[i] = old.vectors_mapped(category)[label]
+        vectors[i] = old.vector_rows(category, [label])[0]
     t2 = time.perf_counter()
     keep_rows = [i for i, r in enumerate(plan.new_photos) if r.image not in set(skipped) or i in plan.reuse]
     if skipped:
@@ -569,4 +601,4 @@ def update_catalog(
     )
 
 
-__all__ = ["REBUILD_FRACTION", "UpdateResult", "apply_update", "next_version_dir", "served_embedder", "update_catalog"]
+__all__ = ["DELTA_FRACTION", "REBUILD_FRACTION", "UpdateResult", "apply_update", "next_version_dir", "served_embedder", "update_catalog"]
