@@ -7,7 +7,8 @@ permutation), so ``rank < s × total`` keeps the fraction ``s``. Steps, each tim
 
 1. full build (:func:`~lookserve.client.catalog.write_catalog`) → recall@K of the served search
    against exact search;
-2. update: add ``change`` × n new products and remove ``change`` × n
+2. update: add ``change`` × n new products and remove ``change`` × n (below 10 % the added
+   rows' vectors go to a delta file beside the linked base; see ``DELTA_FRACTION``)
    (:func:`~lookserve.client.catalog.update_catalog` with pre-computed vectors) → recall@K;
    ``repeats`` times each way, interleaved, from the same built version: with ef's ground truth
    merged from the stored one (the default) and with every row searched again
