@@ -38,6 +38,7 @@ from lookserve.client.look_remote import RemoteLook, result_from_dict, write_doc
 from lookserve.client.pose import TflitePoseModels, TritonPoseModels, analyse, check_gate
 from lookserve.client.render import render_look, render_poses, render_thumbnails
 from lookserve.client.thumbnails import (
+    RemoteThumbnails,
     ThumbnailConfig,
     ThumbnailPipeline,
     find_products,
@@ -334,12 +335,15 @@ def thumbnails(
     timeout: float = _TIMEOUT,
     progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                          help="Progress bar on stderr (default: when stderr is a terminal)."),
+    server: bool = typer.Option(False, "--server", help="One call per product to the server's `thumbnails` model "
+                                "(the same chain, run inside Triton) instead of the client chain."),
 ) -> None:
     """Pick each product's best view as its thumbnail and tag its footwear type."""
 
     products = _collect_views(views)
     with open_client(url, timeout) as client:
-        pipe = ThumbnailPipeline(client, ThumbnailConfig(timeout_s=timeout))
+        config = ThumbnailConfig(timeout_s=timeout)
+        pipe = RemoteThumbnails(client, config) if server else ThumbnailPipeline(client, config)
         results, failed = [], 0
         with _progress(progress, len(products), "thumbnails") as advance:
             for name, r in zip(products, pipe.run_many(products, concurrency), strict=True):

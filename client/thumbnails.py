@@ -28,6 +28,7 @@ import numpy as np
 
 from lookserve import contracts, errors
 from lookserve.client.core import image_input
+from lookserve.client.look_remote import error_from_server, server_message
 from lookserve.errors import ConfigError, ContractMismatch, DataError, InvalidInputError
 from lookserve.fsutil import atomic_write_text
 from lookserve.images import (
@@ -35,6 +36,7 @@ from lookserve.images import (
     IMAGE_SUFFIXES,
     DecodeLimits,
     decode_image,
+    read_source,
     resize_square,
 )
 from lookserve.taxonomy import FOOTWEAR_TYPES
@@ -86,6 +88,22 @@ class ThumbnailResult:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ThumbnailResult:
+        """The result :meth:`to_dict` wrote (e.g. the ``thumbnails`` model's ``thumbnails_json``)."""
+        try:
+            return cls(
+                product=str(d["product"]), thumbnail=str(d["thumbnail"]), best_view=float(d["best_view"]),
+                footwear_type=str(d["footwear_type"]), type_probability=float(d["type_probability"]),
+                type_probs={str(k): float(v) for k, v in d["type_probs"].items()},
+                views=tuple(ViewScore(str(v["image"]), float(v["best_view"]), tuple(float(p) for p in v["type_probs"]))
+                            for v in d["views"]),
+                model_version=str(d["model_version"]),
+                timings_ms={str(k): float(v) for k, v in d.get("timings_ms", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ContractMismatch(f"not a thumbnails result: {e!r} in {str(d)[:200]}") from e
 
 
 def decide(product: str, names: Sequence[str], type_probs: np.ndarray, best_view: np.ndarray, version: str,
@@ -156,17 +174,8 @@ class ThumbnailPipeline(_Steps):
         return _with_timings(result, prep_ms, infer_ms)
 
     def run_many(self, products: Mapping[str, Sequence], concurrency: int = 4) -> Iterator[ThumbnailResult | errors.LookserveError]:
-        if concurrency < 1:
-            raise ConfigError("concurrency must be ≥ 1")
-
-        def one(item):
-            try:
-                return self.run(*item)
-            except errors.InvalidInputError as e:
-                return e
-
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            yield from pool.map(one, products.items())
+        """Results in input order, ``concurrency`` products in flight; a bad product yields its error."""
+        return _run_many(self.run, products, concurrency)
 
 
 class AsyncThumbnailPipeline(_Steps):
@@ -202,6 +211,55 @@ class AsyncThumbnailPipeline(_Steps):
                     return e
 
         return list(await asyncio.gather(*(one(p, v) for p, v in products.items())))
+
+
+class RemoteThumbnails:
+    """One call per product to the server's ``thumbnails`` model (the chain above, run inside
+    Triton: server/pipelines/thumbnails.py) over a :class:`~lookserve.client.core.TritonClient`
+    (thread-safe): the views go as encoded bytes; the result is the client chain's, its view
+    names those given here."""
+
+    def __init__(self, client, config: ThumbnailConfig | None = None, model: str = contracts.THUMBNAILS,
+                 version: str = "") -> None:
+        self.client, self.config, self.model, self.version = client, config or ThumbnailConfig(), model, version
+
+    def run(self, product: str, views: Sequence) -> ThumbnailResult:
+        if not views:
+            raise InvalidInputError("a product needs at least one view image")
+        names = [str(v) if isinstance(v, str | os.PathLike) else f"view {i}" for i, v in enumerate(views)]
+        data = np.array([read_source(v, self.config.limits) for v in views], dtype=np.object_)
+        t0 = time.perf_counter()
+        try:
+            r = self.client.infer(self.model, {"images": data}, outputs=["thumbnails_json"], version=self.version,
+                                  timeout_s=self.config.timeout_s)
+        except errors.ServerError as e:
+            raise error_from_server(server_message(e)) from e
+        result = ThumbnailResult.from_dict(json.loads(r.outputs["thumbnails_json"].reshape(-1)[0]))
+        if len(result.views) != len(names):
+            raise ContractMismatch(f"{self.model!r} scored {len(result.views)} views of the {len(names)} sent")
+        # the server names the views it was sent "view <i>": give them back their names here
+        named = tuple(replace(v, image=n) for v, n in zip(result.views, names, strict=True))
+        best = next(i for i, v in enumerate(result.views) if v.image == result.thumbnail)
+        return replace(result, product=product, thumbnail=names[best], views=named,
+                       timings_ms={**result.timings_ms, "request": (time.perf_counter() - t0) * 1e3})
+
+    def run_many(self, products: Mapping[str, Sequence], concurrency: int = 4) -> Iterator[ThumbnailResult | errors.LookserveError]:
+        """Results in input order, ``concurrency`` products in flight; a bad product yields its error."""
+        return _run_many(self.run, products, concurrency)
+
+
+def _run_many(run, products: Mapping[str, Sequence], concurrency: int) -> Iterator[ThumbnailResult | errors.LookserveError]:
+    if concurrency < 1:
+        raise ConfigError("concurrency must be ≥ 1")
+
+    def one(item):
+        try:
+            return run(*item)
+        except errors.InvalidInputError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        yield from pool.map(one, products.items())
 
 
 def _with_timings(result: ThumbnailResult, prep_ms: float, infer_ms: float) -> ThumbnailResult:
@@ -242,6 +300,7 @@ def write_outputs(results: Sequence[ThumbnailResult], out_dir: str | os.PathLike
 
 
 __all__ = [
-    "AsyncThumbnailPipeline", "ThumbnailConfig", "ThumbnailPipeline", "ThumbnailResult", "ViewScore", "decide",
+    "AsyncThumbnailPipeline", "RemoteThumbnails", "ThumbnailConfig", "ThumbnailPipeline", "ThumbnailResult", "ViewScore",
+    "decide",
     "find_products", "write_outputs",
 ]

@@ -193,7 +193,9 @@ def test_run_swap_bench_counts_every_request_across_a_swap_when_run_small(tmp_pa
     assert [s["new_version"] for s in report["embedder_swaps"]] == [2]
     assert [v for _, v in report["pointer_changes"]] == ["2"]
     assert {e["name"] for e in report["events"]} >= {"detector publish", "detector promote", "detector rollback", "flip"}
-    assert len(report["samples"]["t"]) == report["windows"]["all"]["requests"] + sum(
-        t < 0.5 for t in report["samples"]["t"])
+    # every request sent before the warm-up's end is left out of the windows, every later one counted
+    # (the report's times are rounded to 0.1 ms, so one sent just before 0.5 s may read 0.5)
+    ts = report["samples"]["t"]
+    assert sum(t < 0.5 for t in ts) <= len(ts) - w["requests"] <= sum(t <= 0.5 for t in ts)
     paths = write_report(report, tmp_path / "out", "swap")
     assert [p.name for p in paths] == ["swap.json", "swap.md", "swap.png"]
