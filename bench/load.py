@@ -242,14 +242,26 @@ def settled_snapshot(client, models: Sequence[str], expect_first: int | None = N
         previous = current
 
 
-def stats_delta(before: Mapping[str, dict], after: Mapping[str, dict]) -> dict[str, dict[str, Any]]:
-    """What happened between two snapshots, with per-request means in milliseconds."""
+def raw_delta(before: Mapping[str, dict], after: Mapping[str, dict]) -> dict[str, dict[str, Any]]:
+    """``after - before`` of two :func:`stats_snapshot` results, in the snapshots' own form (so deltas
+    add up): counters, ``batches`` and ``versions`` (a model missing before counts from zero)."""
     out: dict[str, dict[str, Any]] = {}
     for model, a in after.items():
         b = before.get(model, {})
-        d = {k: a[k] - b.get(k, 0) for k in a if isinstance(a[k], int)}
-        batches = {size: n - b.get("batches", {}).get(size, 0) for size, n in a["batches"].items()}
-        versions = sorted(v for v, n in a["versions"].items() if n - b.get("versions", {}).get(v, 0) > 0)
+        d: dict[str, Any] = {k: a[k] - b.get(k, 0) for k in a if isinstance(a[k], int)}
+        d["batches"] = {size: n - b.get("batches", {}).get(size, 0) for size, n in a["batches"].items()}
+        d["versions"] = {v: n - b.get("versions", {}).get(v, 0) for v, n in a["versions"].items()}
+        out[model] = d
+    return out
+
+
+def stats_delta(before: Mapping[str, dict], after: Mapping[str, dict]) -> dict[str, dict[str, Any]]:
+    """What happened between two snapshots, with per-request means in milliseconds."""
+    out: dict[str, dict[str, Any]] = {}
+    for model, raw in raw_delta(before, after).items():
+        d = {k: v for k, v in raw.items() if isinstance(v, int)}
+        batches = raw["batches"]
+        versions = sorted(v for v, n in raw["versions"].items() if n > 0)
         requests = d["success_count"]
 
         def per_request_ms(stage: str, _d=d, _n=requests) -> float | None:

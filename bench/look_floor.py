@@ -45,6 +45,7 @@ from lookserve import contracts, errors
 from lookserve.bench.load import (
     ClosedLoop,
     latency_summary,
+    raw_delta,
     settled_snapshot,
     stats_delta,
     stats_snapshot,
@@ -143,18 +144,6 @@ def answer_key(doc: Mapping[str, Any]) -> list:
     return [[item["category"], [m["product_id"] for m in item["matches"]]] for item in doc["items"]]
 
 
-def _raw_delta(before: Mapping[str, dict], after: Mapping[str, dict]) -> dict[str, dict]:
-    """``after - before`` of two statistics snapshots, in the snapshots' own form (so deltas add up)."""
-    out = {}
-    for model, a in after.items():
-        b = before[model]
-        d: dict[str, Any] = {k: a[k] - b[k] for k in a if isinstance(a[k], int)}
-        d["batches"] = {s: n - b["batches"].get(s, 0) for s, n in a["batches"].items()}
-        d["versions"] = {v: n - b["versions"].get(v, 0) for v, n in a["versions"].items()}
-        out[model] = d
-    return out
-
-
 def _add(total: dict[str, dict], delta: Mapping[str, dict]) -> None:
     for model, d in delta.items():
         t = total.setdefault(model, {"batches": {}, "versions": {}})
@@ -208,7 +197,7 @@ def measure(url: str, repository: Path, catalog: Path, photos: Sequence[Path], r
                 first = before[models[0]]
                 after = settled_snapshot(client, models,
                                          expect_first=first["success_count"] + first["fail_count"] + 1)
-                delta = _raw_delta(before, after)
+                delta = raw_delta(before, after)
             return {"variant": name, "round": r, "photo": j, "ms": ms, "answer": answer_key(doc),
                     "timings_ms": doc.get("timings_ms", {}), "stats": delta}
 

@@ -60,7 +60,7 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lookserve import contracts
-from lookserve.bench.load import ClosedLoop, Outcome, accounting, latency_summary
+from lookserve.bench.load import ClosedLoop, Outcome, accounting, latency_summary, stats_snapshot
 from lookserve.bench.report import (
     DEFAULT_OUT,
     atomic_write_json,
@@ -883,8 +883,7 @@ def phase_access(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, 
 def _successes(url: str, model: str = "embedder") -> int:
     """Inferences of ``model`` (every version) the one replica at ``url`` answered, from Triton's statistics."""
     with TritonClient(url, timeout_s=10) as client:
-        return sum(int(m.get("inference_stats", {}).get("success", {}).get("count", 0) or 0)
-                   for m in client.statistics(model).get("model_stats", []))
+        return stats_snapshot(client, [model])[model]["success_count"]
 
 
 def phase_replicas(env: Env, earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

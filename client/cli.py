@@ -58,7 +58,7 @@ from lookserve.cliutil import (
 from lookserve.data.footwear import shoes_in_splits
 from lookserve.data.pretrained import POSE_DETECTION, POSE_LANDMARK_FULL, mediapipe_model
 from lookserve.errors import DataError, LookserveError
-from lookserve.fsutil import atomic_write_text
+from lookserve.fsutil import atomic_write_json
 from lookserve.images import IMAGE_SUFFIXES, decode_image
 
 log = logging.getLogger(__name__)
@@ -158,13 +158,7 @@ def look(
 ) -> None:
     """Shop the look: detect garments, match each against the catalog, write JSON (+ PNG)."""
 
-    # a folder stands for the images directly inside it
-    given = images
-    images = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
-                                          if p.is_dir() else [p])]
-    if not images:
-        fail(DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, given))}: "
-                       "the folder is empty or holds no image files"))
+    images = _image_paths(images)
     config = LookConfig(filter=FilterConfig(min_score, score_filter, catalog_only, best_only), k=k, crop=crop,
                         timeout_s=timeout, catalog_filter=catalog_filter, gate=gate)
     if server:
@@ -192,12 +186,7 @@ def look(
 
         table = Table("image", "items", "top-1 per item", "client ms", "total ms")
         failed: list[tuple[Path, LookserveError]] = []
-        names: dict[Path, str] = {}
-        for p in images:  # unique output names even when stems repeat across folders
-            stem, n = p.stem, 2
-            while stem in names.values():
-                stem, n = f"{p.stem}-{n}", n + 1
-            names[p] = stem
+        names = _output_names(images)
         with _progress(progress, len(images), "looking") as advance:
             for path, result in zip(images, pipe.run_many(images, concurrency=concurrency), strict=True):
                 advance()
@@ -231,10 +220,7 @@ def pose_command(
 ) -> None:
     """Who is in each photo, and is it a full shot? The pose gate of `lookserve look --gate`."""
     check_gate(gate)
-    paths = [c for p in images for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
-                                         if p.is_dir() else [p])]
-    if not paths:
-        fail(DataError(f"no images in {', '.join(map(str, images))}"))
+    paths = _image_paths(images)
     with contextlib.ExitStack() as stack:
         if interpreter:
             models = TflitePoseModels(mediapipe_model(POSE_DETECTION), mediapipe_model(POSE_LANDMARK_FULL))
@@ -258,10 +244,20 @@ def pose_command(
     passed = sum(v.passes(gate) for _, _, v in shots)
     typer.echo(f"{passed} of {len(shots)} photos pass the {gate} gate")
     if json_out is not None:
-        atomic_write_text(json_out, json.dumps(docs, indent=2))
+        atomic_write_json(json_out, docs)
     if render is not None and shots:
         render_poses(shots, render)
     finish_batch(failed, len(paths), "images")
+
+
+def _image_paths(given: list[Path]) -> list[Path]:
+    """The photos named: a folder stands for the images directly inside it; none is a usage error."""
+    images = [c for p in given for c in (sorted(x for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
+                                         if p.is_dir() else [p])]
+    if not images:
+        fail(DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, given))}: "
+                       "the folder is empty or holds no image files"))
+    return images
 
 
 def _output_names(images: list[Path]) -> dict[Path, str]:

@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -362,7 +363,6 @@ class _Core:
     def __init__(self, options: ClientOptions) -> None:
         self.options = options
         self._rng = random.Random()
-        self._verified: set[tuple[str, str]] = set()
 
     @property
     def url(self) -> str:
@@ -443,7 +443,6 @@ class _Core:
                 f"model {expected.name!r} (version {version or 'latest'}) served at {self.url} does not "
                 f"match what lookserve expects: " + "; ".join(problems)
             )
-        self._verified.add((expected.name, version))
 
     def _retry_again(self, code: grpc.StatusCode | None, attempt: int, attempts: int, restricted: bool,
                      elapsed_s: float) -> bool:
@@ -487,6 +486,19 @@ class TritonClient(_Core):
     def __init__(self, url: str | ClientOptions = "127.0.0.1:8001", **kwargs) -> None:
         super().__init__(url if isinstance(url, ClientOptions) else ClientOptions(url=url, **kwargs))
         self._client = grpcclient.InferenceServerClient(**self._client_kwargs())
+        self._replicas: dict[str, TritonClient] = {}  # one per replica address seen: see replica_clients
+        self._replicas_lock = threading.Lock()
+
+    def replica_clients(self) -> list[TritonClient]:
+        """One client per replica behind this one's address list (resolved now, so a ``dns:///``
+        name's current replicas), each made once and kept until :meth:`close` — the calls every
+        replica must get (statistics polled by a swap's drain) open no channel each."""
+        with self._replicas_lock:
+            wanted = self.options.for_each_endpoint()
+            for o in wanted:
+                if o.url not in self._replicas:
+                    self._replicas[o.url] = TritonClient(o)
+            return [self._replicas[o.url] for o in wanted]
 
     # --- plumbing ---------------------------------------------------------------------
     def _call(self, what: str, fn, *, retry: bool = True, restricted: bool = False):
@@ -570,15 +582,14 @@ class TritonClient(_Core):
         return ModelConfig.from_proto(response.config)
 
     def check_contract(self, expected: ModelConfig, version: str = "") -> ModelMetadata:
-        """Raise ContractMismatch naming every difference; cached per (model, version). Behind several
-        replicas every one is checked (the error names the replica that differs)."""
+        """Raise ContractMismatch naming every difference. Behind several replicas every one is
+        checked (the error names the replica that differs)."""
         if self.options.replicated:
             metas = []
             with each_replica(self) as each:
                 for replica in each:
                     with _naming_replica(replica.url):
                         metas.append(replica.check_contract(expected, version))
-            self._verified.add((expected.name, version))
             return metas[0]
         meta = self.model_metadata(expected.name, version)
         self._raise_contract(expected, meta, version)
@@ -650,6 +661,10 @@ class TritonClient(_Core):
         )
 
     def close(self) -> None:
+        with self._replicas_lock:
+            replicas, self._replicas = list(self._replicas.values()), {}
+        for r in replicas:
+            r.close()
         self._client.close()
 
     def __enter__(self) -> TritonClient:
@@ -720,7 +735,6 @@ class AsyncTritonClient(_Core):
                 async with AsyncTritonClient(options) as replica:
                     with _naming_replica(replica.url):
                         metas.append(await replica.check_contract(expected, version))
-            self._verified.add((expected.name, version))
             return metas[0]
         meta = await self.model_metadata(expected.name, version)
         self._raise_contract(expected, meta, version)
@@ -772,10 +786,14 @@ class AsyncTritonClient(_Core):
 def each_replica(client) -> Iterator[list]:
     """One client per replica behind ``client`` (same options, one address each), for the calls
     every replica must get one at a time (repository load and unload, statistics); ``[client]``
-    itself when it has one address. The per-replica clients are closed on exit."""
+    itself when it has one address. A :class:`TritonClient`'s own are reused
+    (:meth:`TritonClient.replica_clients`); others are made for the block and closed on exit."""
     options = getattr(client, "options", None)
     if options is None or not options.replicated:
         yield [client]
+        return
+    if isinstance(client, TritonClient):
+        yield client.replica_clients()
         return
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(TritonClient(o)) for o in client.options.for_each_endpoint()]

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from lookserve.client.catalog import Catalog
+from lookserve.client.catalog.address import milvus_backend
 from lookserve.client.catalog.milvus_server import start_milvus
 from lookserve.cliutil import fail, handle_errors, stdout_console
 from lookserve.errors import CatalogUnavailable
@@ -52,8 +53,7 @@ def milvus_push(
 ) -> None:
     """Publish a built catalog (its stored vectors and products; nothing re-embedded) into a new
     Milvus collection and flip the alias to it atomically."""
-    from lookserve.client.catalog import milvus
-
+    milvus = milvus_backend()  # pymilvus: the [milvus] extra, named when it is missing
     p = Catalog.open(catalog, verify=False).manifest.params
     params = milvus.MilvusParams(M=m or p.M, ef_construction=ef_construction or p.ef_construction, ef=ef, flush=flush)
     result = milvus.publish_catalog(catalog, address, params, keep=keep)

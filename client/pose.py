@@ -41,6 +41,7 @@ sync and asyncio clients share them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -54,6 +55,7 @@ import numpy as np
 from lookserve import contracts
 from lookserve.errors import ConfigError, ContractMismatch, InvalidRequest
 from lookserve.images import Letterbox, crop_rotated, letterbox
+from lookserve.training.detector_ops import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +135,11 @@ class Roi:
     side: float
     rotation: float
 
-    def inside(self, width: int, height: int) -> bool:
-        """Whether the turned square lies within the photo."""
+    def corners(self) -> list[tuple[float, float]]:
+        """The turned square's corners, in order around it."""
         c, s = math.cos(self.rotation), math.sin(self.rotation)
         h = self.side / 2
-        corners = [(self.x + c * u - s * v, self.y + s * u + c * v) for u in (-h, h) for v in (-h, h)]
-        return all(0 <= x <= width and 0 <= y <= height for x, y in corners)
+        return [(self.x + c * u - s * v, self.y + s * u + c * v) for u, v in ((-h, -h), (h, -h), (h, h), (-h, h))]
 
 
 @dataclass(frozen=True)
@@ -244,18 +245,6 @@ def decode_scores(raw_scores: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-s))).astype(np.float32)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold: float,
                  ) -> list[tuple[float, np.ndarray, np.ndarray]]:
     """NonMaxSuppressionCalculator's WEIGHTED algorithm: take the best remaining detection, merge
@@ -265,7 +254,7 @@ def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, t
     out = []
     while len(order):
         best = order[0]
-        sim = _iou(boxes[best], boxes[order])
+        sim = iou_matrix(boxes[best], boxes[order])[0]
         sim[0] = 1.0  # the best one is in its own group, even if its box is degenerate
         group, order = order[sim > threshold], order[sim <= threshold]
         wts = scores[group][:, None]
@@ -446,7 +435,26 @@ def served_tensors(detector_meta, landmarks_meta) -> tuple[tuple[str, str], tupl
     return inputs, outputs
 
 
-class TritonPoseModels:
+class _ServedPoseModels:
+    """What the sync and asyncio clients of the served pose models share: each request's model and
+    inputs, and its answer (the outputs picked by :func:`served_tensors`, in their order)."""
+
+    client: Any
+    config: PoseConfig
+    timeout_s: float | None
+    inputs: tuple[str, str]
+    outputs: tuple[list[str], list[str]]
+
+    def _request(self, which: int, x: np.ndarray) -> dict[str, Any]:
+        return {"model": (self.config.detector, self.config.landmarks)[which], "inputs": {self.inputs[which]: x},
+                "outputs": self.outputs[which], "timeout_s": self.timeout_s}
+
+    def _answer(self, which: int, r) -> Answer:
+        first, second = self.outputs[which]
+        return r.outputs[first], r.outputs[second], str(r.model_version)
+
+
+class TritonPoseModels(_ServedPoseModels):
     """The served ``pose_detector`` and ``pose_landmarks`` over a
     :class:`~lookserve.client.core.TritonClient`; their tensors come from their metadata
     (:func:`served_tensors`)."""
@@ -458,20 +466,14 @@ class TritonPoseModels:
         self.inputs, self.outputs = served_tensors(client.model_metadata(self.config.detector),
                                                    client.model_metadata(self.config.landmarks))
 
-    def _infer(self, which: int, x: np.ndarray):
-        model = (self.config.detector, self.config.landmarks)[which]
-        return self.client.infer(model, {self.inputs[which]: x}, outputs=self.outputs[which], timeout_s=self.timeout_s)
-
     def detect(self, square: np.ndarray) -> Answer:
-        r = self._infer(0, square)
-        return (*detector_outputs(r.outputs), str(r.model_version))
+        return self._answer(0, self.client.infer(**self._request(0, square)))
 
     def landmarks(self, crop: np.ndarray) -> Answer:
-        r = self._infer(1, crop)
-        return (*landmark_outputs(r.outputs), str(r.model_version))
+        return self._answer(1, self.client.infer(**self._request(1, crop)))
 
 
-class AsyncTritonPoseModels:
+class AsyncTritonPoseModels(_ServedPoseModels):
     """The asyncio twin of :class:`TritonPoseModels` (``await AsyncTritonPoseModels.create(...)``)."""
 
     def __init__(self, client, config: PoseConfig, timeout_s: float | None, tensors) -> None:
@@ -485,18 +487,11 @@ class AsyncTritonPoseModels:
                                  await client.model_metadata(config.landmarks))
         return cls(client, config, timeout_s, tensors)
 
-    async def _infer(self, which: int, x: np.ndarray):
-        model = (self.config.detector, self.config.landmarks)[which]
-        return await self.client.infer(model, {self.inputs[which]: x}, outputs=self.outputs[which],
-                                       timeout_s=self.timeout_s)
-
     async def detect(self, square: np.ndarray) -> Answer:
-        r = await self._infer(0, square)
-        return (*detector_outputs(r.outputs), str(r.model_version))
+        return self._answer(0, await self.client.infer(**self._request(0, square)))
 
     async def landmarks(self, crop: np.ndarray) -> Answer:
-        r = await self._infer(1, crop)
-        return (*landmark_outputs(r.outputs), str(r.model_version))
+        return self._answer(1, await self.client.infer(**self._request(1, crop)))
 
 
 def single_input(meta) -> str:
@@ -539,32 +534,40 @@ def _answered(config: PoseConfig, kind: str, answer: Answer, versions: dict[str,
     return a, b
 
 
+def _step(steps: Generator, value: Any) -> tuple[tuple[str, np.ndarray] | None, PoseVerdict | None]:
+    """Send ``value`` to :func:`analysis`: (its next request, None), or (None, the verdict) when it
+    is done — a return value, not a StopIteration, which an asyncio future refuses."""
+    try:
+        return steps.send(value), None
+    except StopIteration as done:
+        return None, done.value
+
+
 def analyse(image: np.ndarray, models: PoseModels, config: PoseConfig | None = None) -> PoseVerdict:
     """Persons and the verdict of one RGB uint8 photo, through ``models``; the verdict records
     the versions that answered this photo's requests."""
     config = config or PoseConfig()
     steps, versions = analysis(image, config), {}
-    try:
-        kind, x = next(steps)
-        while True:
-            answer = models.detect(x) if kind == "detect" else models.landmarks(x)
-            kind, x = steps.send(_answered(config, kind, answer, versions))
-    except StopIteration as done:
-        return replace(done.value, model_versions=versions)
+    request, verdict = _step(steps, None)
+    while request is not None:
+        kind, x = request
+        answer = models.detect(x) if kind == "detect" else models.landmarks(x)
+        request, verdict = _step(steps, _answered(config, kind, answer, versions))
+    return replace(verdict, model_versions=versions)
 
 
 async def analyse_async(image: np.ndarray, models: AsyncTritonPoseModels, config: PoseConfig | None = None,
                         ) -> PoseVerdict:
-    """:func:`analyse` over async models (the same steps)."""
+    """:func:`analyse` over async models (the same steps; the pixel work — letterbox, crops,
+    decoding — in a worker thread, off the event loop)."""
     config = config or PoseConfig()
     steps, versions = analysis(image, config), {}
-    try:
-        kind, x = next(steps)
-        while True:
-            answer = await (models.detect(x) if kind == "detect" else models.landmarks(x))
-            kind, x = steps.send(_answered(config, kind, answer, versions))
-    except StopIteration as done:
-        return replace(done.value, model_versions=versions)
+    request, verdict = await asyncio.to_thread(_step, steps, None)
+    while request is not None:
+        kind, x = request
+        answer = await (models.detect(x) if kind == "detect" else models.landmarks(x))
+        request, verdict = await asyncio.to_thread(lambda k=kind, a=answer: _step(steps, _answered(config, k, a, versions)))
+    return replace(verdict, model_versions=versions)
 
 
 __all__ = [

@@ -167,10 +167,7 @@ def render_poses(shots: Sequence[tuple[str, np.ndarray, object]], path: str | os
         ax.imshow(image)
         for i, person in enumerate(verdict.persons):
             colour = COLOURS[i % len(COLOURS)]
-            r = person.roi
-            c, s, h = np.cos(r.rotation), np.sin(r.rotation), r.side / 2
-            corners = [(r.x + c * u - s * v, r.y + s * u + c * v) for u, v in ((-h, -h), (h, -h), (h, h), (-h, h))]
-            ax.add_patch(Polygon(corners, closed=True, fill=False, edgecolor=colour, linewidth=1, linestyle="--"))
+            ax.add_patch(Polygon(person.roi.corners(), closed=True, fill=False, edgecolor=colour, linewidth=1, linestyle="--"))
             lm = person.landmarks
             seen = lm[:, 3] >= visibility
             for a, b in CONNECTIONS:

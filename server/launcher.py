@@ -476,8 +476,7 @@ class TritonReplicas:
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, not {replicas}")
         shared = replace(options, repository_key=options.repository_key or secrets.token_urlsafe(24))
-        self.servers = [TritonServer(replica_options(shared, i, replicas) if replicas > 1 else options)
-                        for i in range(replicas)]
+        self.servers = [TritonServer(replica_options(shared, i, replicas)) for i in range(replicas)]
         self.repository_key = self.servers[0].repository_key
 
     @property
@@ -507,8 +506,6 @@ class TritonReplicas:
 
     def stop(self) -> list[int | None]:
         """Stop every replica, all at once (each drains its in-flight requests); their exit codes."""
-        if len(self.servers) == 1:
-            return [self.servers[0].stop()]
         with ThreadPoolExecutor(len(self.servers), thread_name_prefix="triton-stop") as pool:
             return list(pool.map(TritonServer.stop, self.servers))
 

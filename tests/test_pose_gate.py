@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
@@ -46,7 +45,7 @@ from lookserve.images import crop_rotated, decode_image
 from lookserve.modelconfig import ModelConfig, TensorSpec
 from lookserve.server.launcher import ServerOptions, TritonServer
 from lookserve.server.pipelines.repository import write_pipeline_models
-from tinymodels import projection_embedder, write_model
+from tinymodels import _save, projection_embedder, write_model
 
 # ------------------------------------------------------------------------------------------
 # Real models and photos (skipped with the reason when absent)
@@ -255,15 +254,6 @@ def test_pose_verdicts_equal_the_interpreter_when_served_by_triton(served_pose, 
 SIDE = 64  # garment detector input
 CROP, DIM = 32, 16
 ANKLE_VIS = [27 * 5 + 3, 28 * 5 + 3]  # the ankles' visibility logits in the 195 values
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
 
 
 def _tiny_pose_detector(path: Path) -> Path:

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from PIL import Image
 from test_look_chain import CROP, DIM, D, M, S, shop_photo, street_photo, tiny_detector
 from test_models_embedder_swap import FAST, PHOTO_SLOTS, _assert_never_mixed, _Clients
+from test_models_swap import LoadThreads
 
 from lookserve import contracts, errors
 from lookserve.client.catalog import (
@@ -70,7 +70,7 @@ def replicas(tmp_path_factory):
         group.stop()
 
 
-class Load:
+class Load(LoadThreads):
     """``THREADS`` client threads, each with one client for the whole load (the replica list), each
     sending its own crop; every answer is checked against onnxruntime on the file of the version it
     says answered it (a "mixed" answer: right version label, another version's numbers)."""
@@ -80,10 +80,8 @@ class Load:
         self.crops = [np.random.default_rng(i).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8) for i in range(THREADS)]
         self.expected = {v: [run_onnx(path, {"crops": c})[0] for c in self.crops] for v, path in references.items()}
         self.records: list[tuple[float, str]] = []  # (sent at, answering version)
-        self.failures: list[BaseException] = []
         self.mixed = 0
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(THREADS)]
+        super().__init__(THREADS)
 
     def _run(self, i: int) -> None:
         deadline = time.monotonic() + 60  # bounded, whatever happens
@@ -102,16 +100,6 @@ class Load:
                     self.mixed += 1
                 self.records.append((sent, r.model_version))
 
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        time.sleep(0.3)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
 
 def _v1(replicas) -> dict[str, Path]:

@@ -4,20 +4,22 @@
 
 REPO holds detector/config.pbtxt and detector/1/model.onnx; the first N_CANDIDATES (default 4) of
 1x1, 1x2 spinning, 1x2 asleep, 2x1 are served at once and visited in turn (levels 1, 2); writes
-OUT/PREFIX_<candidate>.{json,md,png} and OUT/PREFIX_compare.{md,json}. Until ``lookserve bench tune``
-takes ``--spinning``, this is the way to put spinning in the grid.
+OUT/PREFIX_<candidate>.{json,md,png} and OUT/PREFIX_compare.{md,json}: how the committed
+``serving_spin_detector*`` results were made (``lookserve bench tune --spinning`` varies spinning too,
+over its own grid).
 """
 import sys
 from pathlib import Path
 
 from lookserve.bench.load import LoadSpec, compare, compare_markdown, write_load_report
 from lookserve.bench.report import atomic_write_json, atomic_write_text
-from lookserve.bench.tune import Candidate, tune
+from lookserve.bench.tune import grid, tune
 from lookserve.modelconfig import ModelConfig
 
 repo, out, prefix = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 base = ModelConfig.read(repo / "detector" / "config.pbtxt")
-cands = [Candidate(1, 1, 100, 4), Candidate(1, 2, 100, 4, True), Candidate(1, 2, 100, 4, False), Candidate(2, 1, 100, 4)][:int(sys.argv[6]) if len(sys.argv) > 6 else 4]
+# 1x1, 1x2 spinning, 1x2 asleep, 2x1 (2x2 is over the budget of 2 threads)
+cands = grid((1, 2), (1, 2), (100,), (4,), 2, spinning=(True, False))[:int(sys.argv[6]) if len(sys.argv) > 6 else 4]
 spec = LoadSpec(mode="closed", levels=(1, 2), duration_s=float(sys.argv[4]), warmup_s=1.0, timeout_s=30.0, seed=0)
 result = tune(base, repo / "detector" / "1" / "model.onnx", cands, spec, "throughput", rounds=int(sys.argv[5]))
 command = "python " + " ".join(sys.argv)

@@ -460,8 +460,7 @@ class Catalog:
 
     def vectors(self, category: str) -> np.ndarray:
         """The stored embeddings of a category (row = HNSW label, removed labels included), in memory."""
-        base, delta = self.vector_segments(category)
-        return np.concatenate([base, delta]) if delta is not None else np.array(base)
+        return np.array(self.vectors_mapped(category))
 
     def vectors_mapped(self, category: str) -> np.ndarray:
         """:meth:`vectors` without reading them: the base file's memory map when the category has

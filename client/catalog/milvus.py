@@ -460,23 +460,22 @@ class MilvusCatalog:
         ef = max(self.params.ef, info.get("ef", 0), want)
         hits = self._call("searching", self.client.search, collection_name=self.collection, data=q.tolist(),
                           anns_field=VECTOR, limit=want, filter=expression,
-                          output_fields=["product_id", "image"],
+                          output_fields=["product_id", "image", "title", "product_image", "attributes_json"],
                           search_params={"metric_type": "IP", "params": {"ef": ef}},
                           consistency_level=self.params.read_consistency)
-        rows: list[list[tuple[int, float, str]]] = []
-        for row in hits:
-            best: dict[int, tuple[float, str]] = {}
+        out: list[list[Match]] = []
+        for row in hits:  # every photo row carries its product's fields: no second query for them
+            best: dict[int, Match] = {}
             for hit in row:
-                entity = hit.get("entity", {})
-                pid = int(entity["product_id"])
+                e = hit.get("entity", {})
+                pid = int(e["product_id"])
                 if pid not in best:
-                    best[pid] = (float(hit["distance"]), entity["image"])
+                    best[pid] = Match(pid, float(hit["distance"]), category, e["title"], e["product_image"], e["image"],
+                                      json.loads(e["attributes_json"] or "{}"))
                 if len(best) == k:
                     break
-            rows.append([(pid, sim, img) for pid, (sim, img) in best.items()])
-        meta = self.products({pid for row in rows for pid, _, _ in row})
-        return [[Match(pid, sim, category, meta[pid]["title"], meta[pid]["image"], img, meta[pid]["attributes"])
-                 for pid, sim, img in row if pid in meta] for row in rows]
+            out.append(list(best.values()))
+        return out
 
     def products(self, ids: Iterable[int]) -> dict[int, dict]:
         ids = sorted({int(i) for i in ids})
@@ -641,13 +640,14 @@ def collection_name(base: str, embedder_version: str, n: int) -> str:
     return f"{base}__e{ev}__v{n}"
 
 
+def _versions(names: Iterable[str], base: str) -> list[tuple[int, str]]:
+    """The collections of alias ``base`` among ``names`` (``<base>__e<embedder>__v<N>``), as (N, name), oldest first."""
+    return sorted((int(m.group("n")), n) for n in names if (m := _VERSIONED.match(n)) and m.group("base") == base)
+
+
 def _next_name(client: MilvusClient, base: str, embedder_version: str, timeout_s: float) -> str:
-    n = 0
-    for name in client.list_collections(timeout=timeout_s):
-        m = _VERSIONED.match(name)
-        if m and m.group("base") == base:
-            n = max(n, int(m.group("n")))
-    return collection_name(base, embedder_version, n + 1)
+    mine = _versions(client.list_collections(timeout=timeout_s), base)
+    return collection_name(base, embedder_version, (mine[-1][0] if mine else 0) + 1)
 
 
 def _schema(dim: int, attributes: Mapping[str, str], photos: Sequence[Photo], info: CollectionInfo):
@@ -803,7 +803,7 @@ def versions_of(address: str | MilvusAddress, embedder_version: str | None = Non
         names = connect(addr, params.timeout_s).list_collections(timeout=params.timeout_s)
     except _ERRORS as e:
         raise _translate(e, f"listing the collections of {addr}") from e
-    mine = sorted((int(m.group("n")), n) for n in names if (m := _VERSIONED.match(n)) and m.group("base") == addr.name)
+    mine = _versions(names, addr.name)
     return [n for i, n in mine
             if embedder_version is None or n == collection_name(addr.name, str(embedder_version), i)]
 
@@ -827,9 +827,7 @@ def prune(address: str | MilvusAddress, keep: int = 3, params: MilvusParams = Mi
     client = connect(addr, params.timeout_s)
     current = resolve_alias(client, addr, params.timeout_s)
     try:
-        names = client.list_collections(timeout=params.timeout_s)
-        mine = sorted((int(m.group("n")), n) for n in names
-                      if (m := _VERSIONED.match(n)) and m.group("base") == addr.name)
+        mine = _versions(client.list_collections(timeout=params.timeout_s), addr.name)
         dropped = []
         for _, name in mine[:-keep] if keep > 0 else mine:
             if name != current:
@@ -879,17 +877,15 @@ def photos_of_directory(catalog: Catalog) -> tuple[list[Photo], np.ndarray, dict
     finally:
         db.close()
     meta = catalog.products({r[2] for r in rows})
-    photos, vectors, by_cat = [], [], {}
-    for category, label, pid, image in rows:
-        if category not in by_cat:
-            by_cat[category] = catalog.vectors_mapped(category)
+    photos, labels = [], {}
+    for category, label, pid, image in rows:  # category by category: the vectors gathered so below
         m = meta[pid]
         photos.append(Photo(pid, category, image, m["title"] or "", m["image"] or "", m["attributes"]))
-        vectors.append(np.asarray(by_cat[category][label], dtype=np.float32))
+        labels.setdefault(category, []).append(label)
     if not photos:
         raise CatalogError(f"catalog {catalog.path} holds no photos")
     ef = {c: int(v.ef) for c, v in catalog.manifest.categories.items()}
-    return photos, np.stack(vectors), ef
+    return photos, np.concatenate([catalog.vector_rows(c, np.array(ls)) for c, ls in labels.items()]), ef
 
 
 def publish_catalog(source: str | os.PathLike, address: str, params: MilvusParams | None = None,

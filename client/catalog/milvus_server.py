@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 from lookserve.errors import CatalogUnavailable
+from lookserve.fsutil import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -366,9 +367,7 @@ def _supervise(data_dir: Path, port: int, ready: Path, timeout_s: float) -> int:
     server.server_proc = None  # we stop it ourselves, more patiently than the wheel's 1 s
 
     relay = _Relay(listener, server.listen_port)
-    tmp = ready.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": port, "milvus_pid": proc.pid, "data_dir": str(data_dir)}))
-    tmp.replace(ready)
+    atomic_write_json(ready, {"port": port, "milvus_pid": proc.pid, "data_dir": str(data_dir)})
     log.info("milvus ready on %s:%d", LOOPBACK, port)
     relay_thread = threading.Thread(target=relay.serve, args=(lambda: not stopping.is_set(),), daemon=True)
     relay_thread.start()

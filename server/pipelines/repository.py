@@ -17,7 +17,6 @@ from lookserve.client.catalog import (
     MANIFEST,
     Catalog,
     CatalogRef,
-    CatalogWatcher,
     catalog_path,
     follow_catalog,
     is_milvus_address,
@@ -86,12 +85,10 @@ def open_catalog_ref(address: str, repository: Path, interval_s: float = 0.5) ->
     path = catalog_path(address)
     if not path.is_absolute():
         path = Path(repository) / path
-    if (path / MANIFEST).is_file():
-        return CatalogRef(Catalog.open(path))
-    if (path / CURRENT).is_symlink():
-        return CatalogWatcher(path, interval_s=interval_s)
-    raise CatalogError(f"catalog {path} (parameter 'catalog' = {address!r}) is not a catalog directory "
-                       f"({MANIFEST} is missing) nor a catalog root (no {CURRENT} pointer)")
+    if not (path / MANIFEST).is_file() and not (path / CURRENT).is_symlink():
+        raise CatalogError(f"catalog {path} (parameter 'catalog' = {address!r}) is not a catalog directory "
+                           f"({MANIFEST} is missing) nor a catalog root (no {CURRENT} pointer)")
+    return follow_catalog(path, interval_s=interval_s)
 
 
 def check_embedder_on_disk(repository: Path, catalog: Catalog) -> None:
