@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lookserve import contracts, errors
+from lookserve import errors
 from lookserve.bench.perf_analyzer import locate, one_endpoint
 from lookserve.client.catalog import TritonEmbedder, build_catalog, load_records, open_for_client
 from lookserve.client.core import TritonClient
@@ -41,7 +41,7 @@ from lookserve.client.look import LookPipeline
 from lookserve.client.look_remote import RemoteLook
 from lookserve.data import street2shop
 from lookserve.server.launcher import ServerOptions, TritonServer
-from lookserve.server.pipelines.repository import write_pipeline_models
+from lookserve.server.pipelines.repository import load_look
 
 if TYPE_CHECKING:
     import psutil
@@ -145,9 +145,7 @@ def ready_look(server: TritonServer, repo: Path, catalog: Path, data: Path | Non
             log.info("building %s through the served embedder", catalog)
             build_catalog(load_records(data), catalog, TritonEmbedder(admin), batch_size=16, concurrency=2,
                           model_repository=repo)
-        if not (repo / contracts.LOOK / "1" / "model.py").is_file():
-            write_pipeline_models(repo)
-        admin.load_model(contracts.LOOK, config=contracts.look_config(catalog=str(catalog.resolve())))
+        load_look(admin, repo, catalog)
 
 
 @contextlib.contextmanager

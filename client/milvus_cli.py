@@ -54,9 +54,10 @@ def milvus_push(
     """Publish a built catalog (its stored vectors and products; nothing re-embedded) into a new
     Milvus collection and flip the alias to it atomically."""
     milvus = milvus_backend()  # pymilvus: the [milvus] extra, named when it is missing
-    p = Catalog.open(catalog, verify=False).manifest.params
+    opened = Catalog.open(catalog)  # verified once; published as it is
+    p = opened.manifest.params
     params = milvus.MilvusParams(M=m or p.M, ef_construction=ef_construction or p.ef_construction, ef=ef, flush=flush)
-    result = milvus.publish_catalog(catalog, address, params, keep=keep)
+    result = milvus.publish_catalog(opened, address, params, keep=keep)
     stdout_console().print_json(json.dumps({
         "alias": result.address, "collection": result.collection, "previous": result.previous,
         "photos": result.photos, "products": result.products, "pruned": list(result.dropped),

@@ -44,7 +44,7 @@ from lookserve.errors import LookserveError
 from lookserve.export.core import sha256_path
 from lookserve.export.models import export_trained, find_trained
 from lookserve.server.launcher import ServerOptions, TritonServer, free_port
-from lookserve.server.pipelines.repository import write_pipeline_models
+from lookserve.server.pipelines.repository import load_look
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,10 @@ def compare_one_call(server, catalog_dir: Path, photos: list[Path], model_reposi
     of the one call are identical apart from timings."""
 
 
-    if model_repository is not None and not (Path(model_repository) / contracts.LOOK / "1" / "model.py").is_file():
-        write_pipeline_models(Path(model_repository))  # a repository of exports only: add look's entry
     catalog_dir = Path(catalog_dir).resolve()  # both sides open the catalog by the same path (the JSON names it)
     catalog = Catalog.open(catalog_dir)
     with TritonClient(server.grpc_url, repository_key=server.repository_key, timeout_s=120.0) as admin:
-        admin.load_model(contracts.LOOK, config=contracts.look_config(catalog=str(catalog_dir)))
+        load_look(admin, model_repository, catalog_dir)  # a repository of exports only gets look's entry
     figures: dict[str, dict] = {}
     docs: dict[str, list] = {}
     with TritonClient(server.grpc_url, timeout_s=120.0) as client:

@@ -888,11 +888,12 @@ def photos_of_directory(catalog: Catalog) -> tuple[list[Photo], np.ndarray, dict
     return photos, np.concatenate([catalog.vector_rows(c, np.array(ls)) for c, ls in labels.items()]), ef
 
 
-def publish_catalog(source: str | os.PathLike, address: str, params: MilvusParams | None = None,
+def publish_catalog(source: str | os.PathLike | Catalog, address: str, params: MilvusParams | None = None,
                     keep: int = 3, verify: bool = True) -> PublishResult:
-    """Publish the hnswlib catalog directory (or root) at ``source`` — its stored vectors and
-    SQLite products, nothing re-embedded — as the next version behind ``address``'s alias."""
-    catalog = Catalog.open(source, verify=verify)
+    """Publish the hnswlib catalog directory (or root) at ``source`` (or the catalog opened from
+    it) — its stored vectors and SQLite products, nothing re-embedded — as the next version behind
+    ``address``'s alias."""
+    catalog = source if isinstance(source, Catalog) else Catalog.open(source, verify=verify)
     p = catalog.manifest.params
     params = params or MilvusParams(M=p.M, ef_construction=p.ef_construction)
     photos, vectors, ef = photos_of_directory(catalog)

@@ -129,3 +129,12 @@ def write_pipeline_models(repository: Path, catalog: str | None = None, catalog_
         shim.write_text(SHIM.format(name=config.name, module=PIPELINE_MODULES[config.name]))
         written.append(model_dir)
     return written
+
+
+def load_look(admin, repository: Path | None, catalog: Path) -> None:
+    """Load ``look`` through ``admin`` (a client holding the repository key) on ``catalog``, given
+    in the load request's config so the repository's files are not rewritten; the pipeline
+    models' entries are written only where ``repository`` (when given) has none."""
+    if repository is not None and not (Path(repository) / contracts.LOOK / "1" / "model.py").is_file():
+        write_pipeline_models(Path(repository))
+    admin.load_model(contracts.LOOK, config=contracts.look_config(catalog=str(Path(catalog).resolve())))
